@@ -1,0 +1,258 @@
+// Package flow holds the types that travel through the pipeline:
+// source (conntrack, eBPF) -> connstore -> expirequeue -> ipfixexport.
+//
+// Addresses are kept as 16-byte arrays (IPv4 as v4-mapped IPv6) rather than
+// netip.Addr so that Tuple and Conn contain no pointers: the store keeps up to
+// maxConnections of them in maps and slices that the garbage collector then
+// never has to scan.
+package flow
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Tuple identifies a connection. For a connection tracked through DNAT, Src
+// is the original source and Dst the real endpoint (the reply direction's
+// source), so that both halves of a Service connection key the same way on
+// every node.
+type Tuple struct {
+	SrcIP   [16]byte
+	DstIP   [16]byte
+	SrcPort uint16
+	DstPort uint16
+	Proto   uint8
+}
+
+// NewTuple builds a Tuple; IPv4 addresses are stored v4-mapped.
+func NewTuple(src, dst netip.Addr, srcPort, dstPort uint16, proto uint8) Tuple {
+	return Tuple{SrcIP: src.As16(), DstIP: dst.As16(), SrcPort: srcPort, DstPort: dstPort, Proto: proto}
+}
+
+// Src returns the source address, unmapped to IPv4 where it is one.
+func (t Tuple) Src() netip.Addr { return netip.AddrFrom16(t.SrcIP).Unmap() }
+
+// Dst returns the destination address, unmapped to IPv4 where it is one.
+func (t Tuple) Dst() netip.Addr { return netip.AddrFrom16(t.DstIP).Unmap() }
+
+// IsIPv4 reports whether the tuple's source is an IPv4 address.
+func (t Tuple) IsIPv4() bool { return t.Src().Is4() }
+
+// Reverse returns the tuple as seen from the other end.
+func (t Tuple) Reverse() Tuple {
+	return Tuple{SrcIP: t.DstIP, DstIP: t.SrcIP, SrcPort: t.DstPort, DstPort: t.SrcPort, Proto: t.Proto}
+}
+
+func (t Tuple) String() string {
+	return fmt.Sprintf("%s %s -> %s",
+		ProtoName(t.Proto),
+		netip.AddrPortFrom(t.Src(), t.SrcPort), netip.AddrPortFrom(t.Dst(), t.DstPort))
+}
+
+// IP protocol numbers used across the pipeline.
+const (
+	ProtoICMP   uint8 = 1
+	ProtoTCP    uint8 = 6
+	ProtoUDP    uint8 = 17
+	ProtoSCTP   uint8 = 132
+	ProtoICMPv6 uint8 = 58
+)
+
+// ProtoName names an IP protocol number the way flow tables print it.
+func ProtoName(p uint8) string {
+	switch p {
+	case ProtoTCP:
+		return "tcp"
+	case ProtoUDP:
+		return "udp"
+	case ProtoICMP:
+		return "icmp"
+	case ProtoICMPv6:
+		return "icmpv6"
+	case ProtoSCTP:
+		return "sctp"
+	}
+	return fmt.Sprintf("proto-%d", p)
+}
+
+// Counters are packet and octet counts of one direction.
+type Counters struct {
+	Packets uint64
+	Bytes   uint64
+}
+
+// Sub returns c - base. ok is false when a counter went backwards, which means
+// the kernel entry was replaced and the caller must treat it as a new
+// connection rather than emit a wrapped delta.
+func (c Counters) Sub(base Counters) (d Counters, ok bool) {
+	if c.Packets < base.Packets || c.Bytes < base.Bytes {
+		return Counters{}, false
+	}
+	return Counters{Packets: c.Packets - base.Packets, Bytes: c.Bytes - base.Bytes}, true
+}
+
+// TCPState is the conntrack TCP state; values follow the kernel's
+// enum tcp_conntrack so a netlink attribute converts without a table.
+type TCPState uint8
+
+// Kernel TCP conntrack states (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
+const (
+	TCPStateNone TCPState = iota
+	TCPStateSynSent
+	TCPStateSynRecv
+	TCPStateEstablished
+	TCPStateFinWait
+	TCPStateCloseWait
+	TCPStateLastAck
+	TCPStateTimeWait
+	TCPStateClose
+	TCPStateSynSent2
+)
+
+var tcpStateNames = [...]string{
+	"", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT",
+	"CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2",
+}
+
+// String returns the name Antrea exports in the tcpState IE.
+func (s TCPState) String() string {
+	if int(s) < len(tcpStateNames) {
+		return tcpStateNames[s]
+	}
+	return fmt.Sprintf("TCP_STATE_%d", s)
+}
+
+// Conn is one connection as the sources report it. All fields are values so
+// a Conn can be copied into the store without allocating.
+type Conn struct {
+	Tuple Tuple
+	// OrigDstIP/OrigDstPort are the destination the client dialled: the
+	// Service VIP when the connection was DNATed, else equal to Tuple.Dst.
+	OrigDstIP   [16]byte
+	OrigDstPort uint16
+	Zone        uint16
+	Mark        uint32
+	ID          uint32 // conntrack id; a new id on the same tuple is a new connection
+	Status      uint32 // conntrack status bits
+	TCPState    TCPState
+	// StartNanos/StopNanos are Unix nanoseconds; zero when unknown
+	// (nf_conntrack_timestamp off). StopNanos is set once the kernel closed it.
+	StartNanos int64
+	StopNanos  int64
+	Fwd        Counters // original direction totals (client -> server)
+	Rev        Counters // reply direction totals
+}
+
+// OrigDst returns the destination the client dialled.
+func (c *Conn) OrigDst() netip.Addr { return netip.AddrFrom16(c.OrigDstIP).Unmap() }
+
+// IsDNATed reports whether the connection's destination was translated,
+// i.e. the client dialled a Service VIP rather than the endpoint.
+func (c *Conn) IsDNATed() bool {
+	return c.OrigDstIP != c.Tuple.DstIP || c.OrigDstPort != c.Tuple.DstPort
+}
+
+// EndReason is the IANA flowEndReason (IE 136).
+type EndReason uint8
+
+// IANA flowEndReason values.
+const (
+	EndIdleTimeout   EndReason = 1
+	EndActiveTimeout EndReason = 2
+	EndOfFlow        EndReason = 3
+	EndForced        EndReason = 4
+	EndLackResources EndReason = 5
+)
+
+func (r EndReason) String() string {
+	switch r {
+	case EndIdleTimeout:
+		return "idle"
+	case EndActiveTimeout:
+		return "active"
+	case EndOfFlow:
+		return "end-of-flow"
+	case EndForced:
+		return "forced"
+	case EndLackResources:
+		return "lack-of-resources"
+	}
+	return fmt.Sprintf("reason-%d", r)
+}
+
+// FlowType is Antrea's flowType IE (56506/137).
+type FlowType uint8
+
+// Antrea flowType values.
+const (
+	FlowTypeUnknown      FlowType = 0
+	FlowTypeIntraNode    FlowType = 1
+	FlowTypeInterNode    FlowType = 2
+	FlowTypeToExternal   FlowType = 3
+	FlowTypeFromExternal FlowType = 4
+)
+
+func (t FlowType) String() string {
+	switch t {
+	case FlowTypeIntraNode:
+		return "intra-node"
+	case FlowTypeInterNode:
+		return "inter-node"
+	case FlowTypeToExternal:
+		return "to-external"
+	case FlowTypeFromExternal:
+		return "from-external"
+	}
+	return "unknown"
+}
+
+// Endpoint is the Kubernetes identity of one end of a flow; empty fields are
+// exported as empty strings, as Antrea does.
+type Endpoint struct {
+	PodName      string
+	PodNamespace string
+	NodeName     string
+}
+
+// L7 carries application-layer details matched from Suricata EVE events.
+type L7 struct {
+	AppProtocolName string
+	// HTTPVals is one JSON object keyed by transaction id (Antrea's encoding),
+	// or empty.
+	HTTPVals string
+}
+
+// Record is what the exporter sends for one connection at one expiry:
+// totals from Conn, deltas since the previous export of that connection, and
+// the context enrichment filled in.
+type Record struct {
+	Conn
+	FwdDelta  Counters
+	RevDelta  Counters
+	EndReason EndReason
+	// ExportNanos is when the record was produced; flowEndSeconds for a
+	// connection still open.
+	ExportNanos int64
+
+	FlowType        FlowType
+	Source          Endpoint
+	Destination     Endpoint
+	ServicePortName string // "namespace/service:port-name"
+	ClusterIP       bool   // OrigDst is a Service ClusterIP (fills destinationClusterIPv4/6)
+	L7              L7
+}
+
+// L7Want says which ends of a connection opted into L7 export through the
+// visibility.antrea.io/l7-export annotation: the source pod with egress/both,
+// the destination pod with ingress/both.
+type L7Want uint8
+
+// L7Want bits.
+const (
+	L7None        L7Want = 0
+	L7Source      L7Want = 1 << 0 // the source pod asked for its egress
+	L7Destination L7Want = 1 << 1 // the destination pod asked for its ingress
+)
+
+// Any reports whether either end wants L7 for the connection.
+func (w L7Want) Any() bool { return w != L7None }
