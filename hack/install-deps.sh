@@ -13,6 +13,7 @@ packages=(
   iproute2 iptables nftables conntrack   # test/netns harness, DNAT, conntrack -I for benches
   nfdump tshark                           # IPFIX interoperability tests
   curl ca-certificates
+  etcd-server                             # test/kubeapi: storage for the real kube-apiserver
 )
 
 missing=()

@@ -212,6 +212,9 @@ type Endpoint struct {
 	PodName      string
 	PodNamespace string
 	NodeName     string
+	// Labels is the pod's labels as one JSON object (Antrea's
+	// sourcePodLabels/destinationPodLabels encoding), or empty.
+	Labels string
 }
 
 // L7 carries application-layer details matched from Suricata EVE events.
@@ -220,6 +223,19 @@ type L7 struct {
 	// HTTPVals is one JSON object keyed by transaction id (Antrea's encoding),
 	// or empty.
 	HTTPVals string
+
+	// DNS: the last query seen on the connection since its previous
+	// record (docs/ipfix-elements.md lists the IEs these are exported as).
+	DNSQueryName    string
+	DNSQueryType    string // "A", "AAAA", ... as Suricata names it
+	DNSResponseCode string // "NOERROR", "NXDOMAIN", ...; empty until a response
+	DNSAnswers      string // answer data, comma-separated, bounded
+	// TLS: the connection's handshake.
+	TLSServerName string
+	TLSVersion    string // "TLS 1.2", "TLS 1.3", ... as Suricata names it
+	TLSJA3        string // JA3 hash of the ClientHello
+	TLSJA3S       string // JA3S hash of the ServerHello
+	TLSJA4        string
 }
 
 // Record is what the exporter sends for one connection at one expiry:

@@ -1,0 +1,418 @@
+// Command flowlens-aggregator receives IPFIX from every flowlens (or Antrea)
+// agent, merges the two halves of inter-node connections, aggregates
+// updates and writes the result to ClickHouse, JSON lines and/or another
+// IPFIX collector.
+//
+// The whole data flow is in (*aggregator).run:
+//
+//	ipfixcollect (one per listen URL) -> chan correlate.Input
+//	  -> correlate.Correlator (one goroutine) -> sink.Fanout
+//	  -> sink.Sink per destination (bounded queue, batches, retries)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
+
+	"github.com/flowlens/flowlens/pkg/correlate"
+	"github.com/flowlens/flowlens/pkg/ipfixcollect"
+	"github.com/flowlens/flowlens/pkg/sink"
+	"github.com/flowlens/flowlens/pkg/sink/clickhouse"
+	"github.com/flowlens/flowlens/pkg/sink/ipfix"
+	"github.com/flowlens/flowlens/pkg/sink/jsonl"
+)
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+func main() {
+	fs := flag.NewFlagSet("flowlens-aggregator", flag.ExitOnError)
+	klog.InitFlags(fs)
+	configPath := fs.String("config", "", "YAML configuration file (docs/examples/aggregator.yaml)")
+	var listen listFlag
+	fs.Var(&listen, "listen", "collector endpoint scheme://host:port (tcp, udp, tls); repeatable; replaces the file's list")
+	metricsAddr := fs.String("metrics-address", "", "address for /metrics and /healthz (overrides the file)")
+	aggID := fs.String("aggregator-id", "", "identity stored with every row (overrides the file; default hostname)")
+	chAddr := fs.String("clickhouse-addr", "", "enable the ClickHouse sink at this native-protocol host:port (overrides the file)")
+	jsonlPath := fs.String("jsonl", "", "enable the JSON lines sink writing to this file, - for stdout (overrides the file)")
+	_ = fs.Parse(os.Args[1:])
+
+	cfg := &Config{}
+	if *configPath != "" {
+		var err error
+		if cfg, err = LoadConfig(*configPath); err != nil {
+			klog.ErrorS(err, "Cannot load configuration", "path", *configPath)
+			os.Exit(2)
+		}
+	} else {
+		cfg.setDefaults()
+	}
+	if len(listen) > 0 {
+		cfg.Listen = listen
+	}
+	if *metricsAddr != "" {
+		cfg.MetricsAddress = *metricsAddr
+	}
+	if *aggID != "" {
+		cfg.AggregatorID = *aggID
+	}
+	if *chAddr != "" {
+		if cfg.Sinks.ClickHouse == nil {
+			cfg.Sinks.ClickHouse = &ClickHouseSink{}
+		}
+		cfg.Sinks.ClickHouse.Enabled, cfg.Sinks.ClickHouse.Addr = true, *chAddr
+	}
+	if *jsonlPath != "" {
+		if cfg.Sinks.JSONL == nil {
+			cfg.Sinks.JSONL = &JSONLSink{}
+		}
+		cfg.Sinks.JSONL.Enabled, cfg.Sinks.JSONL.Path = true, *jsonlPath
+	}
+	if cfg.MetricsAddress == "" && *configPath == "" {
+		cfg.MetricsAddress = defaultMetricsAddress
+	}
+	if err := cfg.Validate(); err != nil {
+		klog.ErrorS(err, "Invalid configuration")
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a, err := newAggregator(cfg, reg)
+	if err != nil {
+		klog.ErrorS(err, "Cannot start")
+		os.Exit(1)
+	}
+	if err := a.run(ctx); err != nil {
+		klog.ErrorS(err, "Aggregator failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+type inputMetrics struct {
+	decoded   prometheus.Counter
+	notFlow   prometheus.Counter
+	waited    prometheus.Counter
+	readiness prometheus.Gauge
+}
+
+func newInputMetrics(reg prometheus.Registerer) (*inputMetrics, error) {
+	m := &inputMetrics{
+		decoded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_aggregator_input_records_total",
+			Help: "Flow records decoded by the collectors and handed to the correlator.",
+		}),
+		notFlow: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_aggregator_input_ignored_total",
+			Help: "Data records without flow addresses (options records and the like), ignored.",
+		}),
+		waited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_aggregator_input_queue_full_total",
+			Help: "Times a collector waited because the correlator's input queue was full.",
+		}),
+		readiness: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flowlens_aggregator_up",
+			Help: "1 while the aggregator runs its pipeline.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.decoded, m.notFlow, m.waited, m.readiness} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register aggregator metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// aggregator holds the stages built from the configuration.
+type aggregator struct {
+	cfg        *Config
+	reg        *prometheus.Registry
+	collectors []*ipfixcollect.Collector
+	correlator *correlate.Correlator
+	sinks      sink.Fanout
+	ipfixOut   *ipfix.Writer
+	metrics    *inputMetrics
+	httpLn     net.Listener
+	in         chan correlate.Input
+}
+
+// newAggregator builds every stage and binds every socket, so errors
+// (ports in use, bad certificates) surface before anything runs.
+func newAggregator(cfg *Config, reg *prometheus.Registry) (*aggregator, error) {
+	a := &aggregator{cfg: cfg, reg: reg, in: make(chan correlate.Input, cfg.InputQueue)}
+	var err error
+	if a.metrics, err = newInputMetrics(reg); err != nil {
+		return nil, err
+	}
+	cm, err := correlate.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	if a.correlator, err = correlate.New(cfg.correlateConfig(cm)); err != nil {
+		return nil, err
+	}
+	sm, err := sink.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.buildSinks(sm); err != nil {
+		a.close()
+		return nil, err
+	}
+	for i, l := range cfg.Listen {
+		network, addr, err := ipfixcollect.ParseListen(l)
+		if err != nil {
+			a.close()
+			return nil, fmt.Errorf("listen[%d]: %w", i, err)
+		}
+		// Each listener's collector metrics carry its URL as a label.
+		creg := prometheus.WrapRegistererWith(prometheus.Labels{"listener": l}, reg)
+		c, err := ipfixcollect.New(ipfixcollect.Config{
+			Network: network, Address: addr,
+			TLS: ipfixcollect.TLSConfig{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile},
+		}, creg)
+		if err != nil {
+			a.close()
+			return nil, fmt.Errorf("listen[%d] %s: %w", i, l, err)
+		}
+		a.collectors = append(a.collectors, c)
+	}
+	if cfg.MetricsAddress != "" {
+		if a.httpLn, err = net.Listen("tcp", cfg.MetricsAddress); err != nil {
+			a.close()
+			return nil, fmt.Errorf("metricsAddress %s: %w", cfg.MetricsAddress, err)
+		}
+	}
+	return a, nil
+}
+
+func (a *aggregator) buildSinks(sm *sink.Metrics) error {
+	add := func(name string, w sink.Writer, q Queue) error {
+		s, err := sink.New(q.sinkConfig(name, w, sm))
+		if err != nil {
+			return fmt.Errorf("sinks.%s: %w", name, err)
+		}
+		a.sinks = append(a.sinks, s)
+		return nil
+	}
+	if s := a.cfg.Sinks.ClickHouse; s != nil && s.Enabled {
+		pw, err := readSecret(s.PasswordFile)
+		if err != nil {
+			return fmt.Errorf("sinks.clickhouse.passwordFile: %w", err)
+		}
+		w, err := clickhouse.New(clickhouse.Config{
+			Addr: s.Addr, Database: s.Database, Table: s.Table, Username: s.Username, Password: pw,
+			Aggregator: a.cfg.AggregatorID, DialTimeout: s.DialTimeout.D(), Compress: s.Compress,
+		})
+		if err != nil {
+			return fmt.Errorf("sinks.clickhouse: %w", err)
+		}
+		if err := add("clickhouse", w, s.Queue); err != nil {
+			return err
+		}
+	}
+	if s := a.cfg.Sinks.JSONL; s != nil && s.Enabled {
+		w, err := jsonl.New(jsonl.Config{Path: s.Path, MaxBytes: s.MaxBytes, MaxFiles: s.MaxFiles})
+		if err != nil {
+			return fmt.Errorf("sinks.jsonl: %w", err)
+		}
+		if err := add("jsonl", w, s.Queue); err != nil {
+			return err
+		}
+	}
+	if s := a.cfg.Sinks.IPFIX; s != nil && s.Enabled {
+		w, err := ipfix.New(s.exportConfig(), a.reg)
+		if err != nil {
+			return fmt.Errorf("sinks.ipfix: %w", err)
+		}
+		a.ipfixOut = w
+		if err := add("ipfix", w, s.Queue); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// close releases sockets of an aggregator that never ran.
+func (a *aggregator) close() {
+	for _, c := range a.collectors {
+		_ = c.Close()
+	}
+	if a.httpLn != nil {
+		_ = a.httpLn.Close()
+	}
+}
+
+// collectorAddrs are the bound listen addresses (port 0 resolved).
+func (a *aggregator) collectorAddrs() []net.Addr {
+	out := make([]net.Addr, len(a.collectors))
+	for i, c := range a.collectors {
+		out[i] = c.Addr()
+	}
+	return out
+}
+
+// run wires the stages and runs until ctx ends. Shutdown goes downstream
+// in order so nothing in flight is lost: collectors drain their agents,
+// the correlator flushes its table into the sinks, the sinks deliver
+// their queues, and the IPFIX re-exporter sends what it buffered.
+func (a *aggregator) run(ctx context.Context) error {
+	sinkCtx, stopSinks := context.WithCancel(context.Background())
+	defer stopSinks()
+	exportCtx, stopExport := context.WithCancel(context.Background())
+	defer stopExport()
+
+	var sinkWG, exportWG sync.WaitGroup
+	errs := make(chan error, len(a.sinks)+len(a.collectors)+3)
+	for _, s := range a.sinks {
+		sinkWG.Add(1)
+		go func() {
+			defer sinkWG.Done()
+			if err := s.Run(sinkCtx); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	if a.ipfixOut != nil {
+		exportWG.Add(1)
+		go func() {
+			defer exportWG.Done()
+			if err := a.ipfixOut.Run(exportCtx); err != nil {
+				errs <- fmt.Errorf("ipfix re-export: %w", err)
+			}
+		}()
+	}
+
+	corrDone := make(chan struct{})
+	go func() {
+		defer close(corrDone)
+		// The correlator stops when its input closes, not on ctx, so the
+		// collectors' last records are still merged.
+		if err := a.correlator.Run(context.Background(), a.in, a.sinks.Put); err != nil {
+			errs <- fmt.Errorf("correlator: %w", err)
+		}
+	}()
+
+	var srv *http.Server
+	if a.httpLn != nil {
+		srv = a.httpServer()
+		go func() {
+			if err := srv.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs <- fmt.Errorf("metrics server: %w", err)
+			}
+		}()
+	}
+
+	var collWG sync.WaitGroup
+	for _, c := range a.collectors {
+		collWG.Add(1)
+		go func() {
+			defer collWG.Done()
+			if err := c.Run(ctx, a.handler()); err != nil {
+				errs <- fmt.Errorf("collector %s: %w", c.Addr(), err)
+			}
+		}()
+	}
+	a.metrics.readiness.Set(1)
+	klog.InfoS("Aggregator running", "id", a.cfg.AggregatorID, "listen", a.collectorAddrs(), "sinks", len(a.sinks), "metrics", a.cfg.MetricsAddress)
+
+	<-ctx.Done()
+	a.metrics.readiness.Set(0)
+	klog.InfoS("Aggregator stopping")
+	deadline := time.AfterFunc(a.cfg.ShutdownTimeout.D(), func() {
+		klog.ErrorS(nil, "Graceful stop exceeded shutdownTimeout; abandoning sinks", "timeout", a.cfg.ShutdownTimeout.D())
+		stopSinks()
+		stopExport()
+	})
+	defer deadline.Stop()
+	collWG.Wait()
+	close(a.in)
+	<-corrDone
+	stopSinks()
+	sinkWG.Wait()
+	stopExport()
+	exportWG.Wait()
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = srv.Shutdown(sctx)
+		cancel()
+	}
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// handler converts decoded records for the correlator. Each collector
+// calls it from one goroutine at a time, so its cache needs no lock.
+func (a *aggregator) handler() func(ipfixcollect.Record) {
+	type key struct {
+		addr   string
+		domain uint32
+	}
+	names := map[key]string{}
+	return func(r ipfixcollect.Record) {
+		fr, err := r.FlowRecord()
+		if err != nil {
+			a.metrics.notFlow.Inc()
+			return
+		}
+		// The exporter's address and observation domain name the agent;
+		// the source port is left out since it changes on reconnect.
+		k := key{r.Exporter.Addr().String(), r.ObservationDomainID}
+		name, ok := names[k]
+		if !ok {
+			if len(names) > 4096 {
+				clear(names)
+			}
+			name = fmt.Sprintf("%s/%d", k.addr, k.domain)
+			names[k] = name
+		}
+		in := correlate.Input{Record: fr, Exporter: name}
+		a.metrics.decoded.Inc()
+		select {
+		case a.in <- in:
+		default:
+			a.metrics.waited.Inc()
+			a.in <- in
+		}
+	}
+}
+
+func (a *aggregator) httpServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	})
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+}
+
+type nopWriter struct{}
+
+func (nopWriter) Write(_ context.Context, b *sink.Batch) (int, error) { return len(b.Records), nil }
+func (nopWriter) Close() error                                        { return nil }

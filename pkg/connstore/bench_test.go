@@ -1,0 +1,226 @@
+package connstore
+
+import (
+	"encoding/binary"
+	"runtime"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/flowlens/flowlens/pkg/expirequeue"
+	"github.com/flowlens/flowlens/pkg/flow"
+)
+
+// synthConn returns the i-th of a set of distinct DNATed connections, the
+// costlier kind: it is indexed twice (tuple and client-side VIP tuple).
+func synthConn(i int) flow.Conn {
+	var src, dst, orig [16]byte
+	src[10], src[11] = 0xff, 0xff
+	dst, orig = src, src
+	binary.BigEndian.PutUint32(src[12:], 0x0a000000|uint32(i>>8)) // 10.x.y.z
+	binary.BigEndian.PutUint32(dst[12:], 0x0a800000|uint32(i%251))
+	binary.BigEndian.PutUint32(orig[12:], 0x0a600000|uint32(i%97))
+	return flow.Conn{
+		Tuple:       flow.Tuple{SrcIP: src, DstIP: dst, SrcPort: uint16(30000 + i&0xff), DstPort: 8080, Proto: flow.ProtoTCP},
+		OrigDstIP:   orig,
+		OrigDstPort: 80,
+		ID:          uint32(i + 1),
+		Fwd:         flow.Counters{Packets: 1, Bytes: 100},
+		Rev:         flow.Counters{Packets: 1, Bytes: 100},
+	}
+}
+
+func newBenchStore(tb testing.TB, n int, emit func(*flow.Record)) (*Store, *expirequeue.Queue) {
+	tb.Helper()
+	q, err := expirequeue.New(expirequeue.Config{}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := New(Config{MaxConnections: n, Scheduler: q, Emit: emit}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s, q
+}
+
+func TestUpsertExistingDoesNotAllocate(t *testing.T) {
+	s, _ := newBenchStore(t, 1000, func(*flow.Record) {})
+	conns := make([]flow.Conn, 1000)
+	for i := range conns {
+		conns[i] = synthConn(i)
+		s.Upsert(&conns[i], t0)
+	}
+	i := 0
+	allocs := testing.AllocsPerRun(10_000, func() {
+		c := &conns[i%len(conns)]
+		c.Fwd.Packets++
+		c.Fwd.Bytes += 100
+		s.Upsert(c, t0.Add(time.Duration(i)))
+		i++
+	})
+	if allocs != 0 {
+		t.Fatalf("Upsert of an existing connection allocates %.1f times, want 0", allocs)
+	}
+}
+
+// BenchmarkStoreUpsertExisting updates every connection of a 100k store
+// once per op, as one dump does; allocs/op is therefore per 100k updates.
+// Baseline: assigning the same Conns into a plain map[flow.Tuple]flow.Conn of
+// the same size.
+func BenchmarkStoreUpsertExisting(b *testing.B) {
+	const n = 100_000
+	s, _ := newBenchStore(b, n, func(*flow.Record) {})
+	conns := make([]flow.Conn, n)
+	base := make(map[flow.Tuple]flow.Conn, n)
+	for i := range conns {
+		conns[i] = synthConn(i)
+		s.Upsert(&conns[i], t0)
+		base[conns[i].Tuple] = conns[i]
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		now := t0.Add(time.Duration(i) * time.Second)
+		for j := range conns {
+			c := &conns[j]
+			c.Fwd.Packets++
+			s.Upsert(c, now)
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(n*b.N), "ns/upsert")
+
+	start = time.Now()
+	for i := 0; i < b.N; i++ {
+		for j := range conns {
+			c := &conns[j]
+			c.Fwd.Packets++
+			base[c.Tuple] = *c
+		}
+	}
+	b.ReportMetric(float64(time.Since(start).Nanoseconds())/float64(n*b.N), "baseline-map-ns/upsert")
+}
+
+// BenchmarkDrain100k times one Expire over 100k due connections (no per-call
+// cap), each producing a record. Baseline: ranging over a plain
+// map[flow.Tuple]flow.Conn of 100k and building the same record.
+func BenchmarkDrain100k(b *testing.B) {
+	const n = 100_000
+	for _, kind := range []string{"active", "closed"} {
+		b.Run(kind, func(b *testing.B) {
+			var emitted int
+			emit := func(*flow.Record) { emitted++ }
+			var elapsed time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				s, q := newBenchStore(b, n, emit)
+				for j := 0; j < n; j++ {
+					c := synthConn(j)
+					s.Upsert(&c, t0)
+					if kind == "closed" {
+						s.Close(&c, t0)
+					}
+				}
+				emitted = 0
+				b.StartTimer()
+				start := time.Now()
+				if _, err := q.Expire(t0.Add(expirequeue.DefaultActiveTimeout), s, emit); err != nil {
+					b.Fatal(err)
+				}
+				elapsed += time.Since(start)
+				b.StopTimer()
+				if emitted != n {
+					b.Fatalf("drained %d records, want %d", emitted, n)
+				}
+			}
+			b.ReportMetric(float64(n*b.N)/elapsed.Seconds(), "records/s")
+
+			m := make(map[flow.Tuple]flow.Conn, n)
+			for j := 0; j < n; j++ {
+				c := synthConn(j)
+				m[c.Tuple] = c
+			}
+			runtime.GC() // the stores built above must not be collected in the timed loop
+			var rec flow.Record
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				for _, c := range m {
+					rec = flow.Record{Conn: c, EndReason: flow.EndActiveTimeout}
+					emit(&rec)
+				}
+			}
+			b.ReportMetric(float64(n*b.N)/time.Since(start).Seconds(), "baseline-map-range-records/s")
+		})
+	}
+}
+
+// BenchmarkMemoryPerConnection measures the live heap of a store and its
+// queue holding n connections (all DNATed, so all doubly indexed). Baselines:
+// the bare size of a flow.Conn plus its key, and the measured heap of a plain
+// map[flow.Tuple]flow.Conn holding the same connections.
+func BenchmarkMemoryPerConnection(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(itoa(n), func(b *testing.B) {
+			var perConn, mapPerConn float64
+			for i := 0; i < b.N; i++ {
+				before := heapInUse()
+				s, q := newBenchStore(b, n, func(*flow.Record) {})
+				for j := 0; j < n; j++ {
+					c := synthConn(j)
+					s.Upsert(&c, t0)
+				}
+				perConn = float64(heapInUse()-before) / float64(n)
+				if s.Len() != n || q.Len() != n {
+					b.Fatalf("store holds %d, queue %d; want %d each", s.Len(), q.Len(), n)
+				}
+				runtime.KeepAlive(s)
+				runtime.KeepAlive(q)
+			}
+			b.StopTimer()
+			b.ReportMetric(perConn, "bytes/conn")
+
+			before := heapInUse()
+			m := make(map[flow.Tuple]flow.Conn)
+			for j := 0; j < n; j++ {
+				c := synthConn(j)
+				m[c.Tuple] = c
+			}
+			mapPerConn = float64(heapInUse()-before) / float64(n)
+			runtime.KeepAlive(m)
+			b.ReportMetric(mapPerConn, "baseline-map-bytes/conn")
+			b.ReportMetric(float64(unsafe.Sizeof(flow.Conn{})+unsafe.Sizeof(flow.Tuple{})), "baseline-conn+key-bytes/conn")
+		})
+	}
+}
+
+func heapInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
+func itoa(n int) string {
+	switch {
+	case n%1_000_000 == 0:
+		return string(rune('0'+n/1_000_000)) + "M"
+	case n%1000 == 0:
+		return fmtInt(n/1000) + "k"
+	}
+	return fmtInt(n)
+}
+
+func fmtInt(n int) string {
+	var buf [20]byte
+	i := len(buf)
+	for {
+		i--
+		buf[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			return string(buf[i:])
+		}
+	}
+}

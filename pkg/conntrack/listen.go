@@ -1,0 +1,104 @@
+package conntrack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/flowlens/flowlens/pkg/flow"
+)
+
+// Listen subscribes to the namespace's conntrack events and calls fn for each
+// NEW and DESTROY (and UPDATE with Config.UpdateEvents) entry that passes the
+// zone/mark filter, on the calling goroutine, until ctx is done; then it
+// returns nil. A callback rather than a channel keeps the reused Conn valid
+// for exactly one call and lets a slow consumer show up as EventOverrun
+// instead of an unbounded queue.
+//
+// When the kernel drops events because the socket buffer is full (ENOBUFS),
+// Listen counts it, calls fn with an EventOverrun and goes on: the caller
+// should then Dump to learn what it missed. Other socket errors end Listen
+// with an error.
+func (s *Source) Listen(ctx context.Context, fn func(Event)) error {
+	groups := uint32(groupNew | groupDestroy)
+	if s.cfg.UpdateEvents {
+		groups |= groupUpdate
+	}
+	sock, err := s.open(groups, s.cfg.EventBufferBytes)
+	if err != nil {
+		return fmt.Errorf("listen to conntrack events of netns %q: %w", s.cfg.NetNSPath, err)
+	}
+
+	// Cancellation wakes the blocked read through a past deadline; the
+	// watcher is waited for before the socket closes.
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+			sock.setDeadline(time.Unix(1, 0))
+		case <-done:
+		}
+	}()
+	defer func() {
+		close(done)
+		wg.Wait()
+		sock.close()
+	}()
+
+	buf := make([]byte, recvBufSize)
+	var conn flow.Conn
+	for {
+		n, err := sock.recv(buf)
+		if err != nil {
+			if ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil
+			}
+			if errors.Is(err, syscall.ENOBUFS) {
+				s.m.eventOverruns.Inc()
+				klog.InfoS("Conntrack event socket overran, events lost", "netns", s.cfg.NetNSPath)
+				fn(Event{Type: EventOverrun})
+				continue
+			}
+			s.m.eventErrors.Inc()
+			return fmt.Errorf("receive conntrack events of netns %q: %w", s.cfg.NetNSPath, err)
+		}
+		var st decodeStats
+		s.handleEvents(buf[:n], &conn, &st, fn)
+		st.flush(s.m, "events")
+	}
+}
+
+// handleEvents decodes the event messages of one datagram.
+func (s *Source) handleEvents(b []byte, conn *flow.Conn, st *decodeStats, fn func(Event)) {
+	for {
+		m, rest, ok, err := nextMsg(b)
+		if err != nil {
+			st.errors++
+			st.firstErr = fmt.Errorf("parse event message: %w", err)
+			return
+		}
+		if !ok {
+			return
+		}
+		b = rest
+		typ, ok := eventType(m)
+		if !ok {
+			continue
+		}
+		payload, ok := ctPayload(m)
+		if !ok || !s.decodeFiltered(payload, conn, st) {
+			continue
+		}
+		s.m.events[typ].Inc()
+		fn(Event{Type: typ, Conn: conn})
+	}
+}

@@ -1,0 +1,564 @@
+package correlate
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/flowlens/flowlens/pkg/flow"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultCorrelationWait = 10 * time.Second
+	DefaultStartWindow     = 5 * time.Second
+	DefaultActiveTimeout   = 60 * time.Second
+	DefaultInactiveTimeout = 90 * time.Second
+	DefaultMaxConnections  = 500_000
+	DefaultTickInterval    = 250 * time.Millisecond
+)
+
+// Config configures a Correlator. Zero durations take the defaults above.
+type Config struct {
+	// CorrelationWait is how long an inter-node half waits for its peer
+	// before it is exported alone, flagged StatusUnmatched. It also bounds
+	// how long a correlated connection waits for the second end-of-flow.
+	CorrelationWait time.Duration
+	// StartWindow: records of one 5-tuple whose start times differ by more
+	// are different connections (port reuse); within it they are one, which
+	// absorbs clock skew between nodes.
+	StartWindow time.Duration
+	// ActiveTimeout exports a connection that keeps receiving updates;
+	// InactiveTimeout exports and forgets one that stopped receiving them.
+	ActiveTimeout   time.Duration
+	InactiveTimeout time.Duration
+	// MaxConnections bounds the table; past it new connections are exported
+	// at once, uncorrelated, and counted (never dropped).
+	MaxConnections int
+	// TickInterval is how often Run checks deadlines.
+	TickInterval time.Duration
+	// Metrics (nil: unregistered metrics).
+	Metrics *Metrics
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.CorrelationWait, DefaultCorrelationWait)
+	def(&c.StartWindow, DefaultStartWindow)
+	def(&c.ActiveTimeout, DefaultActiveTimeout)
+	def(&c.InactiveTimeout, DefaultInactiveTimeout)
+	def(&c.TickInterval, DefaultTickInterval)
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+}
+
+// Validate reports the first invalid field after defaults are applied.
+func (c Config) Validate() error {
+	c.setDefaults()
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"correlationWait", c.CorrelationWait},
+		{"startWindow", c.StartWindow},
+		{"activeTimeout", c.ActiveTimeout},
+		{"inactiveTimeout", c.InactiveTimeout},
+		{"tickInterval", c.TickInterval},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("%s: must not be negative, got %s", f.name, f.v)
+		}
+	}
+	if c.MaxConnections < 0 {
+		return fmt.Errorf("maxConnections: must not be negative, got %d", c.MaxConnections)
+	}
+	return nil
+}
+
+type side uint8
+
+const (
+	sideSource side = iota
+	sideDestination
+	sideUnknown
+)
+
+// entry is one connection in the table. Entries of one 5-tuple with
+// different start times (port reuse) are chained through next.
+type entry struct {
+	rec        Record
+	needsPeer  bool
+	unmatched  bool // exported alone at least once
+	lastUpdate time.Time
+	activeFrom time.Time
+	waitUntil  time.Time // peer wait; zero once matched or given up
+	endFrom    time.Time // first end-of-flow of a correlated connection
+	prevEnd    [2]int64  // per side, end time covered by the previous export
+	deadline   time.Time
+	index      int
+	next       *entry
+}
+
+func (e *entry) side(s side) *Side {
+	if s == sideDestination {
+		return &e.rec.FromDestination
+	}
+	return &e.rec.FromSource
+}
+
+// Correlator merges halves and aggregates updates of connections. It is not
+// safe for concurrent use: one goroutine (Run, or a test) owns it.
+type Correlator struct {
+	cfg     Config
+	m       *Metrics
+	table   map[flow.Tuple]*entry
+	queue   expiryHeap
+	entries int
+}
+
+// New validates cfg and returns an empty Correlator.
+func New(cfg Config) (*Correlator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("correlate config: %w", err)
+	}
+	cfg.setDefaults()
+	m := cfg.Metrics
+	if m == nil {
+		var err error
+		if m, err = NewMetrics(nil); err != nil {
+			return nil, err
+		}
+	}
+	return &Correlator{cfg: cfg, m: m, table: make(map[flow.Tuple]*entry)}, nil
+}
+
+// Len is the number of connections held.
+func (c *Correlator) Len() int { return c.entries }
+
+// Add folds one record into the table. Records that complete a connection
+// are exported by the next Expire call with the same now.
+func (c *Correlator) Add(in *Input, now time.Time, emit func(*Record)) {
+	r := &in.Record
+	c.m.Received.WithLabelValues(r.FlowType.String()).Inc()
+	sd := classify(r, in.Exporter)
+	e := c.find(r)
+	if e == nil {
+		if c.entries >= c.cfg.MaxConnections {
+			c.m.Overflow.Inc()
+			tmp := c.newEntry(in, sd, now)
+			emit(c.export(tmp, r.EndReason))
+			return
+		}
+		e = c.newEntry(in, sd, now)
+		e.next = c.table[r.Tuple]
+		c.table[r.Tuple] = e
+		c.entries++
+		c.m.Pending.Set(float64(c.entries))
+		c.schedule(e, now, true)
+		return
+	}
+	if e.needsPeer {
+		sd = c.resolveSide(e, sd, in.Exporter)
+	} else {
+		sd = sideSource
+	}
+	c.apply(e, r, sd, in.Exporter, now)
+	c.schedule(e, now, false)
+}
+
+func (c *Correlator) newEntry(in *Input, sd side, now time.Time) *entry {
+	r := &in.Record
+	e := &entry{needsPeer: r.FlowType == flow.FlowTypeInterNode, lastUpdate: now, activeFrom: now, index: -1}
+	e.rec.Record = *r
+	e.rec.L7 = flow.L7{}
+	if err := mergeL7(&e.rec.L7, &r.L7); err != nil {
+		c.m.L7Errors.Inc()
+		klog.V(4).InfoS("Dropped invalid httpVals", "tuple", r.Tuple, "err", err)
+	}
+	if !e.needsPeer || sd == sideUnknown {
+		sd = sideSource
+	}
+	if e.needsPeer {
+		e.waitUntil = now.Add(c.cfg.CorrelationWait)
+	}
+	e.prevEnd[sd] = r.StartNanos
+	s := e.side(sd)
+	s.Seen, s.Exporter = true, in.Exporter
+	c.applyCounters(s, r)
+	return e
+}
+
+// find returns the entry of r's connection: same 5-tuple, start within the
+// window. An unknown start time (zero) matches any.
+func (c *Correlator) find(r *flow.Record) *entry {
+	for e := c.table[r.Tuple]; e != nil; e = e.next {
+		a, b := e.rec.StartNanos, r.StartNanos
+		if a == 0 || b == 0 {
+			return e
+		}
+		d := a - b
+		if d < 0 {
+			d = -d
+		}
+		if time.Duration(d) <= c.cfg.StartWindow {
+			return e
+		}
+	}
+	return nil
+}
+
+// classify tells which node exported r. Antrea's agents fill only the pods
+// local to them, so a lone source pod means the source node; agents that know
+// both pods are told apart by the exporter's node name.
+func classify(r *flow.Record, exporter string) side {
+	s, d := r.Source.PodName != "", r.Destination.PodName != ""
+	switch {
+	case s && !d:
+		return sideSource
+	case d && !s:
+		return sideDestination
+	}
+	if exporter != "" {
+		switch exporter {
+		case r.Source.NodeName:
+			return sideSource
+		case r.Destination.NodeName:
+			return sideDestination
+		}
+	}
+	return sideUnknown
+}
+
+// resolveSide places a record that classify could not place: the side its
+// exporter already filled, else the empty one.
+func (c *Correlator) resolveSide(e *entry, sd side, exporter string) side {
+	if sd != sideUnknown {
+		return sd
+	}
+	src, dst := &e.rec.FromSource, &e.rec.FromDestination
+	switch {
+	case src.Seen && src.Exporter == exporter:
+		return sideSource
+	case dst.Seen && dst.Exporter == exporter:
+		return sideDestination
+	case !src.Seen:
+		return sideSource
+	default:
+		return sideDestination
+	}
+}
+
+func (c *Correlator) applyCounters(s *Side, r *flow.Record) {
+	end := r.StopNanos
+	if end == 0 {
+		end = r.ExportNanos
+	}
+	if end >= s.EndNanos {
+		s.Fwd, s.Rev = r.Fwd, r.Rev
+		s.EndNanos = end
+	}
+	s.FwdDelta.Packets += r.FwdDelta.Packets
+	s.FwdDelta.Bytes += r.FwdDelta.Bytes
+	s.RevDelta.Packets += r.RevDelta.Packets
+	s.RevDelta.Bytes += r.RevDelta.Bytes
+	if r.EndReason == flow.EndOfFlow {
+		s.Ended = true
+	}
+}
+
+func (c *Correlator) apply(e *entry, r *flow.Record, sd side, exporter string, now time.Time) {
+	s := e.side(sd)
+	if !s.Seen {
+		s.Seen, s.Exporter = true, exporter
+		e.prevEnd[sd] = r.StartNanos
+		if e.needsPeer && !e.waitUntil.IsZero() {
+			e.waitUntil = time.Time{}
+			c.m.Correlated.Inc()
+		} else if e.needsPeer {
+			// The peer arrived after this connection was exported alone.
+			c.m.Correlated.Inc()
+		}
+	}
+	c.applyCounters(s, r)
+
+	m := &e.rec.Record
+	mergeEndpoint(&m.Source, r.Source, sd == sideSource)
+	mergeEndpoint(&m.Destination, r.Destination, sd == sideDestination)
+	if err := mergeL7(&m.L7, &r.L7); err != nil {
+		c.m.L7Errors.Inc()
+		klog.V(4).InfoS("Kept valid side of httpVals", "tuple", r.Tuple, "err", err)
+	}
+	if r.StartNanos != 0 && (m.StartNanos == 0 || r.StartNanos < m.StartNanos) {
+		m.StartNanos = r.StartNanos
+	}
+	m.StopNanos = max(m.StopNanos, r.StopNanos)
+	if r.ExportNanos >= m.ExportNanos {
+		m.ExportNanos = r.ExportNanos
+		if r.TCPState != flow.TCPStateNone {
+			m.TCPState = r.TCPState
+		}
+	}
+	// Service DNAT happens on the source node: only its half knows the VIP.
+	if r.IsDNATed() && !m.IsDNATed() {
+		m.OrigDstIP, m.OrigDstPort = r.OrigDstIP, r.OrigDstPort
+	}
+	if m.ServicePortName == "" {
+		m.ServicePortName = r.ServicePortName
+	}
+	m.ClusterIP = m.ClusterIP || r.ClusterIP
+	if m.FlowType == flow.FlowTypeUnknown {
+		m.FlowType = r.FlowType
+	}
+	if sd == sideSource {
+		m.Zone, m.Mark, m.ID, m.Status = r.Zone, r.Mark, r.ID, r.Status
+	}
+	e.lastUpdate = now
+}
+
+// mergeEndpoint fills dst from in: empty fields always, set ones only from
+// the node that owns that end.
+func mergeEndpoint(dst *flow.Endpoint, in flow.Endpoint, authoritative bool) {
+	set := func(d *string, v string) {
+		if v != "" && (*d == "" || authoritative) {
+			*d = v
+		}
+	}
+	set(&dst.PodName, in.PodName)
+	set(&dst.PodNamespace, in.PodNamespace)
+	set(&dst.NodeName, in.NodeName)
+	set(&dst.Labels, in.Labels)
+}
+
+// ended reports whether every node that reports the connection has seen
+// it end.
+func (e *entry) ended() (all, some bool) {
+	src, dst := &e.rec.FromSource, &e.rec.FromDestination
+	all, some = true, false
+	for _, s := range []*Side{src, dst} {
+		if !s.Seen {
+			continue
+		}
+		all = all && s.Ended
+		some = some || s.Ended
+	}
+	if e.needsPeer && !(src.Seen && dst.Seen) && !e.unmatched {
+		all = false // the peer may still report
+	}
+	return all, some
+}
+
+func (c *Correlator) schedule(e *entry, now time.Time, isNew bool) {
+	all, some := e.ended()
+	if some && e.endFrom.IsZero() {
+		e.endFrom = now
+	}
+	var d time.Time
+	switch {
+	case !e.waitUntil.IsZero() && !all:
+		d = e.waitUntil
+	case all:
+		d = now
+	default:
+		d = e.activeFrom.Add(c.cfg.ActiveTimeout)
+		if t := e.lastUpdate.Add(c.cfg.InactiveTimeout); t.Before(d) {
+			d = t
+		}
+		if some {
+			if t := e.endFrom.Add(c.cfg.CorrelationWait); t.Before(d) {
+				d = t
+			}
+		}
+	}
+	e.deadline = d
+	if isNew {
+		heap.Push(&c.queue, e)
+	} else {
+		heap.Fix(&c.queue, e.index)
+	}
+}
+
+// Expire exports every connection whose deadline is at or before now.
+func (c *Correlator) Expire(now time.Time, emit func(*Record)) {
+	for len(c.queue) > 0 && !c.queue[0].deadline.After(now) {
+		e := c.queue[0]
+		all, some := e.ended()
+		switch {
+		case !e.waitUntil.IsZero() && !all:
+			// The peer never came: export this half alone.
+			e.waitUntil = time.Time{}
+			e.unmatched = true
+			c.m.Unmatched.Inc()
+			if all, _ = e.ended(); all {
+				c.remove(e, emit, flow.EndOfFlow)
+				continue
+			}
+			emit(c.export(e, flow.EndActiveTimeout))
+			e.activeFrom = now
+		case all:
+			c.remove(e, emit, flow.EndOfFlow)
+			continue
+		case some && !now.Before(e.endFrom.Add(c.cfg.CorrelationWait)):
+			c.remove(e, emit, flow.EndOfFlow)
+			continue
+		case !now.Before(e.lastUpdate.Add(c.cfg.InactiveTimeout)):
+			c.remove(e, emit, flow.EndIdleTimeout)
+			continue
+		default:
+			emit(c.export(e, flow.EndActiveTimeout))
+			e.activeFrom = now
+		}
+		c.schedule(e, now, false)
+	}
+}
+
+// Flush exports every connection held, as on a forced end; Run calls it on
+// shutdown so nothing pending is lost.
+func (c *Correlator) Flush(emit func(*Record)) {
+	for len(c.queue) > 0 {
+		e := c.queue[0]
+		if !e.waitUntil.IsZero() {
+			e.unmatched = true
+			c.m.Unmatched.Inc()
+		}
+		c.remove(e, emit, flow.EndForced)
+	}
+}
+
+func (c *Correlator) remove(e *entry, emit func(*Record), reason flow.EndReason) {
+	heap.Remove(&c.queue, e.index)
+	t := e.rec.Tuple
+	if c.table[t] == e {
+		if e.next == nil {
+			delete(c.table, t)
+		} else {
+			c.table[t] = e.next
+		}
+	} else {
+		for p := c.table[t]; p != nil; p = p.next {
+			if p.next == e {
+				p.next = e.next
+				break
+			}
+		}
+	}
+	c.entries--
+	c.m.Pending.Set(float64(c.entries))
+	emit(c.export(e, reason))
+}
+
+// export builds the record handed to the sinks and starts a new delta
+// interval.
+func (c *Correlator) export(e *entry, reason flow.EndReason) *Record {
+	if !e.needsPeer {
+		e.rec.FromDestination = e.rec.FromSource
+		e.prevEnd[sideDestination] = e.prevEnd[sideSource]
+	}
+	for i, s := range []*Side{&e.rec.FromSource, &e.rec.FromDestination} {
+		s.Throughput, s.ReverseThroughput = 0, 0
+		if !s.Seen {
+			continue
+		}
+		if iv := s.EndNanos - e.prevEnd[i]; iv > 0 && e.prevEnd[i] > 0 {
+			secs := float64(iv) / 1e9
+			s.Throughput = uint64(float64(s.FwdDelta.Bytes) * 8 / secs)
+			s.ReverseThroughput = uint64(float64(s.RevDelta.Bytes) * 8 / secs)
+		}
+	}
+	out := new(Record)
+	*out = e.rec
+	out.EndReason = reason
+	primary := &out.FromSource
+	if !primary.Seen {
+		primary = &out.FromDestination
+	}
+	out.Fwd, out.Rev = primary.Fwd, primary.Rev
+	out.FwdDelta, out.RevDelta = primary.FwdDelta, primary.RevDelta
+	out.Throughput, out.ReverseThroughput = primary.Throughput, primary.ReverseThroughput
+	switch {
+	case !e.needsPeer:
+		out.Correlation = StatusNotRequired
+	case out.FromSource.Seen && out.FromDestination.Seen:
+		out.Correlation = StatusCorrelated
+	default:
+		out.Correlation = StatusUnmatched
+	}
+	for i, s := range []*Side{&e.rec.FromSource, &e.rec.FromDestination} {
+		s.FwdDelta, s.RevDelta = flow.Counters{}, flow.Counters{}
+		if s.Seen {
+			e.prevEnd[i] = s.EndNanos
+		}
+	}
+	c.m.Exported.WithLabelValues(reason.String()).Inc()
+	return out
+}
+
+// Run owns the Correlator: it adds what arrives on in, exports on deadlines
+// and, when in is closed or ctx is done, drains what is already queued and
+// flushes the table. emit is called from Run's goroutine only.
+func (c *Correlator) Run(ctx context.Context, in <-chan Input, emit func(*Record)) error {
+	t := time.NewTicker(c.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			for {
+				select {
+				case i, ok := <-in:
+					if !ok {
+						c.Flush(emit)
+						return nil
+					}
+					c.Add(&i, time.Now(), emit)
+				default:
+					c.Flush(emit)
+					if errors.Is(ctx.Err(), context.Canceled) {
+						return nil
+					}
+					return ctx.Err()
+				}
+			}
+		case i, ok := <-in:
+			if !ok {
+				c.Flush(emit)
+				return nil
+			}
+			now := time.Now()
+			c.Add(&i, now, emit)
+			c.Expire(now, emit)
+		case now := <-t.C:
+			c.Expire(now, emit)
+		}
+	}
+}
+
+type expiryHeap []*entry
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
+func (h expiryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index = i
+	h[j].index = j
+}
+func (h *expiryHeap) Push(x any) {
+	e := x.(*entry)
+	e.index = len(*h)
+	*h = append(*h, e)
+}
+func (h *expiryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	e.index = -1
+	*h = old[:len(old)-1]
+	return e
+}

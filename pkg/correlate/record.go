@@ -1,0 +1,77 @@
+// Package correlate turns the records that agents export into one record per
+// connection: the two halves of an inter-node connection (one from the node of
+// the source pod, one from the node of the destination pod) are merged, and
+// repeated reports of the same connection are aggregated behind the
+// aggregator's own active and inactive timeouts.
+package correlate
+
+import (
+	"github.com/flowlens/flowlens/pkg/flow"
+)
+
+// Input is one record as the collector decoded it, with the identity of the
+// agent that sent it. Exporter tells the halves of a connection apart when
+// the Kubernetes fields alone cannot (agents that know both pods).
+type Input struct {
+	Record   flow.Record
+	Exporter string
+}
+
+// Status says how a record was correlated.
+type Status uint8
+
+// Correlation statuses.
+const (
+	// StatusNotRequired: one node saw both ends (intra-node, to/from-external).
+	StatusNotRequired Status = iota
+	// StatusCorrelated: both halves of an inter-node connection were merged.
+	StatusCorrelated
+	// StatusUnmatched: an inter-node half whose peer did not arrive within
+	// the correlation wait; only one side's fields are filled.
+	StatusUnmatched
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusNotRequired:
+		return "not-required"
+	case StatusCorrelated:
+		return "correlated"
+	case StatusUnmatched:
+		return "unmatched"
+	}
+	return "unknown"
+}
+
+// Side is what one node reported about a connection, exported as Antrea's
+// ...FromSourceNode / ...FromDestinationNode elements.
+type Side struct {
+	Seen     bool
+	Exporter string
+	// Fwd and Rev are the latest totals the node reported.
+	Fwd, Rev flow.Counters
+	// FwdDelta and RevDelta sum the node's deltas since the aggregator's
+	// previous export of the connection.
+	FwdDelta, RevDelta flow.Counters
+	// Throughput and ReverseThroughput are bits per second over the interval
+	// the deltas cover.
+	Throughput, ReverseThroughput uint64
+	// EndNanos is the latest flowEnd the node reported (Unix ns).
+	EndNanos int64
+	// Ended is set once the node reported end-of-flow.
+	Ended bool
+}
+
+// Record is one aggregated connection. The embedded flow.Record holds the
+// merged view: Source fields from the source node, Destination fields from
+// the destination node, L7 from both; its counters are the source node's
+// when it reported (it counts before any drop on the way), else the
+// destination node's. EndReason is the aggregator's own export reason.
+type Record struct {
+	flow.Record
+	FromSource      Side
+	FromDestination Side
+	// Throughput and ReverseThroughput (bits/s) go with the main counters.
+	Throughput, ReverseThroughput uint64
+	Correlation                   Status
+}

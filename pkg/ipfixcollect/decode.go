@@ -1,0 +1,264 @@
+package ipfixcollect
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"net/netip"
+
+	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+)
+
+const (
+	headerLen        = 16
+	ipfixVersion     = 10
+	templateSetID    = 2
+	optionsSetID     = 3
+	minDataSetID     = 256
+	variableLenMark  = 255
+	maxMessageLength = 65535
+)
+
+// session is what one exporter transport session (a TCP connection, or a
+// UDP source address) announced: its templates, by observation domain.
+type session struct {
+	exporter  netip.AddrPort
+	templates map[templateKey]*template
+	rec       Record // reused for every record
+}
+
+type templateKey struct {
+	domain uint32
+	id     uint16
+}
+
+type template struct {
+	elems  []ipfixie.Element
+	minLen int
+}
+
+func newSession(exporter netip.AddrPort) *session {
+	return &session{exporter: exporter, templates: map[templateKey]*template{}}
+}
+
+// decodeError names what was wrong, for the error counter's reason label.
+type decodeError struct {
+	reason string
+	err    error
+}
+
+func (e *decodeError) Error() string { return e.reason + ": " + e.err.Error() }
+
+func malformed(format string, args ...any) error {
+	return &decodeError{reason: "malformed", err: fmt.Errorf(format, args...)}
+}
+
+// stats counts what decoding one message skipped without failing.
+type stats struct {
+	records          int
+	unknownTemplates int
+	unknownSets      int
+}
+
+// message decodes one IPFIX message, calling emit for each data record. A
+// malformed set ends decoding of the message; the records before it were
+// emitted.
+func (s *session) message(msg []byte, emit func(*Record)) (stats, error) {
+	var st stats
+	if len(msg) < headerLen {
+		return st, malformed("message of %d bytes, shorter than the header", len(msg))
+	}
+	if v := binary.BigEndian.Uint16(msg); v != ipfixVersion {
+		return st, malformed("version %d, want %d", v, ipfixVersion)
+	}
+	if l := int(binary.BigEndian.Uint16(msg[2:])); l != len(msg) {
+		return st, malformed("header length %d, message has %d bytes", l, len(msg))
+	}
+	s.rec.Exporter = s.exporter
+	s.rec.ExportTime = binary.BigEndian.Uint32(msg[4:])
+	s.rec.SequenceNumber = binary.BigEndian.Uint32(msg[8:])
+	domain := binary.BigEndian.Uint32(msg[12:])
+	s.rec.ObservationDomainID = domain
+	p := msg[headerLen:]
+	for len(p) > 0 {
+		if len(p) < 4 {
+			return st, malformed("%d trailing bytes, too short for a set header", len(p))
+		}
+		id, l := binary.BigEndian.Uint16(p), int(binary.BigEndian.Uint16(p[2:]))
+		if l < 4 || l > len(p) {
+			return st, malformed("set %d length %d, %d bytes left", id, l, len(p))
+		}
+		body := p[4:l]
+		p = p[l:]
+		var err error
+		switch {
+		case id == templateSetID || id == optionsSetID:
+			err = s.templateSet(domain, id, body)
+		case id >= minDataSetID:
+			t, ok := s.templates[templateKey{domain, id}]
+			if !ok {
+				st.unknownTemplates++
+				continue
+			}
+			s.rec.TemplateID = id
+			var n int
+			n, err = s.dataSet(t, body, emit)
+			st.records += n
+		default:
+			st.unknownSets++
+		}
+		if err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+func (s *session) templateSet(domain uint32, setID uint16, body []byte) error {
+	// Fewer than 4 bytes left is padding (RFC 7011 section 3.3.1).
+	for len(body) >= 4 {
+		id, count := binary.BigEndian.Uint16(body), int(binary.BigEndian.Uint16(body[2:]))
+		body = body[4:]
+		if count == 0 {
+			s.withdraw(domain, setID, id)
+			continue
+		}
+		if id < minDataSetID {
+			return malformed("template id %d below %d", id, minDataSetID)
+		}
+		if setID == optionsSetID {
+			if len(body) < 2 {
+				return malformed("options template %d: no scope field count", id)
+			}
+			body = body[2:]
+		}
+		t := &template{elems: make([]ipfixie.Element, 0, count)}
+		for range count {
+			if len(body) < 4 {
+				return malformed("template %d: truncated field specifier", id)
+			}
+			eid, length := binary.BigEndian.Uint16(body), binary.BigEndian.Uint16(body[2:])
+			body = body[4:]
+			ent := ipfixie.EnterpriseIANA
+			if eid&0x8000 != 0 {
+				if len(body) < 4 {
+					return malformed("template %d: truncated enterprise number", id)
+				}
+				eid &^= 0x8000
+				ent = binary.BigEndian.Uint32(body)
+				body = body[4:]
+			}
+			e, ok := ipfixie.Lookup(ent, eid)
+			if !ok {
+				e = ipfixie.Unknown(ent, eid, length)
+			}
+			e.Length = length
+			if length == ipfixie.VariableLength {
+				t.minLen++
+			} else {
+				t.minLen += int(length)
+			}
+			t.elems = append(t.elems, e)
+		}
+		if t.minLen == 0 {
+			// Only zero-length fields: a data set of them would never end.
+			return malformed("template %d: records of zero length", id)
+		}
+		s.templates[templateKey{domain, id}] = t
+	}
+	return nil
+}
+
+// withdraw handles a template withdrawal; the set id as template id
+// withdraws all templates of that kind (RFC 7011 section 8.1).
+func (s *session) withdraw(domain uint32, setID, id uint16) {
+	if id != setID {
+		delete(s.templates, templateKey{domain, id})
+		return
+	}
+	for k := range s.templates {
+		if k.domain == domain {
+			delete(s.templates, k)
+		}
+	}
+}
+
+func (s *session) dataSet(t *template, body []byte, emit func(*Record)) (int, error) {
+	n := 0
+	// Fewer bytes than the shortest record is padding.
+	for len(body) >= t.minLen {
+		fields := s.rec.Fields[:0]
+		for _, e := range t.elems {
+			l := int(e.Length)
+			if e.Length == ipfixie.VariableLength {
+				if len(body) < 1 {
+					return n, malformed("template %d: truncated variable length", s.rec.TemplateID)
+				}
+				l, body = int(body[0]), body[1:]
+				if l == variableLenMark {
+					if len(body) < 2 {
+						return n, malformed("template %d: truncated variable length", s.rec.TemplateID)
+					}
+					l, body = int(binary.BigEndian.Uint16(body)), body[2:]
+				}
+			}
+			if len(body) < l {
+				return n, malformed("template %d: field %s needs %d bytes, %d left", s.rec.TemplateID, e.Name, l, len(body))
+			}
+			fields = append(fields, Field{Element: e, Value: decodeValue(e.Type, body[:l])})
+			body = body[l:]
+		}
+		s.rec.Fields = fields
+		emit(&s.rec)
+		n++
+	}
+	return n, nil
+}
+
+// decodeValue decodes b per its type. Lengths the type cannot have (reduced
+// encodings are allowed, RFC 7011 section 6.2) keep the raw bytes instead.
+func decodeValue(t ipfixie.DataType, b []byte) ipfixie.Value {
+	var v ipfixie.Value
+	switch t {
+	case ipfixie.Unsigned8, ipfixie.Unsigned16, ipfixie.Unsigned32, ipfixie.Unsigned64,
+		ipfixie.DateTimeSeconds, ipfixie.DateTimeMilliseconds, ipfixie.DateTimeMicroseconds, ipfixie.DateTimeNanoseconds,
+		ipfixie.Boolean:
+		if len(b) >= 1 && len(b) <= 8 {
+			v.Uint = beUint(b)
+			return v
+		}
+	case ipfixie.Signed8, ipfixie.Signed16, ipfixie.Signed32, ipfixie.Signed64:
+		if len(b) >= 1 && len(b) <= 8 {
+			shift := uint(64 - 8*len(b))
+			v.Int = int64(beUint(b)<<shift) >> shift
+			return v
+		}
+	case ipfixie.Float32, ipfixie.Float64:
+		switch len(b) {
+		case 4:
+			v.Float = float64(math.Float32frombits(binary.BigEndian.Uint32(b)))
+			return v
+		case 8:
+			v.Float = math.Float64frombits(binary.BigEndian.Uint64(b))
+			return v
+		}
+	case ipfixie.String:
+		v.Str = string(b)
+		return v
+	case ipfixie.IPv4Address, ipfixie.IPv6Address:
+		if a, ok := netip.AddrFromSlice(b); ok {
+			v.Addr = a
+			return v
+		}
+	}
+	v.Bytes = append(make([]byte, 0, len(b)), b...)
+	return v
+}
+
+func beUint(b []byte) uint64 {
+	var x uint64
+	for _, c := range b {
+		x = x<<8 | uint64(c)
+	}
+	return x
+}

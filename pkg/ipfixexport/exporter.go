@@ -1,0 +1,467 @@
+// Package ipfixexport sends flow records to an IPFIX collector (RFC 7011)
+// over TCP, UDP or TLS, with the templates Antrea's Flow Aggregator reads.
+//
+// Export copies a record into a bounded buffer and returns at once; Run owns
+// the connection, batches records into messages up to the size limit, and
+// reconnects with backoff when the collector goes away, keeping records in
+// the buffer meanwhile.
+//
+// Delivery over TCP and TLS (Linux): a message written to a connection that
+// then fails is kept until the collector's kernel acknowledges it; whatever
+// was never acknowledged is sent again on the next connection, and nothing
+// acknowledged is sent twice. Records are lost only when the buffer is full
+// (counted), when a collector crashes with acknowledged data it had not yet
+// read, or, after DrainTimeout without acknowledgement, in the instant the
+// connection is aborted. A collector that closes its side first (as
+// ipfixcollect does on shutdown) and reads until the exporter's EOF loses
+// nothing. Over UDP delivery is best effort: messages sent before the
+// exporter learns (ICMP) that the collector is down are lost.
+package ipfixexport
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
+
+	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+)
+
+// Template ids of the flow-record templates.
+const (
+	TemplateIDv4 uint16 = 256
+	TemplateIDv6 uint16 = 257
+)
+
+const (
+	ipfixVersion   = 10
+	templateSetID  = 2
+	setHeaderLen   = 4
+	bufferSlack    = 4096 // room for the record that overflows a message before it is rolled back
+	maxFreeBuffers = 64
+)
+
+// Exporter sends flow records to one collector.
+type Exporter struct {
+	cfg     Config
+	maxMsg  int
+	tmpl    [2]*ipfixie.Template // IPv4, IPv6
+	tmplMsg [][]byte             // template sets, one message body each
+	tlsConf *tls.Config
+	m       *metrics
+	running atomic.Bool
+
+	mu     sync.Mutex
+	ring   []flow.Record
+	head   int
+	n      int
+	wakeAt int
+	wake   chan struct{}
+	flush  chan struct{}
+	// stopped is set when Run returned: nothing would send later records.
+	stopped bool
+
+	// Owned by the Run goroutine.
+	pending []*message  // written to a failed connection, not acknowledged: sent first
+	open    [2]*message // data messages being filled, per address family
+	ready   []*message  // filled messages about to be written
+	free    []*message
+}
+
+// message is one encoded IPFIX message. end is the connection's byte count
+// once it was written, so the kernel's acknowledged count says whether the
+// collector received it.
+type message struct {
+	b    []byte
+	nrec int
+	end  uint64
+}
+
+// New validates cfg and builds an exporter; Run starts sending. Metrics are
+// registered on reg when it is not nil.
+func New(cfg Config, reg prometheus.Registerer) (*Exporter, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("ipfixexport config: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	maxMsg, err := cfg.messageLimit()
+	if err != nil {
+		return nil, fmt.Errorf("ipfixexport config: %w", err)
+	}
+	v4, v6, err := ipfixie.FlowTemplates(TemplateIDv4, TemplateIDv6)
+	if err != nil {
+		return nil, fmt.Errorf("ipfixexport templates: %w", err)
+	}
+	e := &Exporter{
+		cfg:    cfg,
+		maxMsg: maxMsg,
+		tmpl:   [2]*ipfixie.Template{v4, v6},
+		ring:   make([]flow.Record, cfg.BufferRecords),
+		wake:   make(chan struct{}, 1),
+		flush:  make(chan struct{}, 1),
+	}
+	if e.tmplMsg, err = templateMessages(maxMsg, v4, v6); err != nil {
+		return nil, fmt.Errorf("ipfixexport config: %w", err)
+	}
+	// Wake the sender once about a message's worth of the smallest records
+	// waits, so full messages go out without waiting for the flush tick.
+	e.wakeAt = max(1, min(cfg.BufferRecords/2, (maxMsg-ipfixHeaderLen)/len(v4.AppendData(nil, &flow.Record{}))))
+	if cfg.Transport == TLS {
+		if e.tlsConf, err = clientTLS(cfg); err != nil {
+			return nil, fmt.Errorf("ipfixexport tls: %w", err)
+		}
+	}
+	if e.m, err = newMetrics(reg, e.buffered); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// templateMessages builds one message body per template: go-ipfix's
+// collector, and so Antrea's Flow Aggregator, reads one set per message and
+// one record per template set.
+func templateMessages(maxMsg int, ts ...*ipfixie.Template) ([][]byte, error) {
+	var msgs [][]byte
+	for _, t := range ts {
+		rec := t.AppendTemplateRecord(nil)
+		if ipfixHeaderLen+setHeaderLen+len(rec) > maxMsg {
+			return nil, fmt.Errorf("MaxMessageSize %d: smaller than template %d (%d bytes)", maxMsg, t.ID, ipfixHeaderLen+setHeaderLen+len(rec))
+		}
+		b := binary.BigEndian.AppendUint16(nil, templateSetID)
+		b = binary.BigEndian.AppendUint16(b, uint16(setHeaderLen+len(rec)))
+		msgs = append(msgs, append(b, rec...))
+	}
+	return msgs, nil
+}
+
+// MaxMessageSize is the largest message this exporter sends.
+func (e *Exporter) MaxMessageSize() int { return e.maxMsg }
+
+// Export queues a copy of r and returns without waiting for the network; r
+// may be reused once it returns. It may be called before Run starts. It
+// reports false when the record was dropped (and counted): the buffer is
+// full, or Run has returned.
+func (e *Exporter) Export(r *flow.Record) bool {
+	e.mu.Lock()
+	if e.stopped {
+		e.mu.Unlock()
+		e.m.dropShutdown.Inc()
+		return false
+	}
+	if e.n == len(e.ring) {
+		e.mu.Unlock()
+		e.m.dropBufferFull.Inc()
+		return false
+	}
+	i := e.head + e.n
+	if i >= len(e.ring) {
+		i -= len(e.ring)
+	}
+	e.ring[i] = *r
+	e.n++
+	full := e.n == e.wakeAt
+	e.mu.Unlock()
+	if full {
+		select {
+		case e.wake <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// Flush asks Run to send everything buffered now rather than at the next
+// flush tick. It does not wait.
+func (e *Exporter) Flush() {
+	select {
+	case e.flush <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Exporter) buffered() float64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return float64(e.n)
+}
+
+// Run connects to the collector and sends records until ctx ends, then
+// sends what is buffered (when connected), closes the connection and
+// returns. It returns an error only when called twice.
+func (e *Exporter) Run(ctx context.Context) error {
+	if !e.running.CompareAndSwap(false, true) {
+		return errors.New("ipfixexport: Run called twice")
+	}
+	defer e.dropRemaining()
+	flushTick := time.NewTicker(e.cfg.FlushInterval)
+	defer flushTick.Stop()
+	backoff := e.cfg.ReconnectMin
+	for {
+		c, err := e.dial(ctx)
+		if err == nil {
+			klog.V(2).InfoS("Connected to IPFIX collector", "address", e.cfg.Address, "transport", e.cfg.Transport)
+			e.m.connected.Set(1)
+			start := time.Now()
+			e.serve(ctx, c, flushTick.C)
+			e.m.connected.Set(0)
+			// A connection that lasted restarts the backoff; one the
+			// collector drops at once keeps it growing.
+			if time.Since(start) >= backoff {
+				backoff = e.cfg.ReconnectMin
+			}
+		} else if ctx.Err() == nil {
+			e.m.errDial.Inc()
+			klog.V(2).InfoS("Cannot connect to IPFIX collector", "address", e.cfg.Address, "err", err, "retryIn", backoff)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(2*backoff, e.cfg.ReconnectMax)
+	}
+}
+
+// dropRemaining accounts for what could not be sent before Run returned.
+func (e *Exporter) dropRemaining() {
+	n := 0
+	for _, m := range append(e.pending, e.open[:]...) {
+		if m != nil {
+			n += m.nrec
+		}
+	}
+	e.pending, e.open = nil, [2]*message{}
+	e.mu.Lock()
+	n += e.n
+	clear(e.ring)
+	e.head, e.n = 0, 0
+	e.stopped = true
+	e.mu.Unlock()
+	if n > 0 {
+		e.m.dropShutdown.Add(float64(n))
+		klog.InfoS("IPFIX records not sent at shutdown", "records", n)
+	}
+}
+
+// serve sends on c until c fails or ctx ends, then tears c down.
+func (e *Exporter) serve(ctx context.Context, c *conn, flushTick <-chan time.Time) {
+	var refresh <-chan time.Time
+	if e.cfg.Transport == UDP {
+		t := time.NewTicker(e.cfg.TemplateRefreshInterval)
+		defer t.Stop()
+		refresh = t.C
+	}
+	ok := e.sendTemplates(c) && e.sendPending(c) && e.drain(c, true)
+	for ok {
+		select {
+		case <-ctx.Done():
+			e.drain(c, true)
+			e.teardown(c, true)
+			return
+		case <-c.dead:
+			e.m.errPeerClose.Inc()
+			klog.V(2).InfoS("IPFIX collector closed the connection", "address", e.cfg.Address, "err", c.readErr)
+			e.teardown(c, errors.Is(c.readErr, errPeerEOF))
+			return
+		case <-e.wake:
+			ok = e.drain(c, false)
+		case <-e.flush:
+			ok = e.drain(c, true)
+		case <-flushTick:
+			ok = e.drain(c, true)
+		case <-refresh:
+			ok = e.sendTemplates(c)
+		}
+	}
+	e.teardown(c, false)
+}
+
+func (e *Exporter) sendTemplates(c *conn) bool {
+	for _, body := range e.tmplMsg {
+		m := e.getMessage()
+		m.b = append(m.b[:ipfixHeaderLen], body...)
+		if !e.write(c, m) {
+			e.putMessage(m)
+			return false
+		}
+	}
+	return true
+}
+
+func (e *Exporter) sendPending(c *conn) bool {
+	for len(e.pending) > 0 {
+		if !e.write(c, e.pending[0]) {
+			return false
+		}
+		e.pending = e.pending[1:]
+	}
+	e.pending = nil
+	return true
+}
+
+// drain sends buffered records: with all, everything; otherwise only full
+// messages, once a message's worth waits. It reports false when the
+// connection failed.
+func (e *Exporter) drain(c *conn, all bool) bool {
+	for {
+		e.ready = e.encode(all, e.ready[:0])
+		if len(e.ready) == 0 {
+			return true
+		}
+		for i, m := range e.ready {
+			if !e.write(c, m) {
+				e.pending = append(e.pending, e.ready[i:]...)
+				clear(e.ready)
+				return false
+			}
+		}
+		clear(e.ready)
+	}
+}
+
+// encode moves buffered records into the open message of their address
+// family and appends the messages that filled up to ready; with all, the
+// partly filled ones too. It stops after a few messages so Export never
+// waits long for the lock.
+func (e *Exporter) encode(all bool, ready []*message) []*message {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !all && e.n < e.wakeAt {
+		return ready
+	}
+	for e.n > 0 && len(ready) < 4 {
+		r := &e.ring[e.head]
+		fam := 0
+		if !r.Tuple.IsIPv4() {
+			fam = 1
+		}
+		m := e.open[fam]
+		if m == nil {
+			m = e.getMessage()
+			m.b = binary.BigEndian.AppendUint16(m.b[:ipfixHeaderLen], e.tmpl[fam].ID)
+			m.b = append(m.b, 0, 0)
+			e.open[fam] = m
+		}
+		mark := len(m.b)
+		m.b = e.tmpl[fam].AppendData(m.b, r)
+		if len(m.b) > e.maxMsg {
+			m.b = m.b[:mark]
+			if m.nrec > 0 {
+				// Full: the record goes into the next message.
+				ready = append(ready, closeSet(m))
+				e.open[fam] = nil
+				continue
+			}
+			// Alone in a message and still too large: it can never be sent.
+			e.m.dropTooLarge.Inc()
+			klog.V(2).InfoS("IPFIX record larger than the message size limit, dropped", "tuple", r.Tuple.String(), "limit", e.maxMsg)
+		} else {
+			m.nrec++
+		}
+		// Zeroing the slot lets the strings it referenced be collected.
+		*r = flow.Record{}
+		e.head++
+		if e.head == len(e.ring) {
+			e.head = 0
+		}
+		e.n--
+	}
+	if all && e.n == 0 {
+		for fam, m := range e.open {
+			if m != nil && m.nrec > 0 {
+				ready = append(ready, closeSet(m))
+				e.open[fam] = nil
+			}
+		}
+	}
+	return ready
+}
+
+// closeSet writes the data set's length into its header.
+func closeSet(m *message) *message {
+	binary.BigEndian.PutUint16(m.b[ipfixHeaderLen+2:], uint16(len(m.b)-ipfixHeaderLen))
+	return m
+}
+
+func (e *Exporter) getMessage() *message {
+	if n := len(e.free); n > 0 {
+		m := e.free[n-1]
+		e.free = e.free[:n-1]
+		return m
+	}
+	return &message{b: make([]byte, ipfixHeaderLen, e.maxMsg+bufferSlack)}
+}
+
+func (e *Exporter) putMessage(m *message) {
+	if len(e.free) >= maxFreeBuffers {
+		return
+	}
+	m.b, m.nrec, m.end = m.b[:ipfixHeaderLen], 0, 0
+	e.free = append(e.free, m)
+}
+
+// write sends m on c with a fresh header. On failure the caller keeps m for
+// the next connection: a message cut short never reaches the collector's
+// decoder, so sending it again cannot duplicate records.
+func (e *Exporter) write(c *conn, m *message) bool {
+	select {
+	case <-c.dead:
+		return false
+	default:
+	}
+	h := m.b[:ipfixHeaderLen]
+	binary.BigEndian.PutUint16(h[0:], ipfixVersion)
+	binary.BigEndian.PutUint16(h[2:], uint16(len(m.b)))
+	binary.BigEndian.PutUint32(h[4:], uint32(time.Now().Unix()))
+	binary.BigEndian.PutUint32(h[8:], c.seq)
+	binary.BigEndian.PutUint32(h[12:], e.cfg.ObservationDomainID)
+	if err := c.nc.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout)); err != nil {
+		e.m.errWrite.Inc()
+		e.m.resent.Add(float64(m.nrec))
+		return false
+	}
+	if _, err := c.nc.Write(m.b); err != nil {
+		e.m.errWrite.Inc()
+		e.m.resent.Add(float64(m.nrec))
+		klog.V(2).InfoS("Cannot write to IPFIX collector", "address", e.cfg.Address, "err", err)
+		return false
+	}
+	c.seq += uint32(m.nrec)
+	e.m.messagesSent.Inc()
+	e.m.bytesSent.Add(float64(len(m.b)))
+	e.m.recordsSent.Add(float64(m.nrec))
+	if !c.tracked {
+		e.putMessage(m)
+		return true
+	}
+	m.end = c.written.Load()
+	c.inflight = append(c.inflight, m)
+	e.releaseAcked(c)
+	return true
+}
+
+// releaseAcked recycles messages the collector's kernel acknowledged.
+func (e *Exporter) releaseAcked(c *conn) {
+	acked, _, ok := tcpAcked(c.tcp)
+	if !ok {
+		return
+	}
+	i := 0
+	for ; i < len(c.inflight) && c.inflight[i].end <= acked; i++ {
+		e.putMessage(c.inflight[i])
+	}
+	c.inflight = append(c.inflight[:0], c.inflight[i:]...)
+}

@@ -1,0 +1,288 @@
+package l7
+
+import (
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/flowlens/flowlens/pkg/eve"
+	"github.com/flowlens/flowlens/pkg/flow"
+)
+
+// Privacy says what of an HTTP transaction may leave the node. The zero
+// value is the default policy: query strings are dropped, the rest kept.
+type Privacy struct {
+	// KeepQuery exports URLs with their query string; by default
+	// everything from the first '?' or '#' is removed, since query strings
+	// carry tokens and personal data more often than paths do.
+	KeepQuery bool
+	// DropURL exports no URL at all.
+	DropURL bool
+	// DropUserAgent exports no User-Agent.
+	DropUserAgent bool
+}
+
+// stricter combines two policies so that whatever either drops is dropped.
+func (p Privacy) stricter(q Privacy) Privacy {
+	return Privacy{
+		KeepQuery:     p.KeepQuery && q.KeepQuery,
+		DropURL:       p.DropURL || q.DropURL,
+		DropUserAgent: p.DropUserAgent || q.DropUserAgent,
+	}
+}
+
+func (p Privacy) url(u string) string {
+	if p.DropURL {
+		return ""
+	}
+	if !p.KeepQuery {
+		if i := strings.IndexAny(u, "?#"); i >= 0 {
+			return u[:i]
+		}
+	}
+	return u
+}
+
+// Limits bound what one record can carry.
+type limits struct {
+	maxTx    int
+	maxBytes int
+}
+
+// maxDNSAnswers bounds DNSAnswers; a response with hundreds of records
+// must not make every record of the connection huge.
+const maxDNSAnswers = 512
+
+type httpTx struct {
+	id    uint64
+	entry []byte // the JSON object of one transaction
+}
+
+// connState is what one connection accumulated since its previous record.
+// AppProto and TLS describe the connection and survive an export; HTTP
+// transactions and DNS describe transactions and are exported once.
+type connState struct {
+	appProto  string
+	txs       []httpTx
+	httpBytes int // length of the httpVals object if rendered now
+	nextTxID  uint64
+	dns       dnsState
+	tls       eve.TLS
+	touched   time.Time
+}
+
+type dnsState struct {
+	name, qtype, rcode, answers string
+}
+
+// truncation names the limit that stopped an HTTP transaction, "" if none.
+type truncation string
+
+func (s *connState) add(ev *eve.Event, p Privacy, lim limits) truncation {
+	if ev.AppProto != "" {
+		s.appProto = ev.AppProto
+	}
+	var t truncation
+	if ev.HTTP != nil {
+		t = s.addHTTP(ev, p, lim)
+	}
+	if ev.DNS != nil {
+		s.addDNS(ev.DNS)
+	}
+	if ev.TLS != nil {
+		setIf(&s.tls.SNI, ev.TLS.SNI)
+		setIf(&s.tls.Version, ev.TLS.Version)
+		setIf(&s.tls.JA3, ev.TLS.JA3)
+		setIf(&s.tls.JA3S, ev.TLS.JA3S)
+		setIf(&s.tls.JA4, ev.TLS.JA4)
+	}
+	return t
+}
+
+func setIf(dst *string, v string) {
+	if v != "" {
+		*dst = v
+	}
+}
+
+func (s *connState) addHTTP(ev *eve.Event, p Privacy, lim limits) truncation {
+	h := ev.HTTP
+	if h.Hostname == "" && h.URL == "" && h.Method == "" && h.Status == 0 {
+		// HTTP/2 SETTINGS-only records: the app protocol, not a request.
+		return ""
+	}
+	id := h.TxID
+	if !ev.HasTxID {
+		// Records without tx_id (some Suricata 8 HTTP/2 records) get the
+		// next id after the highest seen, so they never overwrite one.
+		id = s.nextTxID
+	}
+	if id >= s.nextTxID {
+		s.nextTxID = id + 1
+	}
+	entry := appendHTTPEntry(nil, ev.HTTP, p)
+	keyLen := len(strconv.FormatUint(id, 10)) + 3 // "id":
+	for i := range s.txs {
+		if s.txs[i].id != id {
+			continue
+		}
+		// Suricata logs a transaction again when it sees more of it; the
+		// later record is the more complete one.
+		size := s.httpBytes - len(s.txs[i].entry) + len(entry)
+		if size > lim.maxBytes {
+			return "bytes"
+		}
+		s.txs[i].entry, s.httpBytes = entry, size
+		return ""
+	}
+	if len(s.txs) >= lim.maxTx {
+		return "transactions"
+	}
+	size := s.httpBytes + keyLen + len(entry)
+	if len(s.txs) == 0 {
+		size += 2 // {}
+	} else {
+		size++ // ,
+	}
+	if size > lim.maxBytes {
+		return "bytes"
+	}
+	s.txs = append(s.txs, httpTx{id: id, entry: entry})
+	s.httpBytes = size
+	return ""
+}
+
+func (s *connState) addDNS(d *eve.DNS) {
+	var q eve.DNSQuery
+	if len(d.Queries) > 0 {
+		q = d.Queries[0]
+	}
+	if q.Name != "" && (q.Name != s.dns.name || q.Type != s.dns.qtype) {
+		s.dns = dnsState{name: q.Name, qtype: q.Type}
+	}
+	if !d.Response {
+		return
+	}
+	// Suricata 8 writes rcode on requests too; only a response has one.
+	s.dns.rcode = d.RCode
+	var b strings.Builder
+	for _, a := range d.Answers {
+		if a.Data == "" {
+			continue
+		}
+		if b.Len()+len(a.Data)+1 > maxDNSAnswers {
+			break
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(a.Data)
+	}
+	if b.Len() > 0 {
+		s.dns.answers = b.String()
+	}
+}
+
+// fill writes the state into l and forgets the per-transaction parts.
+func (s *connState) fill(l *flow.L7) {
+	l.AppProtocolName = s.appProto
+	l.HTTPVals = s.httpVals()
+	l.DNSQueryName = s.dns.name
+	l.DNSQueryType = s.dns.qtype
+	l.DNSResponseCode = s.dns.rcode
+	l.DNSAnswers = s.dns.answers
+	l.TLSServerName = s.tls.SNI
+	l.TLSVersion = s.tls.Version
+	l.TLSJA3 = s.tls.JA3
+	l.TLSJA3S = s.tls.JA3S
+	l.TLSJA4 = s.tls.JA4
+	s.txs, s.httpBytes = nil, 0
+	s.dns = dnsState{}
+}
+
+// httpVals renders the transactions as one JSON object keyed by tx id, in
+// arrival order. It is built once per export from entries encoded at
+// ingest, so many ingests between two exports still give one object.
+func (s *connState) httpVals() string {
+	if len(s.txs) == 0 {
+		return ""
+	}
+	b := make([]byte, 0, s.httpBytes)
+	b = append(b, '{')
+	for i, tx := range s.txs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = strconv.AppendUint(b, tx.id, 10)
+		b = append(b, '"', ':')
+		b = append(b, tx.entry...)
+	}
+	b = append(b, '}')
+	return string(b)
+}
+
+// appendHTTPEntry encodes one transaction the way Antrea's httpVals did,
+// with the fields in a fixed order.
+func appendHTTPEntry(b []byte, h *eve.HTTP, p Privacy) []byte {
+	ua := h.UserAgent
+	if p.DropUserAgent {
+		ua = ""
+	}
+	b = append(b, `{"hostname":`...)
+	b = appendJSONString(b, h.Hostname)
+	b = append(b, `,"url":`...)
+	b = appendJSONString(b, p.url(h.URL))
+	b = append(b, `,"http_user_agent":`...)
+	b = appendJSONString(b, ua)
+	b = append(b, `,"http_content_type":`...)
+	b = appendJSONString(b, h.ContentType)
+	b = append(b, `,"http_method":`...)
+	b = appendJSONString(b, h.Method)
+	b = append(b, `,"protocol":`...)
+	b = appendJSONString(b, h.Protocol)
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(h.Status), 10)
+	b = append(b, `,"length":`...)
+	b = strconv.AppendInt(b, h.Length, 10)
+	return append(b, '}')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s as a JSON string. Invalid UTF-8 (Suricata
+// passes raw header bytes through) becomes U+FFFD so the result is always
+// valid JSON.
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c < 0x20 || c == 0x7f:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
