@@ -13,6 +13,7 @@ packages=(
   iproute2 iptables nftables conntrack   # test/netns harness, DNAT, conntrack -I for benches
   nfdump tshark                           # IPFIX interoperability tests
   curl ca-certificates
+  clickhouse-server clickhouse-client     # test/clickhousetest: aggregator ClickHouse sink (18.16; run per test, not as a service)
   etcd-server                             # test/kubeapi: storage for the real kube-apiserver
 )
 
@@ -25,6 +26,29 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Suricata 7 for the L7 (EVE) integration tests, from bookworm-backports.
+# The backports source is derived from the first stanza of the machine's own
+# debian.sources (same mirror and keyring), only its Suites line changed.
+backports=/etc/apt/sources.list.d/bookworm-backports.sources
+if [ ! -e "$backports" ]; then
+  awk 'BEGIN { RS = ""; FS = "\n" } NR == 1 {
+         for (i = 1; i <= NF; i++) {
+           if ($i ~ /^Suites:/) print "Suites: bookworm-backports"; else print $i
+         }
+       }' /etc/apt/sources.list.d/debian.sources > "$backports.tmp"
+  grep -q '^Suites: bookworm-backports$' "$backports.tmp" || { echo "install-deps: cannot derive $backports" >&2; exit 1; }
+  mv "$backports.tmp" "$backports"
+  apt-get update -q
+fi
+if ! dpkg-query -W -f='${Status}' suricata 2>/dev/null | grep -q 'install ok installed'; then
+  echo "install-deps: installing suricata from bookworm-backports"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports suricata
+  # Tests start their own Suricata; a packaged service would sniff the host.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now suricata 2>/dev/null || true
+  fi
 fi
 
 # tracefs for eBPF tracepoints; harmless when already mounted.

@@ -46,6 +46,9 @@ func run(ctx context.Context, cfg agentconfig.Config) error {
 		Mark:      cfg.Conntrack.Mark,
 		MarkMask:  cfg.Conntrack.MarkMask,
 		Metrics:   ctMetrics,
+		// UPDATE carries the FIN handshake, so a closed TCP connection is
+		// exported at once rather than when TIME_WAIT expires.
+		UpdateEvents: true,
 	})
 	if err != nil {
 		return fmt.Errorf("conntrack source: %w", err)
@@ -143,9 +146,17 @@ func run(ctx context.Context, cfg agentconfig.Config) error {
 	klog.InfoS("flowlens-agent started", "node", cfg.NodeName, "netns", cfg.Conntrack.NetNS,
 		"collector", cfg.Export.Collector, "transport", cfg.Export.Transport)
 
+	// report hands the store one observation of a connection.
+	report := func(c *flow.Conn, now time.Time) {
+		if conntrack.Finished(c) {
+			store.Close(c, now)
+			return
+		}
+		store.Upsert(c, now)
+	}
 	poll := func() {
 		started := time.Now()
-		if err := source.Dump(func(c *flow.Conn) { store.Upsert(c, started) }); err != nil {
+		if err := source.Dump(func(c *flow.Conn) { report(c, started) }); err != nil {
 			// A partial dump must not be taken as complete, or every
 			// connection it missed would be closed as stale.
 			klog.ErrorS(err, "Conntrack dump failed")
@@ -174,8 +185,17 @@ loop:
 		case ev := <-events:
 			now := time.Now()
 			switch ev.typ {
-			case conntrack.EventNew, conntrack.EventUpdate:
-				store.Upsert(&ev.conn, now)
+			case conntrack.EventNew:
+				report(&ev.conn, now)
+			case conntrack.EventUpdate:
+				if conntrack.Finished(&ev.conn) {
+					// UPDATE events carry no counters or start time; the
+					// entry still holds them during TIME_WAIT.
+					if err := source.Get(&ev.conn); err != nil && !errors.Is(err, conntrack.ErrNotFound) {
+						klog.V(2).InfoS("Could not read final counters of a finished connection", "conn", ev.conn.Tuple, "err", err)
+					}
+				}
+				report(&ev.conn, now)
 			case conntrack.EventDestroy:
 				store.Close(&ev.conn, now)
 			case conntrack.EventOverrun:

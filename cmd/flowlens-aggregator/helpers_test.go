@@ -40,7 +40,7 @@ func (c *captureWriter) records() []*correlate.Record {
 	return append([]*correlate.Record(nil), c.recs...)
 }
 
-func (c *captureWriter) waitFor(t *testing.T, n int, timeout time.Duration) []*correlate.Record {
+func (c *captureWriter) waitFor(t testing.TB, n int, timeout time.Duration) []*correlate.Record {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
@@ -65,7 +65,7 @@ type runningAggregator struct {
 	err     error
 }
 
-func startAggregator(t *testing.T, cfg *Config) *runningAggregator {
+func startAggregator(t testing.TB, cfg *Config) *runningAggregator {
 	t.Helper()
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -88,7 +88,7 @@ func startAggregator(t *testing.T, cfg *Config) *runningAggregator {
 	return ra
 }
 
-func (ra *runningAggregator) stop(t *testing.T) {
+func (ra *runningAggregator) stop(t testing.TB) {
 	t.Helper()
 	ra.once.Do(func() {
 		ra.cancel()
@@ -103,7 +103,7 @@ func (ra *runningAggregator) stop(t *testing.T) {
 	}
 }
 
-func (ra *runningAggregator) addr(t *testing.T, network string) string {
+func (ra *runningAggregator) addr(t testing.TB, network string) string {
 	t.Helper()
 	for _, a := range ra.collectorAddrs() {
 		if a.Network() == network {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -113,6 +114,15 @@ func upWant(at time.Duration, c flow.Conn, want Change) func(*harness) {
 
 func closeAt(at time.Duration, c flow.Conn) func(*harness) {
 	return func(h *harness) { h.store.Close(&c, t0.Add(at)) }
+}
+
+func closeWant(at time.Duration, c flow.Conn, want Change) func(*harness) {
+	return func(h *harness) {
+		h.t.Helper()
+		if got := h.store.Close(&c, t0.Add(at)); got != want {
+			h.t.Fatalf("Close(port %d id %d) at %s = %s, want %s", c.Tuple.SrcPort, c.ID, at, got, want)
+		}
+	}
 }
 
 func tick(at time.Duration) func(*harness) { return func(h *harness) { h.tick(at) } }
@@ -315,6 +325,18 @@ func TestStoreAndQueue(t *testing.T) {
 				{do: wantFound(conn(A, 1, 0, 0), false)},
 				{do: wantLen(0)},
 				{do: tick(20 * sec)},
+			},
+		},
+		{
+			name: "DESTROY handled after a dump already closed the connection as stale is not exported again",
+			steps: []step{
+				{do: up(0, conn(A, 1, 10, 5))},
+				{do: dump(0, 0)},
+				{do: dump(10*sec, 1)}, // the entry was gone; its DESTROY still sits in the channel
+				{do: tick(11 * sec), want: []rec{{A, 1, flow.EndOfFlow, 10, 5, 11 * sec}}},
+				{do: closeWant(12*sec, conn(A, 1, 11, 5), Ignored)},
+				{do: tick(13 * sec)},
+				{do: tick(30 * sec)},
 			},
 		},
 		{
@@ -589,15 +611,15 @@ func TestMetricsCountEveryOutcome(t *testing.T) {
 
 	got := gather(t, h.reg)
 	want := map[string]float64{
-		"flowlens_connstore_connections":                                  0,
-		"flowlens_connstore_connections_new_total":                        3,
-		"flowlens_connstore_connections_closed_total":                     1,
-		"flowlens_connstore_connections_stale_closed_total":               1,
-		"flowlens_connstore_connections_evicted_total":                    1,
-		`flowlens_connstore_connections_replaced_total{cause="id"}`:       1,
-		`flowlens_connstore_connections_replaced_total{cause="counters"}`: 1,
-		`flowlens_connstore_records_total{reason="end-of-flow"}`:          4,
-		`flowlens_connstore_records_total{reason="lack-of-resources"}`:    1,
+		"flowlens_connstore_connections":                                       0,
+		"flowlens_connstore_connections_new_total":                             3,
+		"flowlens_connstore_connections_closed_total":                          1,
+		"flowlens_connstore_connections_stale_closed_total":                    1,
+		"flowlens_connstore_connections_evicted_total":                         1,
+		`flowlens_connstore_connections_replaced_total{cause="id"}`:            1,
+		`flowlens_connstore_connections_replaced_total{cause="counters"}`:      1,
+		`flowlens_connstore_records_emitted_total{reason="end-of-flow"}`:       4,
+		`flowlens_connstore_records_emitted_total{reason="lack-of-resources"}`: 1,
 		// Deadlines are never removed early: 5 period starts + 2 closes.
 		"flowlens_expirequeue_max_size": 7,
 	}
@@ -637,6 +659,31 @@ func TestEntryStaysSmallAndPointerFree(t *testing.T) {
 	if got := unsafe.Sizeof(entry{}); got > 192 {
 		t.Fatalf("entry is %d bytes, want at most 192 (memory budget per connection)", got)
 	}
+	for _, typ := range []reflect.Type{reflect.TypeFor[entry](), reflect.TypeFor[expirequeue.Handle]()} {
+		if p := pointerPath(typ); p != "" {
+			t.Errorf("%s holds a pointer at %s; the garbage collector would scan every connection", typ, p)
+		}
+	}
+}
+
+// pointerPath names the first field of typ that contains a pointer, or "".
+func pointerPath(typ reflect.Type) string {
+	switch typ.Kind() {
+	case reflect.Struct:
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			if p := pointerPath(f.Type); p != "" {
+				return f.Name + "." + p
+			}
+		}
+		return ""
+	case reflect.Array:
+		return pointerPath(typ.Elem())
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+		return ""
+	}
+	return typ.Kind().String()
 }
 
 func TestLookupFromOtherGoroutinesWhileRunLoopWrites(t *testing.T) {

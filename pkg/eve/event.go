@@ -201,6 +201,19 @@ var otherTypes = map[string]bool{
 	"verdict":  true,
 }
 
+// eventTypeNames maps every known event type to itself, so the scanner can
+// reuse these strings rather than allocate one per line.
+var eventTypeNames = func() map[string]string {
+	m := make(map[string]string, len(appLayerTypes)+len(otherTypes))
+	for t := range appLayerTypes {
+		m[t] = t
+	}
+	for t := range otherTypes {
+		m[t] = t
+	}
+	return m
+}()
+
 // KnownEventType reports whether t is an event type the parser accepts.
 func KnownEventType(t string) bool {
 	_, app := appLayerTypes[t]

@@ -243,6 +243,16 @@ var protoNumbers = map[string]uint8{
 	"UDPLite":   136,
 }
 
+// protoNames maps the names in protoNumbers to themselves (see
+// eventTypeNames).
+var protoNames = func() map[string]string {
+	m := make(map[string]string, len(protoNumbers))
+	for n := range protoNumbers {
+		m[n] = n
+	}
+	return m
+}()
+
 func tupleOf(raw *rawRecord) (flow.Tuple, error) {
 	if raw.SrcIP == "" || raw.DestIP == "" {
 		return flow.Tuple{}, errors.New("no src_ip/dest_ip")
@@ -334,13 +344,15 @@ func httpOf(r *rawHTTP, txID uint64) *HTTP {
 	return h
 }
 
-func headersOf(s span) []rawHeader {
-	if len(s) == 0 || s[0] != '[' {
+func headersOf(sp span) []rawHeader {
+	if len(sp) == 0 || sp[0] != '[' {
 		return nil
 	}
-	var hs []rawHeader
 	// Entries without name/value ({"table_size_update":N}) decode as empty.
-	_ = json.Unmarshal(s, &hs)
+	// The span was validated with the line, so this cannot fail midway.
+	var hs []rawHeader
+	s := scanner{b: sp}
+	_ = sliceField(&s, &hs)
 	return hs
 }
 

@@ -285,6 +285,24 @@ func (s *scanner) strField(dst *string) error {
 	return nil
 }
 
+// internField is strField for values from a small known set: the
+// canonical string is reused instead of allocating one per line.
+func (s *scanner) internField(dst *string, known map[string]string) error {
+	if s.peek() == '"' {
+		start := s.i
+		raw, esc, err := s.str()
+		if err != nil {
+			return err
+		}
+		if v, ok := known[string(raw)]; ok && !esc {
+			*dst = v
+			return nil
+		}
+		s.i = start
+	}
+	return s.strField(dst)
+}
+
 func (s *scanner) uintField(dst *flexUint) error {
 	raw, err := s.skip()
 	if err != nil {
@@ -621,6 +639,17 @@ func (t *rawTLS) field(s *scanner, key []byte) error {
 func (h *rawHash) field(s *scanner, key []byte) error {
 	if string(key) == "hash" {
 		return s.strField(&h.Hash)
+	}
+	_, err := s.skip()
+	return err
+}
+
+func (h *rawHeader) field(s *scanner, key []byte) error {
+	switch string(key) {
+	case "name":
+		return s.strField(&h.Name)
+	case "value":
+		return s.strField(&h.Value)
 	}
 	_, err := s.skip()
 	return err

@@ -134,7 +134,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Queue, error) {
 		m: metrics{
 			size: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "flowlens_expirequeue_size",
-				Help: "Deadlines currently queued (one per non-idle connection, plus one per closed connection awaiting export).",
+				Help: "Deadlines queued: one per connection that is not idle, one more per closed connection awaiting export, and superseded ones not popped yet.",
 			}),
 			maxSize: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "flowlens_expirequeue_max_size",

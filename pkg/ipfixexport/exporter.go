@@ -272,10 +272,7 @@ func (e *Exporter) serve(ctx context.Context, c *conn, flushTick <-chan time.Tim
 			e.teardown(c, true)
 			return
 		case <-c.dead:
-			e.m.errPeerClose.Inc()
-			klog.V(2).InfoS("IPFIX collector closed the connection", "address", e.cfg.Address, "err", c.readErr)
-			e.teardown(c, errors.Is(c.readErr, errPeerEOF))
-			return
+			ok = false
 		case <-e.wake:
 			ok = e.drain(c, false)
 		case <-e.flush:
@@ -286,7 +283,16 @@ func (e *Exporter) serve(ctx context.Context, c *conn, flushTick <-chan time.Tim
 			ok = e.sendTemplates(c)
 		}
 	}
-	e.teardown(c, false)
+	select {
+	case <-c.dead:
+		// An orderly close (EOF) gets an orderly close back, so a collector
+		// that reads until EOF receives everything written before.
+		e.m.errPeerClose.Inc()
+		klog.V(2).InfoS("IPFIX collector closed the connection", "address", e.cfg.Address, "err", c.readErr)
+		e.teardown(c, errors.Is(c.readErr, errPeerEOF))
+	default:
+		e.teardown(c, false)
+	}
 }
 
 func (e *Exporter) sendTemplates(c *conn) bool {
@@ -334,15 +340,16 @@ func (e *Exporter) drain(c *conn, all bool) bool {
 
 // encode moves buffered records into the open message of their address
 // family and appends the messages that filled up to ready; with all, the
-// partly filled ones too. It stops after a few messages so Export never
-// waits long for the lock.
+// partly filled ones too. It returns as soon as one message is full, so
+// Export waits at most one message's encoding (tens of microseconds) for
+// the lock.
 func (e *Exporter) encode(all bool, ready []*message) []*message {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if !all && e.n < e.wakeAt {
 		return ready
 	}
-	for e.n > 0 && len(ready) < 4 {
+	for e.n > 0 && len(ready) == 0 {
 		r := &e.ring[e.head]
 		fam := 0
 		if !r.Tuple.IsIPv4() {

@@ -121,7 +121,7 @@ func (s *connState) addHTTP(ev *eve.Event, p Privacy, lim limits) truncation {
 	if id >= s.nextTxID {
 		s.nextTxID = id + 1
 	}
-	entry := appendHTTPEntry(nil, ev.HTTP, p)
+	entry := appendHTTPEntry(make([]byte, 0, httpEntrySize(h)), h, p)
 	keyLen := len(strconv.FormatUint(id, 10)) + 3 // "id":
 	for i := range s.txs {
 		if s.txs[i].id != id {
@@ -221,6 +221,12 @@ func (s *connState) httpVals() string {
 	}
 	b = append(b, '}')
 	return string(b)
+}
+
+// httpEntrySize is the encoded size of an entry without escapes, so one
+// allocation usually suffices.
+func httpEntrySize(h *eve.HTTP) int {
+	return 160 + len(h.Hostname) + len(h.URL) + len(h.UserAgent) + len(h.ContentType) + len(h.Method) + len(h.Protocol)
 }
 
 // appendHTTPEntry encodes one transaction the way Antrea's httpVals did,

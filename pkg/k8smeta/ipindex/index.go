@@ -95,6 +95,7 @@ const DefaultGracePeriod = 5 * time.Minute
 
 type holding struct {
 	pod   *Pod
+	ns    *nsState // the pod's namespace, resolved once so lookups hash no strings
 	id    string
 	from  int64 // Unix ns; math.MinInt64 for the first holder
 	until int64 // Unix ns; 0 while the holder still has the IP
@@ -116,6 +117,10 @@ type hostIP struct {
 	node   string
 	owners map[string]struct{}
 }
+
+// nsState is shared by all holdings in one namespace; SetNamespaceL7
+// updates it in place.
+type nsState struct{ l7 L7Mode }
 
 type service struct {
 	key   string
@@ -139,7 +144,7 @@ type Index struct {
 	epRefs    map[epKey]map[string]int
 	epBest    map[epKey]string
 	slices    map[string][]EndpointPort
-	nsL7      map[string]L7Mode
+	nsL7      map[string]*nsState
 	owners    map[objKey]ownerRef
 	lastPurge int64
 }
@@ -168,7 +173,7 @@ func New(cfg Config) (*Index, error) {
 		epRefs:    map[epKey]map[string]int{},
 		epBest:    map[epKey]string{},
 		slices:    map[string][]EndpointPort{},
-		nsL7:      map[string]L7Mode{},
+		nsL7:      map[string]*nsState{},
 		owners:    map[objKey]ownerRef{},
 	}, nil
 }
@@ -258,6 +263,7 @@ func (x *Index) updateHolderLocked(k ipKey, id string, p *Pod) bool {
 	for i := range hs {
 		if hs[i].id == id && hs[i].until == 0 {
 			hs[i].pod = p
+			hs[i].ns = x.nsLocked(p.Namespace)
 			return true
 		}
 	}
@@ -271,7 +277,7 @@ func (x *Index) updateHolderLocked(k ipKey, id string, p *Pod) bool {
 func (x *Index) openLocked(k ipKey, id string, from int64, p *Pod) bool {
 	hs := x.ips[k]
 	if len(hs) == 0 {
-		x.ips[k] = []holding{{pod: p, id: id, from: math.MinInt64}}
+		x.ips[k] = []holding{{pod: p, ns: x.nsLocked(p.Namespace), id: id, from: math.MinInt64}}
 		return true
 	}
 	last := &hs[len(hs)-1]
@@ -284,7 +290,7 @@ func (x *Index) openLocked(k ipKey, id string, from int64, p *Pod) bool {
 	if last.until == 0 || last.until > from {
 		last.until = from
 	}
-	x.ips[k] = append(hs, holding{pod: p, id: id, from: from})
+	x.ips[k] = append(hs, holding{pod: p, ns: x.nsLocked(p.Namespace), id: id, from: from})
 	return true
 }
 
@@ -506,11 +512,18 @@ func (x *Index) pickEndpointLocked(k epKey) {
 func (x *Index) SetNamespaceL7(ns string, m L7Mode) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if m == L7Unset {
-		delete(x.nsL7, ns)
-		return
+	x.nsLocked(ns).l7 = m
+}
+
+// nsLocked returns the shared state of a namespace, creating it. States are
+// never removed: there are few namespaces, and holdings point at them.
+func (x *Index) nsLocked(ns string) *nsState {
+	s := x.nsL7[ns]
+	if s == nil {
+		s = &nsState{}
+		x.nsL7[ns] = s
 	}
-	x.nsL7[ns] = m
+	return s
 }
 
 // SetOwner records that object (kind, namespace, name) is controlled by
@@ -553,11 +566,12 @@ type end struct {
 	node string
 }
 
-// resolveLocked finds who had ip at start (Unix ns, 0 = unknown) given the
-// current time now. It does not allocate.
-func (x *Index) resolveLocked(ip ipKey, start, now int64) end {
-	if p := x.podAtLocked(ip, start, now); p != nil {
-		return end{kind: endPod, pod: p, node: p.Node}
+// resolveLocked finds who had ip at start (Unix ns, 0 = unknown); now is
+// needed only for an unknown start and is read lazily, because the clock
+// costs more than the rest of a lookup. It does not allocate.
+func (x *Index) resolveLocked(ip ipKey, start int64, now *int64) end {
+	if h := x.holderLocked(ip, start, now); h != nil {
+		return end{kind: endPod, pod: h.pod, node: h.pod.Node}
 	}
 	if h := x.hosts[ip]; h != nil {
 		return end{kind: endHost, node: h.node}
@@ -565,15 +579,21 @@ func (x *Index) resolveLocked(ip ipKey, start, now int64) end {
 	return end{}
 }
 
-func (x *Index) podAtLocked(ip ipKey, start, now int64) *Pod {
+func (x *Index) holderLocked(ip ipKey, start int64, now *int64) *holding {
 	hs := x.ips[ip]
 	if len(hs) == 0 {
 		return nil
 	}
 	if start == 0 {
 		last := &hs[len(hs)-1]
-		if last.until == 0 || now-last.until <= x.grace {
-			return last.pod
+		if last.until == 0 {
+			return last
+		}
+		if *now == 0 {
+			*now = x.now().UnixNano()
+		}
+		if *now-last.until <= x.grace {
+			return last
 		}
 		return nil
 	}
@@ -581,7 +601,7 @@ func (x *Index) podAtLocked(ip ipKey, start, now int64) *Pod {
 		h := &hs[i]
 		if start >= h.from {
 			if h.until == 0 || start < h.until {
-				return h.pod
+				return h
 			}
 			return nil
 		}
@@ -589,11 +609,12 @@ func (x *Index) podAtLocked(ip ipKey, start, now int64) *Pod {
 	return nil
 }
 
-func (x *Index) modeLocked(p *Pod) L7Mode {
-	if p.L7 != L7Unset {
-		return p.L7
+// mode is a holder's effective L7 mode: its own, else its namespace's.
+func (h *holding) mode() L7Mode {
+	if h.pod.L7 != L7Unset {
+		return h.pod.L7
 	}
-	return x.nsL7[p.Namespace]
+	return h.ns.l7
 }
 
 func (x *Index) workloadLocked(p *Pod) (kind, name string) {
@@ -608,36 +629,34 @@ func (x *Index) workloadLocked(p *Pod) (kind, name string) {
 
 // LookupPod returns the pod that had ip at `at` (zero: whoever has it now).
 func (x *Index) LookupPod(ip netip.Addr, at time.Time) (PodInfo, bool) {
-	var start int64
+	var start, now int64
 	if !at.IsZero() {
 		start = at.UnixNano()
 	}
-	now := x.now().UnixNano()
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	p := x.podAtLocked(ip.As16(), start, now)
-	if p == nil {
+	h := x.holderLocked(ip.As16(), start, &now)
+	if h == nil {
 		return PodInfo{}, false
 	}
+	p := h.pod
 	kind, name := x.workloadLocked(p)
 	return PodInfo{
 		Name: p.Name, Namespace: p.Namespace, Node: p.Node, Labels: p.Labels,
-		WorkloadKind: kind, WorkloadName: name, L7: x.modeLocked(p),
+		WorkloadKind: kind, WorkloadName: name, L7: h.mode(),
 	}, true
 }
 
 // Enrich fills r's Kubernetes context: both endpoints, the Service port name
 // and ClusterIP flag, and the flow type. It overwrites those fields and does
-// not allocate.
+// not allocate. A record without a start time is resolved as of its export
+// time (else now).
 func (x *Index) Enrich(r *flow.Record) {
 	now := r.ExportNanos
-	if now == 0 {
-		now = x.now().UnixNano()
-	}
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	src := x.resolveLocked(r.Tuple.SrcIP, r.StartNanos, now)
-	dst := x.resolveLocked(r.Tuple.DstIP, r.StartNanos, now)
+	src := x.resolveLocked(r.Tuple.SrcIP, r.StartNanos, &now)
+	dst := x.resolveLocked(r.Tuple.DstIP, r.StartNanos, &now)
 	r.Source = endpointOf(src)
 	r.Destination = endpointOf(dst)
 
@@ -691,15 +710,15 @@ func (x *Index) flowType(src, dst end) flow.FlowType {
 // L7Want says which ends of c opted into L7 export. Only pods opt in: node
 // and external ends never do. It does not allocate.
 func (x *Index) L7Want(c *flow.Conn) flow.L7Want {
-	now := x.now().UnixNano()
+	var now int64
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	var sm, dm L7Mode
-	if p := x.podAtLocked(c.Tuple.SrcIP, c.StartNanos, now); p != nil {
-		sm = x.modeLocked(p)
+	if h := x.holderLocked(c.Tuple.SrcIP, c.StartNanos, &now); h != nil {
+		sm = h.mode()
 	}
-	if p := x.podAtLocked(c.Tuple.DstIP, c.StartNanos, now); p != nil {
-		dm = x.modeLocked(p)
+	if h := x.holderLocked(c.Tuple.DstIP, c.StartNanos, &now); h != nil {
+		dm = h.mode()
 	}
 	return want(sm, dm)
 }
