@@ -53,4 +53,9 @@ fi
 
 # tracefs for eBPF tracepoints; harmless when already mounted.
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+
+# test/kubeapi: a real kube-apiserver, built from source once and cached
+# under /var/cache/flowlens (a few minutes the first time, instant after).
+"$(dirname "${BASH_SOURCE[0]}")/build-kube-apiserver.sh" >/dev/null
+
 echo "install-deps: ok"

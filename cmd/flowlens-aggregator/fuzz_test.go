@@ -4,7 +4,6 @@ import (
 	"net"
 	"testing"
 	"time"
-
 )
 
 // FuzzIPFIXMessage feeds arbitrary bytes to a running aggregator, as a UDP

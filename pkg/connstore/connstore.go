@@ -390,12 +390,22 @@ func (s *Store) EndDump(dumpStarted time.Time) int {
 		closed++
 	}
 	s.m.stale.Add(float64(closed))
-	// A dump requested after a connection's end cannot return it, so its
-	// tombstone has done its job.
+	// A tombstone retired before this dump was requested has done its job
+	// unless the dump still returned its entry: a TCP connection ends at its
+	// FIN handshake but its kernel entry lingers in TIME_WAIT for minutes,
+	// and every dump meanwhile would otherwise bring it back.
 	for {
 		idx, ok := s.oldestTomb()
-		if !ok || s.at(idx).lastSeen >= started {
+		if !ok {
 			break
+		}
+		e := s.at(idx)
+		if e.periodStart >= started {
+			break
+		}
+		if e.lastSeen >= started {
+			s.requeueOldestTomb(idx, started)
+			continue
 		}
 		s.dropOldestTomb(idx)
 	}
@@ -581,6 +591,9 @@ func (s *Store) reviveOrIgnore(idx uint32, e *entry, c *flow.Conn, now int64) (u
 		(c.StartNanos != 0 && e.conn.StartNanos != 0 && c.StartNanos > e.conn.StartNanos) ||
 		(hasCounters(c) && backwards(c, &e.conn))
 	if !newer {
+		// Remember that the kernel still reports it, so EndDump keeps the
+		// tombstone for as long as the entry lingers.
+		e.lastSeen = now
 		s.m.lateIgnored.Inc()
 		return idx, Ignored
 	}
@@ -770,6 +783,9 @@ func (s *Store) retire(idx uint32, now int64) {
 	e.gen++
 	e.flags = fDone
 	e.lastSeen = now
+	// A tombstone has no record period; periodStart holds when it was
+	// retired (or last requeued), which orders s.tombs.
+	e.periodStart = now
 	s.tombs = append(s.tombs, uint64(handleOf(idx, e.gen)))
 	s.n--
 	s.retired++
@@ -791,13 +807,27 @@ func (s *Store) oldestTomb() (uint32, bool) {
 	return 0, false
 }
 
-// dropOldestTomb frees idx, which oldestTomb just returned.
-func (s *Store) dropOldestTomb(idx uint32) {
+// requeueOldestTomb moves idx, which oldestTomb just returned, to the back
+// of the tombstone list as if retired at now.
+func (s *Store) requeueOldestTomb(idx uint32, now int64) {
+	e := s.at(idx)
+	e.periodStart = now
+	s.popTomb()
+	s.tombs = append(s.tombs, uint64(handleOf(idx, e.gen)))
+}
+
+// popTomb removes the head of the tombstone list, compacting it now and then.
+func (s *Store) popTomb() {
 	s.tombHead++
 	if s.tombHead > 1024 && 2*s.tombHead > len(s.tombs) {
 		n := copy(s.tombs, s.tombs[s.tombHead:])
 		s.tombs, s.tombHead = s.tombs[:n], 0
 	}
+}
+
+// dropOldestTomb frees idx, which oldestTomb just returned.
+func (s *Store) dropOldestTomb(idx uint32) {
+	s.popTomb()
 	s.release(idx)
 	s.retired--
 	s.m.tombstones.Dec()

@@ -340,18 +340,40 @@ func TestStoreAndQueue(t *testing.T) {
 			},
 		},
 		{
-			name: "tombstone is dropped by the next dump requested after the export",
+			name: "tombstone is dropped by the first dump requested after the export that does not return it",
 			steps: []step{
 				{do: up(0, conn(A, 1, 10, 5))},
 				{do: dump(0, 0)},
 				{do: closeAt(2*sec, conn(A, 1, 12, 6))},
 				{do: tick(3 * sec), want: []rec{{A, 1, flow.EndOfFlow, 12, 6, 3 * sec}}},
+				{do: upWant(3*sec+500*time.Millisecond, conn(A, 1, 12, 6), Ignored)},
 				{do: dump(2*sec, 0)}, // requested before the export: keeps it
-				{do: upWant(5*sec, conn(A, 1, 12, 6), Ignored)},
-				{do: dump(4*sec, 0)},
+				{do: dump(4*sec, 0)}, // did not return it: the kernel entry is gone
 				{do: func(h *harness) {
 					if h.store.retired != 0 || h.store.byTuple.n != 0 {
 						h.t.Fatalf("after a later dump: %d tombstones, %d indexed; want none", h.store.retired, h.store.byTuple.n)
+					}
+				}},
+			},
+		},
+		{
+			name: "ended connection whose entry lingers in TIME_WAIT is not exported again by later dumps",
+			steps: []step{
+				{do: up(0, conn(A, 1, 10, 5))},
+				{do: dump(0, 0)},
+				{do: closeAt(2*sec, conn(A, 1, 12, 6))},
+				{do: tick(3 * sec), want: []rec{{A, 1, flow.EndOfFlow, 12, 6, 3 * sec}}},
+				{do: upWant(4*sec, conn(A, 1, 12, 6), Ignored)},
+				{do: dump(4*sec, 0)},
+				{do: upWant(5*sec, conn(A, 1, 13, 6), Ignored)}, // the last ACK
+				{do: dump(5*sec, 0)},
+				{do: upWant(6*sec, conn(A, 1, 13, 6), Ignored)},
+				{do: dump(6*sec, 0)},
+				{do: tick(30 * sec)},
+				{do: dump(60*sec, 0)}, // the entry finally expired
+				{do: func(h *harness) {
+					if h.store.retired != 0 {
+						h.t.Fatalf("%d tombstones once the entry is gone; want none", h.store.retired)
 					}
 				}},
 			},

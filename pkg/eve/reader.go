@@ -62,7 +62,7 @@ type Config struct {
 	// Handler receives every parsed Event. Required. It is called from
 	// several goroutines at once for a stream socket with several clients.
 	Handler func(Event)
-	// Observer counts line outcomes; optional (usually *Metrics).
+	// Observer counts line outcomes; optional, Metrics when nil.
 	Observer Observer
 	// Metrics counts connections and read errors; optional.
 	Metrics *Metrics
@@ -105,7 +105,11 @@ func New(cfg Config) (*Reader, error) {
 		return nil, fmt.Errorf("eve: PollInterval %s must be positive", cfg.PollInterval)
 	}
 	if cfg.Observer == nil {
-		cfg.Observer = nopObserver{}
+		if cfg.Metrics != nil {
+			cfg.Observer = cfg.Metrics
+		} else {
+			cfg.Observer = nopObserver{}
+		}
 	}
 	return &Reader{cfg: cfg}, nil
 }

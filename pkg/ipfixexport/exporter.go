@@ -6,16 +6,30 @@
 // reconnects with backoff when the collector goes away, keeping records in
 // the buffer meanwhile.
 //
-// Delivery over TCP and TLS (Linux): a message written to a connection that
-// then fails is kept until the collector's kernel acknowledges it; whatever
-// was never acknowledged is sent again on the next connection, and nothing
-// acknowledged is sent twice. Records are lost only when the buffer is full
-// (counted), when a collector crashes with acknowledged data it had not yet
-// read, or, after DrainTimeout without acknowledgement, in the instant the
-// connection is aborted. A collector that closes its side first (as
-// ipfixcollect does on shutdown) and reads until the exporter's EOF loses
-// nothing. Over UDP delivery is best effort: messages sent before the
-// exporter learns (ICMP) that the collector is down are lost.
+// What is guaranteed when the collector goes away (TCP and TLS, Linux):
+//   - The exporter notices at once when the collector closes or resets the
+//     connection (a reader goroutine sees EOF/RST), and within WriteTimeout
+//     when it stops reading. Records exported meanwhile wait in the buffer
+//     (BufferRecords) and are sent after reconnecting, templates first;
+//     records beyond the bound are dropped and counted (buffer_full).
+//   - Messages already written to the failed connection are kept until the
+//     collector's kernel acknowledges them (TCP_INFO bytes_acked); whatever
+//     it had not acknowledged is sent again on the next connection, so the
+//     kernel-buffer window does not lose data, and nothing acknowledged is
+//     sent twice.
+//   - A collector that closes its side first and reads until the exporter's
+//     EOF (ipfixcollect does, on shutdown) receives everything.
+//   - Not covered: data a collector acknowledged but had not read when it
+//     crashed is lost; a collector that stops acknowledging for DrainTimeout
+//     and then reads segments already on the wire before the abort reaches
+//     it may see those records twice. Elsewhere than Linux, delivery of what
+//     was written before a failure is at most once.
+//   - Records still buffered when Run returns are dropped and counted
+//     (shutdown).
+//
+// Over UDP delivery is best effort: datagrams sent before the exporter
+// learns (ICMP) that the collector is down are lost. Templates are resent
+// every TemplateRefreshInterval.
 package ipfixexport
 
 import (

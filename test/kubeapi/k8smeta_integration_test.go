@@ -49,24 +49,6 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// createRunningPod creates a pod and sets its IP through the status
-// subresource, standing in for the kubelet this harness does not run.
-func createRunningPod(t *testing.T, ctx context.Context, cs kubernetes.Interface, ns, name, node, ip string, ann map[string]string) {
-	t.Helper()
-	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": name}, Annotations: ann},
-		Spec: corev1.PodSpec{
-			NodeName:   node,
-			Containers: []corev1.Container{{Name: "main", Image: "registry.invalid/none:1"}},
-		},
-	}
-	p, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
-	must(t, err)
-	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
-	_, err = cs.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
-	must(t, err)
-}
-
 func TestAgentWithRBACFromManifestEnrichesAndFollowsAnnotations(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -83,8 +65,13 @@ func TestAgentWithRBACFromManifestEnrichesAndFollowsAnnotations(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "node-b"},
 	}, metav1.CreateOptions{})
 	must(t, err)
-	createRunningPod(t, ctx, admin, "shop", "client", "node-a", "10.244.0.2", nil)
-	createRunningPod(t, ctx, admin, "shop", "api", "node-b", "10.244.1.3", nil)
+	for _, rp := range []kubeapi.RunningPod{
+		{Namespace: "shop", Name: "client", Node: "node-a", IPs: []string{"10.244.0.2"}, Labels: map[string]string{"app": "client"}},
+		{Namespace: "shop", Name: "api", Node: "node-b", IPs: []string{"10.244.1.3"}, Labels: map[string]string{"app": "api"}},
+	} {
+		_, err := kubeapi.CreateRunningPod(ctx, admin, rp)
+		must(t, err)
+	}
 	svc, err := admin.CoreV1().Services("shop").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "api"},
 		Spec: corev1.ServiceSpec{
@@ -148,6 +135,33 @@ func TestAgentWithRBACFromManifestEnrichesAndFollowsAnnotations(t *testing.T) {
 		}
 		if r.FlowType != flow.FlowTypeInterNode {
 			t.Errorf("FlowType = %v, want inter-node", r.FlowType)
+		}
+	})
+
+	t.Run("own-node mode lists only this node's pods and finds remote ones through EndpointSlices", func(t *testing.T) {
+		own, err := k8smeta.New(k8smeta.Config{Client: saClient, NodeName: "node-a", OwnNodeOnly: true, Registerer: prometheus.NewRegistry()})
+		must(t, err)
+		octx, ocancel := context.WithTimeout(ctx, 30*time.Second)
+		defer func() { ocancel(); own.Wait() }()
+		must(t, own.Start(octx))
+		tup := flow.NewTuple(netip.MustParseAddr("10.244.0.2"), netip.MustParseAddr("10.244.1.3"), 40000, 8080, flow.ProtoTCP)
+		r := flow.Record{Conn: flow.Conn{Tuple: tup, OrigDstIP: tup.DstIP, OrigDstPort: 8080, StartNanos: time.Now().UnixNano()}}
+		own.Enrich(&r)
+		wantSrc := flow.Endpoint{PodName: "client", PodNamespace: "shop", NodeName: "node-a", Labels: `{"app":"client"}`}
+		// Known only from the EndpointSlice: no labels.
+		wantDst := flow.Endpoint{PodName: "api", PodNamespace: "shop", NodeName: "node-b"}
+		if r.Source != wantSrc || r.Destination != wantDst {
+			t.Errorf("endpoints = %+v -> %+v, want %+v -> %+v", r.Source, r.Destination, wantSrc, wantDst)
+		}
+		// The field selector really filtered: a node-b pod no Service selects is unknown.
+		_, err = kubeapi.CreateRunningPod(ctx, admin, kubeapi.RunningPod{Namespace: "shop", Name: "batch", Node: "node-b", IPs: []string{"10.244.1.9"}})
+		must(t, err)
+		time.Sleep(300 * time.Millisecond)
+		if _, ok := own.LookupPod(netip.MustParseAddr("10.244.1.9"), time.Time{}); ok {
+			t.Error("own-node mode indexed a pod of another node")
+		}
+		if _, ok := meta.LookupPod(netip.MustParseAddr("10.244.1.9"), time.Time{}); !ok {
+			t.Error("cluster-wide mode did not index the other node's pod (the negative check above proves nothing)")
 		}
 	})
 
