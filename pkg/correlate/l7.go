@@ -3,10 +3,12 @@ package correlate
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/flowlens/flowlens/pkg/flow"
 )
@@ -49,12 +51,21 @@ func MergeHTTPVals(a, b string) (string, error) {
 	return encodeObject(am), nil
 }
 
+// validObject checks s without building it: the common case (one side
+// empty) then costs no allocation.
 func validObject(s string) error {
 	if s == "" {
 		return nil
 	}
-	_, err := parseObject(s)
-	return err
+	t := strings.TrimLeft(s, " \t\r\n")
+	if !strings.HasPrefix(t, "{") || !json.Valid([]byte(s)) {
+		_, err := parseObject(s)
+		if err == nil {
+			err = errors.New("not a JSON object")
+		}
+		return fmt.Errorf("parse JSON object: %w", err)
+	}
+	return nil
 }
 
 func parseObject(s string) (map[string]json.RawMessage, error) {
@@ -121,13 +132,23 @@ func mergeL7(dst *flow.L7, in *flow.L7) error {
 	dst.HTTPVals, err = MergeHTTPVals(dst.HTTPVals, in.HTTPVals)
 	dv := reflect.ValueOf(dst).Elem()
 	iv := reflect.ValueOf(in).Elem()
-	for i := 0; i < dv.NumField(); i++ {
-		if dv.Type().Field(i).Name == "HTTPVals" || !dv.Field(i).CanSet() {
-			continue
-		}
+	for _, i := range l7Plain {
 		if dv.Field(i).IsZero() && !iv.Field(i).IsZero() {
 			dv.Field(i).Set(iv.Field(i))
 		}
 	}
 	return err
 }
+
+// l7Plain are the indexes of flow.L7's exported fields other than
+// HTTPVals, computed once (reflect's StructField allocates).
+var l7Plain = func() []int {
+	var idx []int
+	t := reflect.TypeOf(flow.L7{})
+	for i := 0; i < t.NumField(); i++ {
+		if f := t.Field(i); f.IsExported() && f.Name != "HTTPVals" {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}()

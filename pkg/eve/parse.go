@@ -127,7 +127,8 @@ const eveTimeLayout = "2006-01-02T15:04:05.999999999-0700"
 // ParseLine parses one EVE record. A line that is not an Event returns a
 // *RejectError naming the Reason. It never panics, whatever the input.
 func ParseLine(line []byte) (Event, error) {
-	line = bytes.TrimSpace(line)
+	// JSON whitespace only: bytes.TrimSpace would also accept U+00A0 etc.
+	line = bytes.Trim(line, " \t\r\n")
 	if len(line) == 0 {
 		return Event{}, &RejectError{Reason: ReasonEmpty}
 	}

@@ -211,16 +211,22 @@ func (m *Meta) onSlice(s *discoveryv1.EndpointSlice) {
 				})
 			}
 		}
-		if m.cfg.OwnNodeOnly && e.TargetRef != nil && e.TargetRef.Kind == "Pod" && e.TargetRef.UID != "" &&
+		if m.cfg.OwnNodeOnly && e.TargetRef != nil && e.TargetRef.Kind == "Pod" &&
 			e.NodeName != nil && *e.NodeName != m.cfg.NodeName {
 			ns := e.TargetRef.Namespace
 			if ns == "" {
 				ns = s.Namespace
 			}
-			r := remote[string(e.TargetRef.UID)]
+			// The EndpointSlice controller sets the UID; hand-made slices
+			// may not, and then the name stands in for it.
+			id := string(e.TargetRef.UID)
+			if id == "" {
+				id = ns + "/" + e.TargetRef.Name
+			}
+			r := remote[id]
 			r.pod = &ipindex.Pod{Name: e.TargetRef.Name, Namespace: ns, Node: *e.NodeName}
 			r.addrs = append(r.addrs, addrs...)
-			remote[string(e.TargetRef.UID)] = r
+			remote[id] = r
 		}
 	}
 	m.idx.SetEndpoints(key, eps)

@@ -8,10 +8,13 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"syscall"
 	"testing"
@@ -118,7 +121,9 @@ func (c *collector) waitFinal(t *testing.T, src netip.AddrPort, proto uint8, rea
 	return nil
 }
 
-func startAgent(t *testing.T, node *netnstest.Node, collectorAddr string, connections string) {
+// startAgent runs the agent binary on node's conntrack table and returns the
+// address of its /metrics and /healthz server.
+func startAgent(t *testing.T, node *netnstest.Node, collectorAddr string, connections string) string {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := fmt.Sprintf(`nodeName: %s
@@ -176,6 +181,60 @@ server:
 		b, _ := os.ReadFile(logPath)
 		t.Fatalf("agent exited at start-up: %v\n%s", err, b)
 	default:
+	}
+	b, _ := os.ReadFile(logPath)
+	m := serverAddr.FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("agent log names no metrics address:\n%s", b)
+	}
+	return string(m[1])
+}
+
+var serverAddr = regexp.MustCompile(`"Serving metrics and health" address="([^"]+)"`)
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read %s: %v", url, err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+func TestHealthAndMetricsReflectThePipeline(t *testing.T) {
+	node := netnstest.NewNodeT(t, netnstest.Config{Name: "agent-metrics",
+		Pods: []netnstest.PodSpec{{Name: "client"}, {Name: "server"}}})
+	server := node.Pod("server")
+	if _, err := server.ListenTCP(7000); err != nil {
+		t.Fatal(err)
+	}
+	col := startCollector(t)
+	addr := startAgent(t, node, col.addr, "  activeTimeout: 1s\n  idleTimeout: 10s")
+
+	if code, body := httpGet(t, "http://"+addr+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz: %d %q, want 200 once a dump succeeded", code, body)
+	}
+	xfer, err := netnstest.SendExactly(node.Pod("client"), server.Addr(7000), 1000, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	col.waitFinal(t, xfer.Local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
+
+	_, metrics := httpGet(t, "http://"+addr+"/metrics")
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^flowlens_conntrack_dumps_total [1-9]`),
+		regexp.MustCompile(`(?m)^flowlens_conntrack_events_total\{type="new"\} [1-9]`),
+		regexp.MustCompile(`(?m)^flowlens_connstore_\w+_total`),
+		regexp.MustCompile(`(?m)^flowlens_ipfix_\w+`),
+	} {
+		if !want.MatchString(metrics) {
+			t.Errorf("/metrics has no line matching %s", want)
+		}
 	}
 }
 

@@ -65,13 +65,12 @@ func TestAgentWithRBACFromManifestEnrichesAndFollowsAnnotations(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "node-b"},
 	}, metav1.CreateOptions{})
 	must(t, err)
-	for _, rp := range []kubeapi.RunningPod{
-		{Namespace: "shop", Name: "client", Node: "node-a", IPs: []string{"10.244.0.2"}, Labels: map[string]string{"app": "client"}},
-		{Namespace: "shop", Name: "api", Node: "node-b", IPs: []string{"10.244.1.3"}, Labels: map[string]string{"app": "api"}},
-	} {
-		_, err := kubeapi.CreateRunningPod(ctx, admin, rp)
-		must(t, err)
-	}
+	_, err = kubeapi.CreateRunningPod(ctx, admin, kubeapi.RunningPod{
+		Namespace: "shop", Name: "client", Node: "node-a", IPs: []string{"10.244.0.2"}, Labels: map[string]string{"app": "client"}})
+	must(t, err)
+	apiPod, err := kubeapi.CreateRunningPod(ctx, admin, kubeapi.RunningPod{
+		Namespace: "shop", Name: "api", Node: "node-b", IPs: []string{"10.244.1.3"}, Labels: map[string]string{"app": "api"}})
+	must(t, err)
 	svc, err := admin.CoreV1().Services("shop").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "api"},
 		Spec: corev1.ServiceSpec{
@@ -88,7 +87,7 @@ func TestAgentWithRBACFromManifestEnrichesAndFollowsAnnotations(t *testing.T) {
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints: []discoveryv1.Endpoint{{
 			Addresses: []string{"10.244.1.3"}, NodeName: &nodeB,
-			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "shop", Name: "api"},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "shop", Name: "api", UID: apiPod.UID},
 		}},
 		Ports: []discoveryv1.EndpointPort{{Name: &http, Port: &port, Protocol: &proto}},
 	}, metav1.CreateOptions{})

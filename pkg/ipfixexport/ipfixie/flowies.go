@@ -25,6 +25,11 @@ type FlowIE struct {
 	Name       string
 	Enterprise uint32
 	Family     Family
+	// Define gives ID, type and length for an IE outside go-ipfix's
+	// registry (an enterprise-specific one such as the DNS/TLS details of
+	// docs/ipfix-elements.md); nil looks Name up in the registry. Defined
+	// IEs are also known to Lookup, so collectors decode them by name.
+	Define *Element
 	// put appends the wire encoding (exactly the element's length, or a
 	// variable-length field) of the value taken from r.
 	put func(b []byte, r *flow.Record) []byte
@@ -160,6 +165,14 @@ func secondsIE(name string, ent uint32, get func(*flow.Record) int64, set func(*
 		set: func(v *Value, r *flow.Record, _ *fixup) { set(r, v.Uint) }}
 }
 
+// definedStrIE is a variable-length string IE outside the registry.
+func definedStrIE(name string, ent uint32, id uint16, field func(*flow.Record) *string) FlowIE {
+	fie := strIE(name, field)
+	fie.Enterprise = ent
+	fie.Define = &Element{Name: name, Enterprise: ent, ID: id, Type: String, Length: VariableLength}
+	return fie
+}
+
 func strIE(name string, field func(*flow.Record) *string) FlowIE {
 	return FlowIE{Name: name, Enterprise: EnterpriseAntrea,
 		put: func(b []byte, r *flow.Record) []byte { return appendVarLen(b, *field(r)) },
@@ -228,16 +241,20 @@ type Template struct {
 // FlowTemplates resolves FlowIEs against the registry into the IPv4 and the
 // IPv6 template. An IE missing from the registry is an error naming it.
 func FlowTemplates(idV4, idV6 uint16) (v4, v6 *Template, err error) {
+	return flowTemplates(FlowIEs, idV4, idV6)
+}
+
+func flowTemplates(ies []FlowIE, idV4, idV6 uint16) (v4, v6 *Template, err error) {
 	if idV4 < 256 || idV6 < 256 || idV4 == idV6 {
 		return nil, nil, fmt.Errorf("template ids %d/%d: must be distinct and >= 256", idV4, idV6)
 	}
 	v4 = &Template{ID: idV4}
 	v6 = &Template{ID: idV6, IPv6: true}
-	for i := range FlowIEs {
-		fie := &FlowIEs[i]
-		e, ok := LookupName(fie.Name, fie.Enterprise)
-		if !ok {
-			return nil, nil, fmt.Errorf("flow IE %q (enterprise %d): not in the IE registry", fie.Name, fie.Enterprise)
+	for i := range ies {
+		fie := &ies[i]
+		e, err := fie.element()
+		if err != nil {
+			return nil, nil, err
 		}
 		if fie.Family != IPv6Only {
 			v4.Elements = append(v4.Elements, e)
@@ -249,6 +266,20 @@ func FlowTemplates(idV4, idV6 uint16) (v4, v6 *Template, err error) {
 		}
 	}
 	return v4, v6, nil
+}
+
+func (fie *FlowIE) element() (Element, error) {
+	if d := fie.Define; d != nil {
+		if d.Name != fie.Name || d.Enterprise != fie.Enterprise || d.Length == 0 {
+			return Element{}, fmt.Errorf("flow IE %q (enterprise %d): Define %+v does not match it", fie.Name, fie.Enterprise, *d)
+		}
+		return *d, nil
+	}
+	e, ok := LookupName(fie.Name, fie.Enterprise)
+	if !ok {
+		return Element{}, fmt.Errorf("flow IE %q (enterprise %d): not in the IE registry; set Define", fie.Name, fie.Enterprise)
+	}
+	return e, nil
 }
 
 // AppendTemplateRecord appends the template record (without set header).

@@ -99,6 +99,12 @@ func init() {
 			byName[nameKey{ent, e.Name}] = e
 		}
 	}
+	for _, fie := range FlowIEs {
+		if d := fie.Define; d != nil {
+			byID[idKey{d.Enterprise, d.ID}] = *d
+			byName[nameKey{d.Enterprise, d.Name}] = *d
+		}
+	}
 }
 
 func fromGoIPFIX(ie *entities.InfoElement) Element {

@@ -104,3 +104,26 @@ func TestRegistryHasIANAReverseAndAntreaIEs(t *testing.T) {
 		}
 	}
 }
+
+func TestDefinedIEsNeedNoRegistryEntry(t *testing.T) {
+	name := "exampleServerName"
+	ies := append(append([]FlowIE(nil), FlowIEs...),
+		definedStrIE(name, 32473, 5, func(r *flow.Record) *string { return &r.L7.TLSServerName }))
+	v4, _, err := flowTemplates(ies, 256, 257)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := v4.Elements[len(v4.Elements)-1]
+	if last.Name != name || last.Enterprise != 32473 || last.ID != 5 || last.Length != VariableLength {
+		t.Errorf("defined element = %+v", last)
+	}
+	r := flow.Record{L7: flow.L7{TLSServerName: "example.org"}}
+	if b := v4.AppendData(nil, &r); !strings.HasSuffix(string(b), "\x0bexample.org") {
+		t.Errorf("record does not end with the defined IE's value: %q", b[len(b)-12:])
+	}
+
+	bad := append(append([]FlowIE(nil), FlowIEs...), FlowIE{Name: "noSuchElement", Enterprise: 32473})
+	if _, _, err := flowTemplates(bad, 256, 257); err == nil || !strings.Contains(err.Error(), "noSuchElement") {
+		t.Errorf("undefined IE outside the registry: err = %v, want one naming it", err)
+	}
+}
