@@ -76,6 +76,7 @@ func run(ctx context.Context, cfg agentconfig.Config) error {
 		BufferRecords:           cfg.Export.BufferRecords,
 		FlushInterval:           cfg.Export.FlushInterval.D(),
 		TemplateRefreshInterval: cfg.Export.TemplateRefresh.D(),
+		L7DetailElements:        cfg.Export.L7DetailElements,
 	}, reg)
 	if err != nil {
 		return fmt.Errorf("ipfix exporter: %w", err)

@@ -12,7 +12,7 @@ import (
 	"github.com/flowlens/flowlens/pkg/ipfixexport"
 )
 
-func testConfig(t *testing.T, listen ...string) *Config {
+func testConfig(t testing.TB, listen ...string) *Config {
 	t.Helper()
 	return &Config{
 		AggregatorID: "test-agg",

@@ -67,6 +67,15 @@ type runningAggregator struct {
 
 func startAggregator(t testing.TB, cfg *Config) *runningAggregator {
 	t.Helper()
+	ra := newTestAggregator(t, cfg)
+	ra.start(t)
+	return ra
+}
+
+// newTestAggregator builds an aggregator with a capturing sink added; the
+// test may adjust its stages before start.
+func newTestAggregator(t testing.TB, cfg *Config) *runningAggregator {
+	t.Helper()
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("config: %v", err)
@@ -76,16 +85,20 @@ func startAggregator(t testing.TB, cfg *Config) *runningAggregator {
 		t.Fatalf("newAggregator: %v", err)
 	}
 	capture := &captureWriter{}
-	s, err := sink.New(sink.Config{Name: "capture", Writer: capture, CommitInterval: 20 * time.Millisecond})
+	s, err := sink.New(sink.Config{Name: "capture", Writer: capture, CommitInterval: 20 * time.Millisecond,
+		QueueRecords: 1 << 20, MaxBatch: 1 << 16})
 	if err != nil {
 		t.Fatal(err)
 	}
 	a.sinks = append(a.sinks, s)
+	return &runningAggregator{aggregator: a, capture: capture, done: make(chan error, 1)}
+}
+
+func (ra *runningAggregator) start(t testing.TB) {
 	ctx, cancel := context.WithCancel(context.Background())
-	ra := &runningAggregator{aggregator: a, capture: capture, cancel: cancel, done: make(chan error, 1)}
-	go func() { ra.done <- a.run(ctx) }()
+	ra.cancel = cancel
+	go func() { ra.done <- ra.run(ctx) }()
 	t.Cleanup(func() { ra.stop(t) })
-	return ra
 }
 
 func (ra *runningAggregator) stop(t testing.TB) {

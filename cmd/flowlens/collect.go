@@ -26,7 +26,9 @@ func runCollect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stderr, "Usage: flowlens collect [flags]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Receives IPFIX from exporters and prints one JSON object per data record,")
-		fmt.Fprintln(stderr, "keyed by information-element name, to stdout.")
+		fmt.Fprintln(stderr, "keyed by information-element name, to stdout. flowlens' DNS/TLS details")
+		fmt.Fprintln(stderr, "(enterprise 32473, docs/ipfix-elements.md) are named too; other unknown")
+		fmt.Fprintln(stderr, "IEs appear as ie<enterprise>_<id> with their bytes in hex.")
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}

@@ -109,3 +109,74 @@ func TestCLIArgumentErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestCollectPrintsL7DetailsByNameWhenTheExporterSendsThem(t *testing.T) {
+	l7 := flow.L7{
+		AppProtocolName: "dns", DNSQueryName: "web.shop.svc.cluster.local", DNSQueryType: "A",
+		DNSResponseCode: "NOERROR", DNSAnswers: "10.96.0.10", TLSServerName: "api.example.org",
+		TLSVersion: "TLS 1.3", TLSJA3: "ja3", TLSJA3S: "ja3s", TLSJA4: "ja4",
+	}
+	details := map[string]string{
+		"dnsQueryName": l7.DNSQueryName, "dnsQueryType": l7.DNSQueryType, "dnsResponseCode": l7.DNSResponseCode,
+		"dnsAnswers": l7.DNSAnswers, "tlsServerName": l7.TLSServerName, "tlsVersion": l7.TLSVersion,
+		"tlsJA3": l7.TLSJA3, "tlsJA3S": l7.TLSJA3S, "tlsJA4": l7.TLSJA4,
+	}
+	for _, tc := range []struct {
+		name      string
+		l7Details bool
+	}{
+		{"exporter with L7DetailElements: every detail under its name", true},
+		{"default exporter: no detail keys", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := freePort(t)
+			var stdout, stderr bytes.Buffer
+			code := make(chan int, 1)
+			go func() {
+				code <- run(context.Background(), []string{"collect", "--listen", "tcp://" + addr, "--count", "1", "--timeout", "20s"}, &stdout, &stderr)
+			}()
+			e, err := ipfixexport.New(ipfixexport.Config{Address: addr, Transport: ipfixexport.TCP, L7DetailElements: tc.l7Details,
+				FlushInterval: 20 * time.Millisecond, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { _ = e.Run(ctx) }()
+			r := flow.Record{Conn: flow.Conn{
+				Tuple: flow.NewTuple(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.96.0.10"), 5353, 53, flow.ProtoUDP),
+			}, L7: l7}
+			r.OrigDstIP, r.OrigDstPort = r.Tuple.DstIP, r.Tuple.DstPort
+			e.Export(&r)
+			select {
+			case c := <-code:
+				if c != 0 {
+					t.Fatalf("exit status %d, stderr: %s", c, stderr.String())
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("collect did not exit after --count records")
+			}
+			var obj map[string]any
+			if err := json.Unmarshal(bytes.TrimSpace(stdout.Bytes()), &obj); err != nil {
+				t.Fatalf("output is not one JSON object: %v: %s", err, stdout.String())
+			}
+			if obj["appProtocolName"] != "dns" {
+				t.Errorf("appProtocolName = %#v", obj["appProtocolName"])
+			}
+			for name, want := range details {
+				got, ok := obj[name]
+				switch {
+				case ok != tc.l7Details:
+					t.Errorf("%s present = %v, want %v", name, ok, tc.l7Details)
+				case ok && got != want:
+					t.Errorf("%s = %#v, want %q", name, got, want)
+				}
+			}
+			for k := range obj {
+				if strings.HasPrefix(k, "ie32473_") {
+					t.Errorf("detail printed without its name: %s", k)
+				}
+			}
+		})
+	}
+}

@@ -76,6 +76,11 @@ type Export struct {
 	// TemplateRefresh resends templates over UDP, where a collector that
 	// restarts cannot ask for them.
 	TemplateRefresh Duration `json:"templateRefresh,omitempty"`
+	// L7DetailElements exports flow.L7's DNS/TLS details as nine extra
+	// enterprise-32473 IEs (ipfixexport.Config.L7DetailElements). Off by
+	// default: a go-ipfix collector in Strict mode, such as Antrea's Flow
+	// Aggregator, rejects templates holding IEs it does not know.
+	L7DetailElements bool `json:"l7DetailElements,omitempty"`
 }
 
 // TLS configures the tls transport.

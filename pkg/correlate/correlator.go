@@ -96,9 +96,12 @@ const (
 // entry is one connection in the table. Entries of one 5-tuple with
 // different start times (port reuse) are chained through next.
 type entry struct {
-	rec        Record
-	needsPeer  bool
-	unmatched  bool // exported alone at least once
+	rec       Record
+	needsPeer bool
+	unmatched bool // exported alone at least once
+	// dirty: updated since the last export. An entry that is not has
+	// nothing new to say, so its expiry removes it without another row.
+	dirty      bool
 	lastUpdate time.Time
 	activeFrom time.Time
 	waitUntil  time.Time // peer wait; zero once matched or given up
@@ -119,15 +122,15 @@ func (e *entry) side(s side) *Side {
 // Correlator merges halves and aggregates updates of connections. It is not
 // safe for concurrent use: one goroutine (Run, or a test) owns it.
 type Correlator struct {
-	cfg     Config
-	m       *Metrics
+	cfg Config
+	m   *Metrics
 	// Children of the labelled counters, resolved once: label hashing per
 	// record showed in profiles.
 	received [5]prometheus.Counter
 	exported [6]prometheus.Counter
-	table   map[flow.Tuple]*entry
-	queue   expiryHeap
-	entries int
+	table    map[flow.Tuple]*entry
+	queue    expiryHeap
+	entries  int
 }
 
 // New validates cfg and returns an empty Correlator.
@@ -167,6 +170,12 @@ func (c *Correlator) Add(in *Input, now time.Time, emit func(*Record)) {
 	}
 	sd := classify(r, in.Exporter)
 	e := c.find(r)
+	if e == nil && r.FlowType != flow.FlowTypeInterNode && r.EndReason == flow.EndOfFlow {
+		// A connection one node saw whole, already over, and with nothing
+		// held: pass it straight through (most short connections).
+		emit(c.passThrough(in))
+		return
+	}
 	if e == nil {
 		if c.entries >= c.cfg.MaxConnections {
 			c.m.Overflow.Inc()
@@ -193,7 +202,7 @@ func (c *Correlator) Add(in *Input, now time.Time, emit func(*Record)) {
 
 func (c *Correlator) newEntry(in *Input, sd side, now time.Time) *entry {
 	r := &in.Record
-	e := &entry{needsPeer: r.FlowType == flow.FlowTypeInterNode, lastUpdate: now, activeFrom: now, index: -1}
+	e := &entry{needsPeer: r.FlowType == flow.FlowTypeInterNode, lastUpdate: now, activeFrom: now, index: -1, dirty: true}
 	e.rec.Record = *r
 	e.rec.L7 = flow.L7{}
 	if err := mergeL7(&e.rec.L7, &r.L7); err != nil {
@@ -338,6 +347,7 @@ func (c *Correlator) apply(e *entry, r *flow.Record, sd side, exporter string, n
 		m.Zone, m.Mark, m.ID, m.Status = r.Zone, r.Mark, r.ID, r.Status
 	}
 	e.lastUpdate = now
+	e.dirty = true
 }
 
 // mergeEndpoint fills dst from in: empty fields always, set ones only from
@@ -429,15 +439,18 @@ func (c *Correlator) Expire(now time.Time, emit func(*Record)) {
 			c.remove(e, emit, flow.EndIdleTimeout)
 			continue
 		default:
-			emit(c.export(e, flow.EndActiveTimeout))
+			if e.dirty {
+				emit(c.export(e, flow.EndActiveTimeout))
+			}
 			e.activeFrom = now
 		}
 		c.schedule(e, now, false)
 	}
 }
 
-// Flush exports every connection held, as on a forced end; Run calls it on
-// shutdown so nothing pending is lost.
+// Flush exports every connection held that has news since its last
+// export, as on a forced end; Run calls it on shutdown so nothing pending
+// is lost.
 func (c *Correlator) Flush(emit func(*Record)) {
 	for len(c.queue) > 0 {
 		e := c.queue[0]
@@ -468,7 +481,45 @@ func (c *Correlator) remove(e *entry, emit func(*Record), reason flow.EndReason)
 	}
 	c.entries--
 	c.m.Pending.Set(float64(c.entries))
-	emit(c.export(e, reason))
+	if e.dirty {
+		emit(c.export(e, reason))
+	}
+}
+
+// passThrough builds the output for a record that needs neither a peer nor
+// aggregation, without a table entry.
+func (c *Correlator) passThrough(in *Input) *Record {
+	r := &in.Record
+	out := &Record{Record: *r, Correlation: StatusNotRequired}
+	out.L7 = flow.L7{}
+	if err := mergeL7(&out.L7, &r.L7); err != nil {
+		c.m.L7Errors.Inc()
+		klog.V(4).InfoS("Dropped invalid httpVals", "tuple", r.Tuple, "err", err)
+	}
+	s := &out.FromSource
+	s.Seen, s.Exporter = true, in.Exporter
+	c.applyCounters(s, r)
+	fillThroughput(s, r.StartNanos)
+	out.FromDestination = *s
+	out.Throughput, out.ReverseThroughput = s.Throughput, s.ReverseThroughput
+	if int(flow.EndOfFlow) < len(c.exported) {
+		c.exported[flow.EndOfFlow].Inc()
+	}
+	return out
+}
+
+// fillThroughput sets s's throughput over the interval from prevEnd to the
+// node's latest end.
+func fillThroughput(s *Side, prevEnd int64) {
+	s.Throughput, s.ReverseThroughput = 0, 0
+	if !s.Seen || prevEnd <= 0 {
+		return
+	}
+	if iv := s.EndNanos - prevEnd; iv > 0 {
+		secs := float64(iv) / 1e9
+		s.Throughput = uint64(float64(s.FwdDelta.Bytes) * 8 / secs)
+		s.ReverseThroughput = uint64(float64(s.RevDelta.Bytes) * 8 / secs)
+	}
 }
 
 // export builds the record handed to the sinks and starts a new delta
@@ -478,17 +529,8 @@ func (c *Correlator) export(e *entry, reason flow.EndReason) *Record {
 		e.rec.FromDestination = e.rec.FromSource
 		e.prevEnd[sideDestination] = e.prevEnd[sideSource]
 	}
-	for i, s := range []*Side{&e.rec.FromSource, &e.rec.FromDestination} {
-		s.Throughput, s.ReverseThroughput = 0, 0
-		if !s.Seen {
-			continue
-		}
-		if iv := s.EndNanos - e.prevEnd[i]; iv > 0 && e.prevEnd[i] > 0 {
-			secs := float64(iv) / 1e9
-			s.Throughput = uint64(float64(s.FwdDelta.Bytes) * 8 / secs)
-			s.ReverseThroughput = uint64(float64(s.RevDelta.Bytes) * 8 / secs)
-		}
-	}
+	fillThroughput(&e.rec.FromSource, e.prevEnd[sideSource])
+	fillThroughput(&e.rec.FromDestination, e.prevEnd[sideDestination])
 	out := new(Record)
 	*out = e.rec
 	out.EndReason = reason
@@ -507,6 +549,7 @@ func (c *Correlator) export(e *entry, reason flow.EndReason) *Record {
 	default:
 		out.Correlation = StatusUnmatched
 	}
+	e.dirty = false
 	for i, s := range []*Side{&e.rec.FromSource, &e.rec.FromDestination} {
 		s.FwdDelta, s.RevDelta = flow.Counters{}, flow.Counters{}
 		if s.Seen {

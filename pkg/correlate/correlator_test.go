@@ -345,3 +345,22 @@ func TestConfigValidationNamesTheField(t *testing.T) {
 		})
 	}
 }
+
+func TestSilentConnectionIsForgottenWithoutAnotherRow(t *testing.T) {
+	c := newTestCorrelator(t, Config{ActiveTimeout: 2 * time.Second, InactiveTimeout: 5 * time.Second})
+	var out collected
+	in := srcHalf(flow.EndActiveTimeout)
+	in.Record.FlowType = flow.FlowTypeIntraNode
+	c.Add(&in, t0, out.emit)
+	c.Expire(t0.Add(2*time.Second), out.emit)
+	if len(out) != 1 || out[0].EndReason != flow.EndActiveTimeout {
+		t.Fatalf("got %d records, want one active export", len(out))
+	}
+	c.Expire(t0.Add(10*time.Second), out.emit)
+	if len(out) != 1 {
+		t.Errorf("got %d records, want no zero-delta row for a connection with no news", len(out))
+	}
+	if c.Len() != 0 {
+		t.Errorf("silent connection still held")
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -243,3 +244,7 @@ func protoNumber(s string) (uint8, error) {
 	}
 	return 0, fmt.Errorf("%q: want TCP, UDP or SCTP", s)
 }
+
+// NamespaceOf returns the group of the entry that has addr now, or "".
+// It fits pkg/l7's Config.NamespaceOf.
+func (inv *Inventory) NamespaceOf(addr netip.Addr) string { return inv.idx.NamespaceOf(addr) }

@@ -60,8 +60,9 @@ func (r *Record) Clone() Record {
 var ErrNotFlow = errors.New("record has no source/destination address IEs")
 
 // FlowRecord converts the record into a flow.Record using the shared IE
-// table (ipfixie.FlowIEs); IEs outside it are ignored. See
-// ipfixie.FlowBuilder for what the wire format cannot carry.
+// tables (ipfixie.FlowIEs, and the DNS/TLS details of ipfixie.L7Details,
+// which fill flow.L7 when the exporter sent them); other IEs are ignored.
+// See ipfixie.FlowBuilder for what the wire format cannot carry.
 func (r *Record) FlowRecord() (flow.Record, error) {
 	var fb ipfixie.FlowBuilder
 	haveSrc, haveDst := false, false

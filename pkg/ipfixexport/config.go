@@ -37,6 +37,15 @@ type Config struct {
 
 	ObservationDomainID uint32
 
+	// L7DetailElements adds the DNS and TLS details of flow.L7 to both
+	// templates as nine enterprise-specific IEs (enterprise 32473, see
+	// docs/ipfix-elements.md). Off (the default), the templates are exactly
+	// the Antrea-compatible set: go-ipfix's collector, on which Antrea's
+	// Flow Aggregator is built, decodes in Strict mode by default and
+	// rejects a whole template holding an IE it does not know. Turn it on
+	// for flowlens-aggregator, or a go-ipfix collector in a Lenient mode.
+	L7DetailElements bool
+
 	// MaxMessageSize caps one IPFIX message. Default and maximum: 65535 for
 	// TCP/TLS (the header's length field), PathMTU minus IP and UDP headers
 	// for UDP, so a datagram is never fragmented.

@@ -45,6 +45,26 @@ func testRecord(seq uint64, v6 bool) flow.Record {
 	}
 }
 
+// setL7Details fills every DNS/TLS detail of r with a distinct value.
+func setL7Details(r *flow.Record) {
+	r.L7.DNSQueryName = "web.shop.svc.cluster.local"
+	r.L7.DNSQueryType = "AAAA"
+	r.L7.DNSResponseCode = "NOERROR"
+	r.L7.DNSAnswers = "fd00:10:96::a,fd00:10:96::b"
+	r.L7.TLSServerName = "api.example.org"
+	r.L7.TLSVersion = "TLS 1.3"
+	r.L7.TLSJA3 = "e7d705a3286e19ea42f587b344ee6865"
+	r.L7.TLSJA3S = "15af977ce25de452b96affa2addb1036"
+	r.L7.TLSJA4 = "t13d1516h2_8daaf6152771_e5627efa2ab1"
+}
+
+// withoutL7Details is r as a receiver sees it from an exporter that does
+// not send the details.
+func withoutL7Details(r flow.Record) flow.Record {
+	r.L7 = flow.L7{AppProtocolName: r.L7.AppProtocolName, HTTPVals: r.L7.HTTPVals}
+	return r
+}
+
 // collected gathers what an ipfixcollect collector receives.
 type collected struct {
 	mu   sync.Mutex
@@ -84,7 +104,14 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 // called (or the test ends).
 func startCollector(t *testing.T, cfg ipfixcollect.Config, into *collected) (addr string, stop func()) {
 	t.Helper()
-	col, err := ipfixcollect.New(cfg, prometheus.NewRegistry())
+	return startCollectorWithMetrics(t, cfg, into, prometheus.NewRegistry())
+}
+
+// startCollectorWithMetrics is startCollector registering the collector's
+// metrics on reg.
+func startCollectorWithMetrics(t *testing.T, cfg ipfixcollect.Config, into *collected, reg prometheus.Registerer) (addr string, stop func()) {
+	t.Helper()
+	col, err := ipfixcollect.New(cfg, reg)
 	if err != nil {
 		t.Fatalf("collector: %v", err)
 	}

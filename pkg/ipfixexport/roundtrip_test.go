@@ -1,6 +1,7 @@
 package ipfixexport
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/ipfixcollect"
+	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
 )
 
 // recordCases cover both templates and the three ways a destination is
@@ -104,57 +106,132 @@ func goIPFIXValue(ie entities.InfoElementWithValue) string {
 	case entities.Ipv4Address, entities.Ipv6Address:
 		a, _ := netip.AddrFromSlice(ie.GetIPAddressValue())
 		return a.Unmap().String()
+	case entities.OctetArray:
+		// How a Lenient go-ipfix collector keeps an IE its registry lacks.
+		return string(ie.GetOctetArrayValue())
 	}
 	return fmt.Sprintf("unexpected type %d", ie.GetDataType())
 }
 
+// goIPFIXKey names a decoded IE: its name, or enterprise/id for the
+// unknown ones a Lenient collector keeps without a name.
+func goIPFIXKey(ie entities.InfoElementWithValue) string {
+	if name := ie.GetName(); name != "" {
+		return name
+	}
+	info := ie.GetInfoElement()
+	return fmt.Sprintf("%d/%d", info.EnterpriseId, info.ElementId)
+}
+
+// startGoIPFIXCollector runs go-ipfix's collector in mode; data records
+// arrive on the returned channel as IE key -> value.
+func startGoIPFIXCollector(t *testing.T, mode collector.DecodingMode) (addr string, got <-chan map[string]string) {
+	t.Helper()
+	cp, err := collector.InitCollectingProcess(collector.CollectorInput{
+		Address: "127.0.0.1:0", Protocol: "tcp", MaxBufferSize: 65535, DecodingMode: mode,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go cp.Start()
+	waitFor(t, 5*time.Second, "go-ipfix collector address", func() bool { return cp.GetAddress() != nil })
+	ch := make(chan map[string]string, 16)
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for msg := range cp.GetMsgChan() {
+			if msg.GetSet().GetSetType() != entities.Data {
+				continue
+			}
+			for _, rec := range msg.GetSet().GetRecords() {
+				m := map[string]string{}
+				for _, ie := range rec.GetOrderedElementList() {
+					m[goIPFIXKey(ie)] = goIPFIXValue(ie)
+				}
+				select {
+				case ch <- m:
+				default: // a test that stopped reading must not block Stop
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { cp.Stop(); <-drained })
+	return cp.GetAddress().String(), ch
+}
+
 func TestEveryIEDecodesWithGoIPFIXCollector(t *testing.T) {
 	registry.LoadRegistry()
-	for _, tc := range recordCases {
-		t.Run(tc.name, func(t *testing.T) {
-			cp, err := collector.InitCollectingProcess(collector.CollectorInput{
-				Address: "127.0.0.1:0", Protocol: "tcp", MaxBufferSize: 65535, DecodingMode: collector.DecodingModeStrict,
+	modes := []struct {
+		name      string
+		mode      collector.DecodingMode
+		l7Details bool
+		// keptDetails: the DNS/TLS IEs appear, unnamed, in decoded records.
+		keptDetails bool
+	}{
+		{"Strict collector decodes the default templates", collector.DecodingModeStrict, false, false},
+		{"LenientKeepUnknown collector keeps the L7 details as unknown IEs", collector.DecodingModeLenientKeepUnknown, true, true},
+		{"LenientDropUnknown collector reads every Antrea IE around the L7 details", collector.DecodingModeLenientDropUnknown, true, false},
+	}
+	for _, md := range modes {
+		for _, tc := range recordCases {
+			t.Run(md.name+"/"+tc.name, func(t *testing.T) {
+				addr, got := startGoIPFIXCollector(t, md.mode)
+				e, stop := startExporter(t, Config{Address: addr, Transport: TCP, FlushInterval: 20 * time.Millisecond, L7DetailElements: md.l7Details}, nil)
+				r := testRecord(42, tc.v6)
+				setL7Details(&r) // sent only when the exporter is configured to
+				tc.mutate(&r)
+				want := wantIEs(&r)
+				if md.keptDetails {
+					for _, d := range ipfixie.L7Details() {
+						want[fmt.Sprintf("%d/%d", ipfixie.EnterprisePlaceholder, d.ID)] = *d.Field(&r.L7)
+					}
+				}
+				e.Export(&r)
+				r = flow.Record{} // Export must have copied it
+				select {
+				case m := <-got:
+					if diff := cmp.Diff(want, m); diff != "" {
+						t.Errorf("IEs decoded by go-ipfix differ (-want +got):\n%s", diff)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("go-ipfix collector received no data record")
+				}
+				stop()
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			go cp.Start()
-			waitFor(t, 5*time.Second, "go-ipfix collector address", func() bool { return cp.GetAddress() != nil })
-			got := make(chan map[string]string, 16)
-			drained := make(chan struct{})
-			go func() {
-				defer close(drained)
-				for msg := range cp.GetMsgChan() {
-					if msg.GetSet().GetSetType() != entities.Data {
-						continue
-					}
-					for _, rec := range msg.GetSet().GetRecords() {
-						m := map[string]string{}
-						for _, ie := range rec.GetOrderedElementList() {
-							m[ie.GetName()] = goIPFIXValue(ie)
-						}
-						got <- m
-					}
-				}
-			}()
-			defer func() { cp.Stop(); <-drained }()
+		}
+	}
+}
 
-			e, stop := startExporter(t, Config{Address: cp.GetAddress().String(), Transport: TCP, FlushInterval: 20 * time.Millisecond}, nil)
-			r := testRecord(42, tc.v6)
-			tc.mutate(&r)
-			want := wantIEs(&r)
-			e.Export(&r)
-			r = flow.Record{} // Export must have copied it
-			select {
-			case m := <-got:
-				if diff := cmp.Diff(want, m); diff != "" {
-					t.Errorf("IEs decoded by go-ipfix differ (-want +got):\n%s", diff)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("go-ipfix collector received no data record")
-			}
-			stop()
-		})
+// Why L7DetailElements defaults to off: a Strict go-ipfix collector, as
+// Antrea's Flow Aggregator runs it, rejects the templates and so loses
+// every record, not only the details. A default exporter to the same
+// collector, sending after the rejected record was written, shows the
+// collector was decoding meanwhile.
+func TestStrictGoIPFIXCollectorRejectsTemplatesWithL7Details(t *testing.T) {
+	registry.LoadRegistry()
+	addr, got := startGoIPFIXCollector(t, collector.DecodingModeStrict)
+	reg := prometheus.NewRegistry()
+	withDetails, _ := startExporter(t, Config{Address: addr, Transport: TCP, FlushInterval: 20 * time.Millisecond, L7DetailElements: true}, reg)
+	r := testRecord(1, false)
+	withDetails.Export(&r)
+	waitFor(t, 5*time.Second, "the record with L7 details written", func() bool {
+		return metricValue(t, reg, "flowlens_ipfix_exporter_records_sent_total") >= 1
+	})
+	plain, _ := startExporter(t, Config{Address: addr, Transport: TCP, FlushInterval: 20 * time.Millisecond}, nil)
+	r = testRecord(2, false)
+	plain.Export(&r)
+	select {
+	case m := <-got:
+		if m["packetTotalCount"] != "2" {
+			t.Fatalf("Strict collector decoded a record whose template has unknown IEs: %v", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Strict collector decoded nothing, not even the default exporter's record")
+	}
+	select {
+	case m := <-got:
+		t.Errorf("Strict collector decoded a second record: %v", m)
+	case <-time.After(200 * time.Millisecond):
 	}
 }
 
@@ -180,6 +257,91 @@ func TestEveryFieldRoundTripsThroughIPFIXCollect(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+func TestL7DetailsRoundTripThroughIPFIXCollectOnlyWhenEnabled(t *testing.T) {
+	for _, l7Details := range []bool{true, false} {
+		for _, transport := range []Transport{TCP, UDP} {
+			for _, tc := range recordCases {
+				name := fmt.Sprintf("L7DetailElements=%v/%s/%s", l7Details, transport, tc.name)
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					var got collected
+					addr, _ := startCollector(t, ipfixcollect.Config{Network: string(transport), Address: "127.0.0.1:0"}, &got)
+					e, _ := startExporter(t, Config{Address: addr, Transport: transport, FlushInterval: 20 * time.Millisecond, L7DetailElements: l7Details}, nil)
+					r := testRecord(7, tc.v6)
+					setL7Details(&r)
+					tc.mutate(&r)
+					want := wireView(r)
+					if !l7Details {
+						want = withoutL7Details(want)
+					}
+					e.Export(&r)
+					waitFor(t, 5*time.Second, "the record", func() bool { return len(got.snapshot()) == 1 })
+					if diff := cmp.Diff(want, got.snapshot()[0]); diff != "" {
+						t.Errorf("record after the round trip differs (-want +got):\n%s", diff)
+					}
+					raw := got.raw[0]
+					for _, d := range ipfixie.L7Details() {
+						f, ok := raw.Get(d.Name)
+						switch {
+						case ok != l7Details:
+							t.Errorf("field %s present = %v, want %v", d.Name, ok, l7Details)
+						case ok && (f.Str != *d.Field(&r.L7) || f.Enterprise != ipfixie.EnterprisePlaceholder || f.ID != d.ID):
+							t.Errorf("field %s = %d/%d %q, want %d/%d %q", d.Name, f.Enterprise, f.ID, f.Str, ipfixie.EnterprisePlaceholder, d.ID, *d.Field(&r.L7))
+						}
+					}
+					for _, f := range raw.Fields {
+						if !l7Details && f.Enterprise == ipfixie.EnterprisePlaceholder {
+							t.Errorf("default template carries enterprise-32473 IE %s", f.Name)
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+func TestDefaultTemplatesHaveNoEnterprise32473IE(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  Config
+		want int // enterprise-32473 field specifiers per template
+	}{
+		{"default", Config{Address: "127.0.0.1:1", Transport: TCP}, 0},
+		{"L7DetailElements", Config{Address: "127.0.0.1:1", Transport: TCP, L7DetailElements: true}, len(ipfixie.L7Details())},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := New(tc.cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(e.tmplMsg) != 2 {
+				t.Fatalf("%d template messages, want 2", len(e.tmplMsg))
+			}
+			for _, set := range e.tmplMsg {
+				// One template set with one record: set header, template
+				// header, then field specifiers (RFC 7011 section 3.4.1).
+				b := set[8:]
+				n := 0
+				for len(b) >= 4 {
+					id := binary.BigEndian.Uint16(b)
+					if id&0x8000 == 0 {
+						b = b[4:]
+						continue
+					}
+					if binary.BigEndian.Uint32(b[4:]) == ipfixie.EnterprisePlaceholder {
+						n++
+					}
+					b = b[8:]
+				}
+				if n != tc.want {
+					t.Errorf("template %d: %d enterprise-32473 IEs on the wire, want %d", binary.BigEndian.Uint16(set[4:]), n, tc.want)
+				}
+			}
+		})
 	}
 }
 

@@ -1,7 +1,6 @@
 package k8smeta
 
 import (
-	"encoding/json"
 	"net/netip"
 	"slices"
 	"time"
@@ -68,69 +67,38 @@ func (m *Meta) parseAddrs(resource string, ss ...string) []netip.Addr {
 	return out
 }
 
-func podIPs(p *corev1.Pod) []string {
-	ss := make([]string, 0, len(p.Status.PodIPs)+1)
-	for _, ip := range p.Status.PodIPs {
-		ss = append(ss, ip.IP)
-	}
-	return append(ss, p.Status.PodIP)
-}
-
-// podStart estimates when the pod received its IP: not before it was
-// created, scheduled, or its sandbox became ready (PodReadyToStartContainers,
-// set right after the CNI configured the network). Only matters when the IP
-// had a previous holder: it is where that holder's interval ends.
-func podStart(p *corev1.Pod) time.Time {
-	t := p.CreationTimestamp.Time
-	for _, c := range p.Status.Conditions {
-		if c.Status == corev1.ConditionTrue && c.LastTransitionTime.After(t) &&
-			(c.Type == corev1.PodScheduled || c.Type == corev1.PodReadyToStartContainers) {
-			t = c.LastTransitionTime.Time
-		}
-	}
-	return t
-}
-
-func labelsJSON(l map[string]string) string {
-	if len(l) == 0 {
-		return ""
-	}
-	b, err := json.Marshal(l) // map keys come out sorted: stable output
-	if err != nil {
-		return ""
-	}
-	return string(b)
-}
-
-func (m *Meta) onPod(p *corev1.Pod) {
+func (m *Meta) onPod(p *cachedPod) {
 	id := string(p.UID)
-	if p.Spec.HostNetwork {
+	if p.HostNetwork {
 		// A host-network pod's address is its node's: it maps to the node.
-		m.idx.SetHost("pod/"+id, p.Spec.NodeName, m.parseAddrs("pod", podIPs(p)...))
+		m.idx.SetHost("pod/"+id, p.NodeName, m.parseAddrs("pod", p.IPs...))
 		return
 	}
 	var ips []netip.Addr
 	// A finished pod keeps status.podIPs, but its sandbox is gone and the
 	// address may already belong to another pod.
-	if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-		ips = m.parseAddrs("pod", podIPs(p)...)
+	if !p.Finished {
+		ips = m.parseAddrs("pod", p.IPs...)
+	}
+	var ann map[string]string
+	if p.HasL7 {
+		ann = map[string]string{ipindex.L7Annotation: p.L7}
 	}
 	pod := &ipindex.Pod{
 		Name:      p.Name,
 		Namespace: p.Namespace,
-		Node:      p.Spec.NodeName,
-		Labels:    labelsJSON(p.Labels),
-		L7:        m.l7Mode("pod", p.Namespace, p.Name, p.Annotations),
+		Node:      p.NodeName,
+		Labels:    p.LabelsJSON,
+		L7:        m.l7Mode("pod", p.Namespace, p.Name, ann),
+		OwnerKind: p.OwnerKind,
+		OwnerName: p.OwnerName,
 	}
-	if c := metav1.GetControllerOfNoCopy(p); c != nil {
-		pod.OwnerKind, pod.OwnerName = c.Kind, c.Name
-	}
-	if err := m.idx.SetPod(id, ips, podStart(p), pod); err != nil {
+	if err := m.idx.SetPod(id, ips, p.Start, pod); err != nil {
 		klog.ErrorS(err, "Indexing pod", "pod", klog.KObj(p))
 	}
 }
 
-func (m *Meta) onPodDelete(p *corev1.Pod) {
+func (m *Meta) onPodDelete(p *cachedPod) {
 	m.idx.DeletePod(string(p.UID), time.Time{})
 	m.idx.DeleteHost("pod/" + string(p.UID))
 	m.forgetInvalid("pod/" + p.Namespace + "/" + p.Name)

@@ -239,3 +239,7 @@ func (m *Meta) L7Want(c *flow.Conn) flow.L7Want { return m.idx.L7Want(c) }
 func (m *Meta) LookupPod(ip netip.Addr, at time.Time) (ipindex.PodInfo, bool) {
 	return m.idx.LookupPod(ip, at)
 }
+
+// NamespaceOf returns the namespace of the pod that has addr now, or "".
+// It fits pkg/l7's Config.NamespaceOf.
+func (m *Meta) NamespaceOf(addr netip.Addr) string { return m.idx.NamespaceOf(addr) }

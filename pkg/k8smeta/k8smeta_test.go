@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/flowlens/flowlens/pkg/flow"
@@ -564,24 +566,63 @@ func TestNewNamesTheMissingField(t *testing.T) {
 	}
 }
 
-func TestTransformKeepsOnlyWhatEnrichmentReads(t *testing.T) {
-	p := pod("ns", "p", "10.0.0.1", labels("app", "x"), ownedBy("ReplicaSet", "rs"))
+func TestPodTransformKeepsOnlyWhatEnrichmentReads(t *testing.T) {
+	p := pod("ns", "p", "10.0.0.1", labels("app", "x", "tier", "web"), ownedBy("ReplicaSet", "rs"), created(sec(0)))
 	p.Annotations = map[string]string{ipindex.L7Annotation: "both", "kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 1000)}
 	p.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
 	p.Spec.Containers = []corev1.Container{{Name: "c", Image: "img", Env: []corev1.EnvVar{{Name: "A", Value: "B"}}}}
-	p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "c"}}
-	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}, {Type: corev1.PodScheduled, Status: corev1.ConditionTrue}}
+	p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: "fd00::1"})
+	p.Status.Conditions = []corev1.PodCondition{
+		{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.NewTime(sec(30))},
+		{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: metav1.NewTime(sec(2))},
+	}
 	got := transformPod(p)
-	switch {
-	case got.ManagedFields != nil:
-		t.Error("managed fields kept")
-	case len(got.Annotations) != 1 || got.Annotations[ipindex.L7Annotation] != "both":
-		t.Errorf("annotations = %v, want only the L7 one", got.Annotations)
-	case got.Spec.Containers != nil || got.Status.ContainerStatuses != nil:
-		t.Error("containers kept")
-	case len(got.Status.Conditions) != 1 || got.Status.Conditions[0].Type != corev1.PodScheduled:
-		t.Errorf("conditions = %v, want only PodScheduled", got.Status.Conditions)
-	case got.Status.PodIP != "10.0.0.1" || got.Labels["app"] != "x" || len(got.OwnerReferences) != 1 || got.Spec.NodeName != "node-a":
-		t.Errorf("needed fields lost: %+v", got)
+	want := &cachedPod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", UID: p.UID, CreationTimestamp: metav1.NewTime(sec(0))},
+		NodeName:   "node-a", IPs: []string{"10.0.0.1", "fd00::1"},
+		Start:     sec(2), // scheduled; readiness says nothing about the address
+		OwnerKind: "ReplicaSet", OwnerName: "rs",
+		L7: "both", HasL7: true,
+		LabelsJSON: `{"app":"x","tier":"web"}`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("transformPod =\n%+v\nwant\n%+v", got, want)
+	}
+	if cp := got.DeepCopyObject().(*cachedPod); !reflect.DeepEqual(cp, got) || &cp.IPs[0] == &got.IPs[0] {
+		t.Error("DeepCopyObject is not a deep copy")
+	}
+}
+
+func TestTransformDropsManagedFieldsAndUnreadSpecs(t *testing.T) {
+	mf := []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
+	svc := service("ns", "s", "10.96.0.1", corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)})
+	svc.ManagedFields = mf
+	svc.Spec.Selector = map[string]string{"app": "x"}
+	n := node("n", "172.18.0.2")
+	n.ManagedFields = mf
+	n.Status.Images = []corev1.ContainerImage{{Names: []string{"img"}}}
+	n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: "n"})
+	ns := namespace("ns", "ingress")
+	ns.ManagedFields = mf
+	ns.Labels = map[string]string{"team": "a"}
+	sl := slice("ns", "s-1", "s", nil, endpoint("10.244.0.1", "ns", "p", "n"))
+	sl.ManagedFields = mf
+	sl.Endpoints[0].Hints = &discoveryv1.EndpointHints{}
+
+	gs := transformService(svc)
+	if gs.ManagedFields != nil || gs.Spec.Selector != nil || gs.Spec.Ports[0].TargetPort != (intstr.IntOrString{}) || gs.Spec.ClusterIP != "10.96.0.1" {
+		t.Errorf("service: %+v", gs)
+	}
+	gn := transformNode(n)
+	if gn.ManagedFields != nil || gn.Status.Images != nil || len(gn.Status.Addresses) != 1 {
+		t.Errorf("node: %+v", gn)
+	}
+	gns := transformNamespace(ns)
+	if gns.ManagedFields != nil || gns.Labels != nil || gns.Annotations[ipindex.L7Annotation] != "ingress" {
+		t.Errorf("namespace: %+v", gns)
+	}
+	gsl := transformEndpointSlice(sl)
+	if gsl.ManagedFields != nil || gsl.Endpoints[0].Hints != nil || gsl.Labels[discoveryv1.LabelServiceName] != "s" || gsl.Endpoints[0].TargetRef.Name != "p" {
+		t.Errorf("endpointslice: %+v", gsl)
 	}
 }

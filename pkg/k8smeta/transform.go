@@ -1,11 +1,16 @@
 package k8smeta
 
 import (
+	"encoding/json"
+	"slices"
+	"time"
+
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/flowlens/flowlens/pkg/k8smeta/ipindex"
 )
@@ -16,7 +21,7 @@ import (
 // it with only the fields the handlers read, which keeps the agent's memory
 // proportional to what enrichment needs.
 
-func stripMeta(m *metav1.ObjectMeta, keepLabels bool) metav1.ObjectMeta {
+func stripMeta(m *metav1.ObjectMeta) metav1.ObjectMeta {
 	out := metav1.ObjectMeta{
 		Name:              m.Name,
 		Namespace:         m.Namespace,
@@ -24,9 +29,6 @@ func stripMeta(m *metav1.ObjectMeta, keepLabels bool) metav1.ObjectMeta {
 		ResourceVersion:   m.ResourceVersion,
 		CreationTimestamp: m.CreationTimestamp,
 		DeletionTimestamp: m.DeletionTimestamp,
-	}
-	if keepLabels {
-		out.Labels = m.Labels
 	}
 	if v, ok := m.Annotations[ipindex.L7Annotation]; ok {
 		out.Annotations = map[string]string{ipindex.L7Annotation: v}
@@ -39,34 +41,102 @@ func stripMeta(m *metav1.ObjectMeta, keepLabels bool) metav1.ObjectMeta {
 	return out
 }
 
-// podConditionsKept are the conditions podStart reads.
-var podConditionsKept = [...]corev1.PodConditionType{corev1.PodScheduled, corev1.PodReadyToStartContainers}
+// cachedPod is what the pod informer caches instead of a corev1.Pod: a
+// corev1.Pod is 1.2 KB before any field is set, and pods are most of the
+// objects an agent watches. The transform computes everything the handler
+// needs (addresses, start estimate, owner, labels JSON), so the cache holds
+// a few hundred bytes per pod. Only this package reads the cache (no
+// listers), so no one expects a *corev1.Pod from it.
+type cachedPod struct {
+	metav1.TypeMeta
+	// ObjectMeta carries only Name, Namespace, UID, ResourceVersion and
+	// CreationTimestamp: what the informer's store and event handlers use.
+	metav1.ObjectMeta
+	NodeName    string
+	HostNetwork bool
+	// Finished: phase Succeeded or Failed; the sandbox and its IP are gone.
+	Finished   bool
+	IPs        []string
+	Start      time.Time
+	OwnerKind  string
+	OwnerName  string
+	L7         string
+	HasL7      bool
+	LabelsJSON string
+}
 
-func transformPod(p *corev1.Pod) *corev1.Pod {
-	out := &corev1.Pod{
-		ObjectMeta: stripMeta(&p.ObjectMeta, true),
-		Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
-		Status:     corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
+// DeepCopyObject implements runtime.Object.
+func (p *cachedPod) DeepCopyObject() runtime.Object {
+	c := *p
+	p.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
+	c.IPs = append([]string(nil), p.IPs...)
+	return &c
+}
+
+func podIPs(p *corev1.Pod) []string {
+	ss := make([]string, 0, len(p.Status.PodIPs)+1)
+	for _, ip := range p.Status.PodIPs {
+		ss = append(ss, ip.IP)
 	}
+	if p.Status.PodIP != "" && !slices.Contains(ss, p.Status.PodIP) {
+		ss = append(ss, p.Status.PodIP)
+	}
+	return ss
+}
+
+// podStart estimates when the pod received its IP: not before it was
+// created, scheduled, or its sandbox became ready (PodReadyToStartContainers,
+// set right after the CNI configured the network). Only matters when the IP
+// had a previous holder: it is where that holder's interval ends.
+func podStart(p *corev1.Pod) time.Time {
+	t := p.CreationTimestamp.Time
 	for _, c := range p.Status.Conditions {
-		for _, k := range podConditionsKept {
-			if c.Type == k {
-				out.Status.Conditions = append(out.Status.Conditions, corev1.PodCondition{
-					Type: c.Type, Status: c.Status, LastTransitionTime: c.LastTransitionTime,
-				})
-			}
+		if c.Status == corev1.ConditionTrue && c.LastTransitionTime.After(t) &&
+			(c.Type == corev1.PodScheduled || c.Type == corev1.PodReadyToStartContainers) {
+			t = c.LastTransitionTime.Time
 		}
 	}
-	return out
+	return t
+}
+
+func labelsJSON(l map[string]string) string {
+	if len(l) == 0 {
+		return ""
+	}
+	b, err := json.Marshal(l) // map keys come out sorted: stable output
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+func transformPod(p *corev1.Pod) *cachedPod {
+	c := &cachedPod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: p.Name, Namespace: p.Namespace, UID: p.UID,
+			ResourceVersion: p.ResourceVersion, CreationTimestamp: p.CreationTimestamp,
+		},
+		NodeName:    p.Spec.NodeName,
+		HostNetwork: p.Spec.HostNetwork,
+		Finished:    p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
+		IPs:         podIPs(p),
+		Start:       podStart(p),
+		LabelsJSON:  labelsJSON(p.Labels),
+	}
+	c.L7, c.HasL7 = p.Annotations[ipindex.L7Annotation]
+	if o := metav1.GetControllerOfNoCopy(p); o != nil {
+		c.OwnerKind, c.OwnerName = o.Kind, o.Name
+	}
+	return c
 }
 
 func transformNamespace(n *corev1.Namespace) *corev1.Namespace {
-	return &corev1.Namespace{ObjectMeta: stripMeta(&n.ObjectMeta, false)}
+	return &corev1.Namespace{ObjectMeta: stripMeta(&n.ObjectMeta)}
 }
 
 func transformService(s *corev1.Service) *corev1.Service {
 	out := &corev1.Service{
-		ObjectMeta: stripMeta(&s.ObjectMeta, false),
+		ObjectMeta: stripMeta(&s.ObjectMeta),
 		Spec: corev1.ServiceSpec{
 			Type: s.Spec.Type, ClusterIP: s.Spec.ClusterIP, ClusterIPs: s.Spec.ClusterIPs,
 		},
@@ -79,7 +149,7 @@ func transformService(s *corev1.Service) *corev1.Service {
 
 func transformEndpointSlice(s *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
 	out := &discoveryv1.EndpointSlice{
-		ObjectMeta:  stripMeta(&s.ObjectMeta, false),
+		ObjectMeta:  stripMeta(&s.ObjectMeta),
 		AddressType: s.AddressType,
 		Ports:       s.Ports,
 	}
@@ -97,7 +167,7 @@ func transformEndpointSlice(s *discoveryv1.EndpointSlice) *discoveryv1.EndpointS
 }
 
 func transformNode(n *corev1.Node) *corev1.Node {
-	out := &corev1.Node{ObjectMeta: stripMeta(&n.ObjectMeta, false)}
+	out := &corev1.Node{ObjectMeta: stripMeta(&n.ObjectMeta)}
 	for _, a := range n.Status.Addresses {
 		if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
 			out.Status.Addresses = append(out.Status.Addresses, a)
@@ -121,9 +191,9 @@ func transform(obj any) (any, error) {
 	case *corev1.Node:
 		return transformNode(o), nil
 	case *appsv1.ReplicaSet:
-		return &appsv1.ReplicaSet{ObjectMeta: stripMeta(&o.ObjectMeta, false)}, nil
+		return &appsv1.ReplicaSet{ObjectMeta: stripMeta(&o.ObjectMeta)}, nil
 	case *batchv1.Job:
-		return &batchv1.Job{ObjectMeta: stripMeta(&o.ObjectMeta, false)}, nil
+		return &batchv1.Job{ObjectMeta: stripMeta(&o.ObjectMeta)}, nil
 	}
 	return obj, nil
 }

@@ -1,15 +1,14 @@
 package l7
 
-import "github.com/flowlens/flowlens/pkg/flow"
+import (
+	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+)
 
 // EnterprisePlaceholder is the Private Enterprise Number the DNS and TLS
-// IEs are exported under. 32473 is the number IANA reserves for
-// documentation and examples (RFC 5612): it is a PLACEHOLDER private
-// registry, never assigned to anyone, so it cannot collide with a real
-// vendor's elements. A collector that does not know it skips these fields
-// (enterprise-specific IEs carry their length) and still reads the rest of
-// the record. docs/ipfix-elements.md is the registry's definition.
-const EnterprisePlaceholder uint32 = 32473
+// IEs are exported under (RFC 5612's documentation number, a PLACEHOLDER
+// private registry); ipfixie.EnterprisePlaceholder explains the choice.
+const EnterprisePlaceholder = ipfixie.EnterprisePlaceholder
 
 // Element is one extra information element for L7 details. IANA's
 // registry has HTTP elements (457 httpStatusCode, 459..462, 468) but none
@@ -27,20 +26,19 @@ type Element struct {
 }
 
 // Elements lists the extra IEs in the order they are appended to the flow
-// template.
+// template. They are derived from ipfixie.L7Details, the elements' only
+// definition, so what `flowlens eve check --json` shows is what the
+// exporter sends.
 func Elements() []Element {
-	e := func(name string, id uint16, v func(l *flow.L7) string) Element {
-		return Element{Name: name, Enterprise: EnterprisePlaceholder, ID: id, Type: "string", Value: v}
+	ds := ipfixie.L7Details()
+	out := make([]Element, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, Element{
+			Name: d.Name, Enterprise: ipfixie.EnterprisePlaceholder, ID: d.ID,
+			// ipfixie defines every detail as a variable-length string.
+			Type:  "string",
+			Value: func(l *flow.L7) string { return *d.Field(l) },
+		})
 	}
-	return []Element{
-		e("dnsQueryName", 1, func(l *flow.L7) string { return l.DNSQueryName }),
-		e("dnsQueryType", 2, func(l *flow.L7) string { return l.DNSQueryType }),
-		e("dnsResponseCode", 3, func(l *flow.L7) string { return l.DNSResponseCode }),
-		e("dnsAnswers", 4, func(l *flow.L7) string { return l.DNSAnswers }),
-		e("tlsServerName", 5, func(l *flow.L7) string { return l.TLSServerName }),
-		e("tlsVersion", 6, func(l *flow.L7) string { return l.TLSVersion }),
-		e("tlsJA3", 7, func(l *flow.L7) string { return l.TLSJA3 }),
-		e("tlsJA3S", 8, func(l *flow.L7) string { return l.TLSJA3S }),
-		e("tlsJA4", 9, func(l *flow.L7) string { return l.TLSJA4 }),
-	}
+	return out
 }

@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -589,5 +590,36 @@ func TestJSONStringEncodingIsAlwaysValid(t *testing.T) {
 		if back != tt.want {
 			t.Errorf("%q round-tripped to %q, want %q", tt.in, back, tt.want)
 		}
+	}
+}
+
+func TestRunRetriesPendingEventsUntilCancelled(t *testing.T) {
+	h := newHarness(t, func(cfg *Config) { cfg.RetryInterval = 5 * time.Millisecond })
+	c := conn(client, server, 40000, 80)
+	h.pol[c.Tuple] = flow.L7Destination
+	h.e.Ingest(httpEvent(c.Tuple, 0, "/late"), time.Now())
+	h.conns.add(c)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.e.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for h.e.Pending() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not retry the pending event")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	if r := h.export(c, flow.EndOfFlow); !strings.Contains(r.L7.HTTPVals, "/late") {
+		t.Errorf("httpVals %q", r.L7.HTTPVals)
 	}
 }

@@ -5,10 +5,8 @@ package kubeapi_test
 import (
 	"context"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -219,14 +217,4 @@ func setAnnotation(m *metav1.ObjectMeta, v string) {
 		m.Annotations = map[string]string{}
 	}
 	m.Annotations[ipindex.L7Annotation] = v
-}
-
-func TestStartFailsNamingAMissingBinary(t *testing.T) {
-	_, err := kubeapi.Start(context.Background(), kubeapi.Options{Dir: t.TempDir(), APIServer: filepath.Join(os.TempDir(), "no-such-kube-apiserver")})
-	if err == nil {
-		t.Fatal("Start succeeded without a kube-apiserver binary")
-	}
-	if got := err.Error(); !strings.Contains(got, "kube-apiserver") || !strings.Contains(got, "hack/build-kube-apiserver.sh") {
-		t.Errorf("err = %q, want it to name kube-apiserver and the build script", got)
-	}
 }

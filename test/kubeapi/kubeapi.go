@@ -95,6 +95,10 @@ func resolveBinaries(o *Options) error {
 		}
 		o.Etcd = p
 	}
+	if _, err := os.Stat(o.Etcd); err != nil {
+		return fmt.Errorf("%w: etcd %s (apt-get install etcd-server, or run hack/install-deps.sh): %v",
+			ErrMissingComponent, o.Etcd, err)
+	}
 	return nil
 }
 

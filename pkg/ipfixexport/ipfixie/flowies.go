@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/flowlens/flowlens/pkg/flow"
 )
@@ -61,7 +62,9 @@ type fixup struct {
 }
 
 // FlowIEs is the IE set of flow records, in template order. It follows what
-// Antrea's Flow Aggregator expects from an agent; append here to export more.
+// Antrea's Flow Aggregator expects from an agent; an IE outside its registry
+// does not belong here but in an optional table such as l7DetailIEs (see
+// TemplateOptions).
 var FlowIEs = []FlowIE{
 	secondsIE("flowStartSeconds", EnterpriseIANA, func(r *flow.Record) int64 { return r.StartNanos },
 		func(r *flow.Record, s uint64) { r.StartNanos = int64(s) * 1e9 }),
@@ -239,9 +242,31 @@ type Template struct {
 }
 
 // FlowTemplates resolves FlowIEs against the registry into the IPv4 and the
-// IPv6 template. An IE missing from the registry is an error naming it.
+// IPv6 template: the Antrea-compatible set, without the L7 details. An IE
+// missing from the registry is an error naming it.
 func FlowTemplates(idV4, idV6 uint16) (v4, v6 *Template, err error) {
-	return flowTemplates(FlowIEs, idV4, idV6)
+	return NewFlowTemplates(TemplateOptions{IDv4: idV4, IDv6: idV6})
+}
+
+// TemplateOptions selects the flow templates' ids and optional IEs.
+type TemplateOptions struct {
+	IDv4, IDv6 uint16
+	// L7Details appends the DNS/TLS detail IEs (L7Details, enterprise
+	// EnterprisePlaceholder) to both templates. Off, the templates are
+	// exactly FlowIEs, which a go-ipfix collector in Strict mode (its
+	// default, and so Antrea's Flow Aggregator's) accepts; on, such a
+	// collector rejects the templates and every record sent with them.
+	L7Details bool
+}
+
+// NewFlowTemplates resolves the IEs o selects into the IPv4 and the IPv6
+// template.
+func NewFlowTemplates(o TemplateOptions) (v4, v6 *Template, err error) {
+	ies := FlowIEs
+	if o.L7Details {
+		ies = slices.Concat(FlowIEs, l7DetailIEs)
+	}
+	return flowTemplates(ies, o.IDv4, o.IDv6)
 }
 
 func flowTemplates(ies []FlowIE, idV4, idV6 uint16) (v4, v6 *Template, err error) {
@@ -307,10 +332,14 @@ func (t *Template) AppendData(b []byte, r *flow.Record) []byte {
 	return b
 }
 
+// flowIEByName holds the optional IEs too: a collector decodes whatever an
+// exporter chose to send.
 var flowIEByName = func() map[nameKey]*FlowIE {
-	m := make(map[nameKey]*FlowIE, len(FlowIEs))
-	for i := range FlowIEs {
-		m[nameKey{FlowIEs[i].Enterprise, FlowIEs[i].Name}] = &FlowIEs[i]
+	m := make(map[nameKey]*FlowIE, len(FlowIEs)+len(l7DetailIEs))
+	for _, ies := range [][]FlowIE{FlowIEs, l7DetailIEs} {
+		for i := range ies {
+			m[nameKey{ies[i].Enterprise, ies[i].Name}] = &ies[i]
+		}
 	}
 	return m
 }()

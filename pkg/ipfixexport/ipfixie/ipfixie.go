@@ -2,12 +2,14 @@
 // the information-element (IE) registry, the table of IEs a flow record is
 // exported with, and the conversions between flow.Record and wire values.
 //
-// Keeping the table here, used by both sides, means adding an IE (DNS or TLS
-// details later) is one entry in FlowIEs and nothing else.
+// Keeping the table here, used by both sides, means adding an IE is one entry
+// in FlowIEs (or, for an IE outside go-ipfix's registry, in an optional table
+// such as the DNS/TLS details of l7details.go) and nothing else.
 package ipfixie
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/vmware/go-ipfix/pkg/entities"
 	"github.com/vmware/go-ipfix/pkg/registry"
@@ -99,7 +101,7 @@ func init() {
 			byName[nameKey{ent, e.Name}] = e
 		}
 	}
-	for _, fie := range FlowIEs {
+	for _, fie := range slices.Concat(FlowIEs, l7DetailIEs) {
 		if d := fie.Define; d != nil {
 			byID[idKey{d.Enterprise, d.ID}] = *d
 			byName[nameKey{d.Enterprise, d.Name}] = *d

@@ -26,8 +26,8 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/flowlens/flowlens/pkg/flow"
@@ -134,7 +134,7 @@ type Index struct {
 	grace     int64
 	now       func() time.Time
 
-	mu        sync.RWMutex
+	mu        shardedRWMutex
 	ips       map[ipKey][]holding
 	podIPs    map[string][]ipKey // holder id -> IPs it holds or held
 	hosts     map[ipKey]*hostIP
@@ -320,21 +320,31 @@ func (x *Index) purgeLocked(now int64) {
 	}
 	x.lastPurge = now
 	cutoff := now - x.grace
+	var gone []string
 	for k, hs := range x.ips {
 		n := 0
+		gone = gone[:0]
 		for _, h := range hs {
 			if h.until != 0 && h.until < cutoff {
-				x.forgetLocked(h.id, k)
+				gone = append(gone, h.id)
 				continue
 			}
 			hs[n] = h
 			n++
 		}
 		clear(hs[n:])
+		hs = hs[:n]
 		if n == 0 {
 			delete(x.ips, k)
 		} else {
-			x.ips[k] = hs[:n]
+			x.ips[k] = hs
+		}
+		for _, id := range gone {
+			// An inventory entry removed and added back holds k again
+			// under the same id: keep tracking k for it.
+			if !slices.ContainsFunc(hs, func(h holding) bool { return h.id == id }) {
+				x.forgetLocked(id, k)
+			}
 		}
 	}
 }
@@ -546,8 +556,7 @@ type Stats struct {
 
 // Stats returns the current sizes.
 func (x *Index) Stats() Stats {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
+	defer x.mu.RUnlock(x.mu.RLock())
 	return Stats{IPs: len(x.ips), Holders: len(x.podIPs), HostIPs: len(x.hosts), ClusterIPs: len(x.services), Endpoints: len(x.epBest)}
 }
 
@@ -633,8 +642,7 @@ func (x *Index) LookupPod(ip netip.Addr, at time.Time) (PodInfo, bool) {
 	if !at.IsZero() {
 		start = at.UnixNano()
 	}
-	x.mu.RLock()
-	defer x.mu.RUnlock()
+	defer x.mu.RUnlock(x.mu.RLock())
 	h := x.holderLocked(ip.As16(), start, &now)
 	if h == nil {
 		return PodInfo{}, false
@@ -653,8 +661,7 @@ func (x *Index) LookupPod(ip netip.Addr, at time.Time) (PodInfo, bool) {
 // time (else now).
 func (x *Index) Enrich(r *flow.Record) {
 	now := r.ExportNanos
-	x.mu.RLock()
-	defer x.mu.RUnlock()
+	defer x.mu.RUnlock(x.mu.RLock())
 	src := x.resolveLocked(r.Tuple.SrcIP, r.StartNanos, &now)
 	dst := x.resolveLocked(r.Tuple.DstIP, r.StartNanos, &now)
 	r.Source = endpointOf(src)
@@ -711,8 +718,7 @@ func (x *Index) flowType(src, dst end) flow.FlowType {
 // and external ends never do. It does not allocate.
 func (x *Index) L7Want(c *flow.Conn) flow.L7Want {
 	var now int64
-	x.mu.RLock()
-	defer x.mu.RUnlock()
+	defer x.mu.RUnlock(x.mu.RLock())
 	var sm, dm L7Mode
 	if h := x.holderLocked(c.Tuple.SrcIP, c.StartNanos, &now); h != nil {
 		sm = h.mode()
@@ -721,4 +727,16 @@ func (x *Index) L7Want(c *flow.Conn) flow.L7Want {
 		dm = h.mode()
 	}
 	return want(sm, dm)
+}
+
+// NamespaceOf returns the namespace of the pod that has addr now (or left it
+// less than the grace period ago), "" for anything else. It matches
+// pkg/l7's Config.NamespaceOf and does not allocate.
+func (x *Index) NamespaceOf(addr netip.Addr) string {
+	var now int64
+	defer x.mu.RUnlock(x.mu.RLock())
+	if h := x.holderLocked(addr.As16(), 0, &now); h != nil {
+		return h.pod.Namespace
+	}
+	return ""
 }

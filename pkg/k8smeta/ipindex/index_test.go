@@ -222,6 +222,24 @@ func TestInventoryEntryRemovedAndAddedBackHoldsItsIPAgain(t *testing.T) {
 	}
 }
 
+func TestReAddedEntryStillReleasesItsIPAfterThePurgeOfItsOldInterval(t *testing.T) {
+	c := &clock{t: at(0)}
+	x := newIndex(t, c)
+	p := &Pod{Name: "vm", Namespace: "lab"}
+	mustSet(t, x, "lab/vm", addrs("192.0.2.1"), time.Time{}, p)
+	c.Set(at(5))
+	x.DeletePod("lab/vm", time.Time{})
+	c.Set(at(10))
+	mustSet(t, x, "lab/vm", addrs("192.0.2.1"), time.Time{}, p)
+	c.Set(at(100)) // the first interval is now past the grace period
+	x.DeleteHost("unrelated")
+	mustSet(t, x, "other", addrs("192.0.2.99"), time.Time{}, p) // a writer: runs the purge
+	x.DeletePod("lab/vm", time.Time{})
+	if got := podName(x, "192.0.2.1", at(101)); got != "" {
+		t.Errorf("after the second removal: %q, want nobody", got)
+	}
+}
+
 func tcpConn(src, dst string, sport, dport uint16, start time.Time) flow.Conn {
 	t := flow.NewTuple(netip.MustParseAddr(src), netip.MustParseAddr(dst), sport, dport, flow.ProtoTCP)
 	c := flow.Conn{Tuple: t, OrigDstIP: t.DstIP, OrigDstPort: t.DstPort}
@@ -506,5 +524,29 @@ func TestEnrichAndL7WantDoNotAllocate(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(1000, func() { _ = x.L7Want(&r.Conn) }); n != 0 {
 		t.Errorf("L7Want allocates %v times per call, want 0", n)
+	}
+}
+
+func TestNamespaceOf(t *testing.T) {
+	x, c := fixture(t)
+	tests := []struct{ ip, want string }{
+		{"10.1.0.1", "app"},
+		{"fd00::3", "app"},
+		{"172.18.0.2", ""}, // a node
+		{"203.0.113.1", ""},
+	}
+	for _, tt := range tests {
+		if got := x.NamespaceOf(netip.MustParseAddr(tt.ip)); got != tt.want {
+			t.Errorf("NamespaceOf(%s) = %q, want %q", tt.ip, got, tt.want)
+		}
+	}
+	c.Set(at(10))
+	x.DeletePod("a", time.Time{})
+	c.Set(at(10 + 61))
+	if got := x.NamespaceOf(netip.MustParseAddr("10.1.0.1")); got != "" {
+		t.Errorf("after the grace period: NamespaceOf = %q, want empty", got)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = x.NamespaceOf(netip.MustParseAddr("10.1.0.2")) }); n != 0 {
+		t.Errorf("NamespaceOf allocates %v times", n)
 	}
 }

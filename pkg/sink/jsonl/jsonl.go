@@ -49,11 +49,12 @@ func (c Config) Validate() error {
 
 // Writer appends one JSON object per record.
 type Writer struct {
-	cfg  Config
-	out  io.Writer
-	file *os.File
-	size int64
-	buf  []byte
+	cfg     Config
+	out     io.Writer
+	file    *os.File
+	size    int64
+	rotates bool
+	buf     []byte
 }
 
 var _ sink.Writer = (*Writer)(nil)
@@ -94,6 +95,9 @@ func (w *Writer) open() error {
 		return fmt.Errorf("stat %s: %w", w.cfg.Path, err)
 	}
 	w.file, w.out, w.size = f, f, st.Size()
+	// Rotating renames the path: never do that to a device such as
+	// /dev/null or /dev/stderr.
+	w.rotates = st.Mode().IsRegular()
 	return nil
 }
 
@@ -144,7 +148,7 @@ func (w *Writer) Write(_ context.Context, b *sink.Batch) (int, error) {
 			return done, fmt.Errorf("encode record: %w", err)
 		}
 		line = append(line, '\n')
-		if w.file != nil && w.size+int64(len(w.buf)+len(line)) > w.cfg.MaxBytes && w.size+int64(len(w.buf)) > 0 {
+		if w.rotates && w.size+int64(len(w.buf)+len(line)) > w.cfg.MaxBytes && w.size+int64(len(w.buf)) > 0 {
 			if err := flush(); err != nil {
 				return done, err
 			}
