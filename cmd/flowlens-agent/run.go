@@ -33,6 +33,9 @@ type ctEvent struct {
 // and the exporter run beside it and talk to it through a channel and the
 // exporter's bounded buffer.
 func run(ctx context.Context, cfg agentconfig.Config) error {
+	// stopAll ends every stage when one fails fatally, not only on a signal.
+	ctx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -108,6 +111,27 @@ func run(ctx context.Context, cfg agentconfig.Config) error {
 		return fmt.Errorf("connection store: %w", err)
 	}
 
+	// Workload context, then L7: records are enriched in this order, and
+	// the L7 opt-in is decided by the context source.
+	ctxSource, waitContext, err := newContextSource(ctx, cfg, reg)
+	if err != nil {
+		return err
+	}
+	if ctxSource != nil {
+		enrichers = append(enrichers, ctxSource.Enrich)
+	}
+	l7Done := make(chan error, 1)
+	if cfg.L7.EVE.Source != "" {
+		stage, err := newL7Stage(cfg, store, ctxSource, reg)
+		if err != nil {
+			return err
+		}
+		enrichers = append(enrichers, stage.enricher.Enrich)
+		go func() { l7Done <- stage.run(ctx) }()
+	} else {
+		l7Done <- nil
+	}
+
 	// Healthy while dumps succeed; three missed polls (plus slack for a
 	// slow dump of a huge table) mean the source is broken.
 	hc := &health{maxAge: 3*cfg.Conntrack.PollInterval.D() + 10*time.Second}
@@ -178,11 +202,20 @@ func run(ctx context.Context, cfg agentconfig.Config) error {
 	expireTicker := time.NewTicker(cfg.Connections.TickInterval.D())
 	defer expireTicker.Stop()
 
+	var fatal error
 loop:
 	for {
 		select {
 		case <-ctx.Done():
 			break loop
+		case err := <-l7Done:
+			l7Done = nil
+			// The EVE input could not be set up (socket path taken, not
+			// a socket...): the configured job cannot be done.
+			if err != nil {
+				fatal = fmt.Errorf("l7: %w", err)
+				break loop
+			}
 		case ev := <-events:
 			now := time.Now()
 			switch ev.typ {
@@ -221,7 +254,10 @@ loop:
 	// before the exporter is told to finish.
 	expire(time.Now())
 	stopExporter()
-	var errs []error
+	errs := []error{fatal}
+	if fatal != nil {
+		stopAll()
+	}
 	if err := <-exporterDone; err != nil {
 		errs = append(errs, fmt.Errorf("ipfix exporter: %w", err))
 	}
@@ -232,6 +268,14 @@ loop:
 	}
 	if err := waitHTTP(); err != nil {
 		errs = append(errs, err)
+	}
+	if l7Done != nil {
+		if err := <-l7Done; err != nil {
+			errs = append(errs, fmt.Errorf("l7: %w", err))
+		}
+	}
+	if err := waitContext(); err != nil {
+		errs = append(errs, fmt.Errorf("context source: %w", err))
 	}
 	klog.InfoS("flowlens-agent stopped")
 	return errors.Join(errs...)

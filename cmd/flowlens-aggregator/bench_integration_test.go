@@ -111,6 +111,9 @@ func BenchmarkIPFIXToClickHouse(b *testing.B) {
 		for n := range b.N {
 			table := "flows_pairs_" + strconv.Itoa(n)
 			cfg := testConfig(b, "tcp://127.0.0.1:0")
+			// One agent may run seconds ahead of the other while the
+			// machine is saturated: give halves the production default.
+			cfg.Correlation.CorrelationWait = Duration(correlate.DefaultCorrelationWait)
 			cfg.Sinks.JSONL = nil
 			cfg.Sinks.ClickHouse = &ClickHouseSink{Enabled: true, Addr: ch.Addr, Table: table, Queue: queue}
 			rate := runIPFIXBenchParts(b, cfg, false, parts, pairs, func(*runningAggregator) int {

@@ -228,6 +228,14 @@ func (a *aggregator) buildSinks(sm *sink.Metrics) error {
 		if err != nil {
 			return fmt.Errorf("sinks.clickhouse: %w", err)
 		}
+		// Create or migrate the table now so a schema problem shows at
+		// start; an unreachable server is not fatal: the sink buffers and
+		// its first successful write does it.
+		ctx, cancel := context.WithTimeout(context.Background(), max(s.DialTimeout.D(), 5*time.Second)+5*time.Second)
+		if err := w.EnsureSchema(ctx); err != nil {
+			klog.ErrorS(err, "ClickHouse not ready at start; buffering until it is", "addr", s.Addr)
+		}
+		cancel()
 		if err := add("clickhouse", w, s.Queue); err != nil {
 			return err
 		}
@@ -335,7 +343,11 @@ func (a *aggregator) run(ctx context.Context) error {
 		}()
 	}
 	a.metrics.readiness.Set(1)
-	klog.InfoS("Aggregator running", "id", a.cfg.AggregatorID, "listen", a.collectorAddrs(), "sinks", len(a.sinks), "metrics", a.cfg.MetricsAddress)
+	var listening []string
+	for _, ad := range a.collectorAddrs() {
+		listening = append(listening, ad.Network()+"://"+ad.String())
+	}
+	klog.InfoS("Aggregator running", "id", a.cfg.AggregatorID, "listen", listening, "sinks", len(a.sinks), "metrics", a.cfg.MetricsAddress)
 
 	<-ctx.Done()
 	a.metrics.readiness.Set(0)

@@ -25,6 +25,69 @@ type Config struct {
 	Connections Connections `json:"connections"`
 	Export      Export      `json:"export"`
 	Server      Server      `json:"server"`
+	Kubernetes  Kubernetes  `json:"kubernetes"`
+	Inventory   Inventory   `json:"inventory"`
+	L7          L7          `json:"l7"`
+}
+
+// Kubernetes enables enrichment from the API server.
+type Kubernetes struct {
+	Enabled bool `json:"enabled,omitempty"`
+	// Kubeconfig is a kubeconfig path; empty means in-cluster config.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// OwnNodeOnly caches full pods of this node only; remote pods are known
+	// through EndpointSlices (a remote pod no Service selects looks external).
+	OwnNodeOnly bool `json:"ownNodeOnly,omitempty"`
+	// GracePeriod is how long a deleted pod's IP still names it for
+	// connections that started while it lived.
+	GracePeriod Duration `json:"gracePeriod,omitempty"`
+}
+
+// Inventory enables enrichment from a watched YAML file, for hosts without
+// Kubernetes (VMs, bare metal, the demo).
+type Inventory struct {
+	File string `json:"file,omitempty"`
+}
+
+// L7 configures enrichment from Suricata EVE events.
+type L7 struct {
+	// EVE is where Suricata's eve-log goes; an empty source turns L7 off.
+	EVE EVE `json:"eve"`
+	// MaxTransactions and MaxHTTPValsBytes bound httpVals per record.
+	MaxTransactions  int `json:"maxTransactions,omitempty"`
+	MaxHTTPValsBytes int `json:"maxHTTPValsBytes,omitempty"`
+	// PendingEvents and PendingMaxAge bound events that arrive before
+	// conntrack reports their connection.
+	PendingEvents int      `json:"pendingEvents,omitempty"`
+	PendingMaxAge Duration `json:"pendingMaxAge,omitempty"`
+	// Privacy is what of an HTTP transaction may leave the node: Default
+	// for every namespace, Namespaces overriding it per namespace.
+	Privacy L7Privacy `json:"privacy"`
+}
+
+// EVE is the input of Suricata's eve-log.
+type EVE struct {
+	// Source is unix_stream (the agent listens, Suricata connects),
+	// unix_dgram, or file (tail eve.json); empty disables L7.
+	Source string `json:"source,omitempty"`
+	Path   string `json:"path,omitempty"`
+	// FromStart reads a file source from its beginning instead of its end.
+	FromStart bool `json:"fromStart,omitempty"`
+	// MaxLineBytes bounds one EVE record; longer ones are counted and skipped.
+	MaxLineBytes int `json:"maxLineBytes,omitempty"`
+}
+
+// L7Privacy holds the default and per-namespace privacy settings.
+type L7Privacy struct {
+	Default    Privacy            `json:"default"`
+	Namespaces map[string]Privacy `json:"namespaces,omitempty"`
+}
+
+// Privacy: the zero value drops query strings and keeps the rest.
+type Privacy struct {
+	KeepQuery     bool `json:"keepQuery,omitempty"`
+	DropURL       bool `json:"dropURL,omitempty"`
+	DropUserAgent bool `json:"dropUserAgent,omitempty"`
 }
 
 // Conntrack says where and how connections are read from the kernel.
@@ -120,6 +183,16 @@ func Default() Config {
 			TemplateRefresh: Duration(10 * time.Minute),
 		},
 		Server: Server{Listen: "127.0.0.1:9560"},
+		Kubernetes: Kubernetes{
+			GracePeriod: Duration(5 * time.Minute),
+		},
+		L7: L7{
+			EVE:              EVE{Path: "/run/flowlens/eve.sock", MaxLineBytes: 16 << 20},
+			MaxTransactions:  32,
+			MaxHTTPValsBytes: 16 << 10,
+			PendingEvents:    4096,
+			PendingMaxAge:    Duration(5 * time.Second),
+		},
 	}
 }
 
@@ -234,6 +307,45 @@ func (c *Config) validate() error {
 	if _, _, err := net.SplitHostPort(c.Server.Listen); err != nil {
 		bad("server.listen", "want host:port, got %q", c.Server.Listen)
 	}
+	if c.Kubernetes.Enabled && c.Inventory.File != "" {
+		bad("inventory.file", "set together with kubernetes.enabled; choose one source of context")
+	}
+	positive("kubernetes.gracePeriod", c.Kubernetes.GracePeriod)
+	if c.Inventory.File != "" {
+		if _, err := os.Stat(c.Inventory.File); err != nil {
+			bad("inventory.file", "%v", err)
+		}
+	}
+	switch c.L7.EVE.Source {
+	case "":
+	case "unix_stream", "unix_dgram", "file":
+		if c.L7.EVE.Path == "" {
+			bad("l7.eve.path", "empty")
+		}
+		// The opt-in annotation lives on pods and namespaces: without a
+		// source of context no connection can be opted in.
+		if !c.Kubernetes.Enabled && c.Inventory.File == "" {
+			bad("l7.eve.source", "%q needs kubernetes.enabled or inventory.file for the visibility.antrea.io/l7-export opt-in", c.L7.EVE.Source)
+		}
+	default:
+		bad("l7.eve.source", "want unix_stream, unix_dgram, file or empty, got %q", c.L7.EVE.Source)
+	}
+	if c.L7.EVE.MaxLineBytes < 4096 {
+		bad("l7.eve.maxLineBytes", "must be >= 4096, got %d", c.L7.EVE.MaxLineBytes)
+	}
+	for _, f := range []struct {
+		field string
+		v     int
+	}{
+		{"l7.maxTransactions", c.L7.MaxTransactions},
+		{"l7.maxHTTPValsBytes", c.L7.MaxHTTPValsBytes},
+		{"l7.pendingEvents", c.L7.PendingEvents},
+	} {
+		if f.v <= 0 {
+			bad(f.field, "must be > 0, got %d", f.v)
+		}
+	}
+	positive("l7.pendingMaxAge", c.L7.PendingMaxAge)
 	return errors.Join(errs...)
 }
 

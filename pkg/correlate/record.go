@@ -3,6 +3,28 @@
 // the source pod, one from the node of the destination pod) are merged, and
 // repeated reports of the same connection are aggregated behind the
 // aggregator's own active and inactive timeouts.
+//
+// Key: the 5-tuple (flow.Tuple, which both nodes report the same way, DNAT
+// already undone) plus the start time: records of one tuple whose starts lie
+// within StartWindow are the same connection, so clock skew between nodes
+// is absorbed and a reused port is a new connection.
+//
+// Sides: a record carrying only the source pod comes from the source node,
+// only the destination pod from the destination node (Antrea's agents fill
+// local pods only); with both or neither, the exporter's identity decides.
+//
+// Timing: an inter-node half waits up to CorrelationWait for its peer, then
+// is exported alone with StatusUnmatched (and merged with the peer should it
+// still come). Intra-node, to-external and from-external records never wait
+// for a peer. Every connection is then exported on the aggregator's active
+// timeout, inactive timeout, or at once when every node reporting it said
+// end-of-flow (a correlated connection waits at most CorrelationWait for
+// the second end). An ended one-node connection with nothing held passes
+// straight through.
+//
+// L7: httpVals of both halves are united by transaction id into one valid
+// JSON object (an empty or invalid value never wipes a valid one); every
+// other flow.L7 field takes the non-empty value.
 package correlate
 
 import (

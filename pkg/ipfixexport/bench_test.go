@@ -277,6 +277,8 @@ func goIPFIXSetter(b testing.TB, name string) func(entities.InfoElementWithValue
 		"flowType":                   func(e ie, r *flow.Record) { e.SetUnsigned8Value(uint8(r.FlowType)) },
 		"appProtocolName":            str(func(r *flow.Record) string { return r.L7.AppProtocolName }),
 		"httpVals":                   str(func(r *flow.Record) string { return r.L7.HTTPVals }),
+		"sourcePodLabels":            str(func(r *flow.Record) string { return r.Source.Labels }),
+		"destinationPodLabels":       str(func(r *flow.Record) string { return r.Destination.Labels }),
 	}[name]
 	if s == nil {
 		b.Fatalf("no go-ipfix setter for %s", name)

@@ -88,6 +88,8 @@ func wantIEs(r *flow.Record) map[string]string {
 		"flowType":                      u(uint64(r.FlowType)),
 		"appProtocolName":               r.L7.AppProtocolName,
 		"httpVals":                      r.L7.HTTPVals,
+		"sourcePodLabels":               r.Source.Labels,
+		"destinationPodLabels":          r.Destination.Labels,
 	}
 }
 

@@ -117,6 +117,8 @@ var FlowIEs = []FlowIE{
 		func(r *flow.Record, v uint8) { r.FlowType = flow.FlowType(v) }),
 	strIE("appProtocolName", func(r *flow.Record) *string { return &r.L7.AppProtocolName }),
 	strIE("httpVals", func(r *flow.Record) *string { return &r.L7.HTTPVals }),
+	strIE("sourcePodLabels", func(r *flow.Record) *string { return &r.Source.Labels }),
+	strIE("destinationPodLabels", func(r *flow.Record) *string { return &r.Destination.Labels }),
 }
 
 func endNanos(r *flow.Record) int64 {

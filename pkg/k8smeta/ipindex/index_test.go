@@ -1,6 +1,7 @@
 package ipindex
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -549,4 +550,41 @@ func TestNamespaceOf(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _ = x.NamespaceOf(netip.MustParseAddr("10.1.0.2")) }); n != 0 {
 		t.Errorf("NamespaceOf allocates %v times", n)
 	}
+}
+
+func TestLookupsDuringWritesSeeWholePods(t *testing.T) {
+	x, _ := fixture(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := flow.Record{Conn: tcpConn("10.9.0.1", "10.1.0.2", 1, 8080, time.Time{})}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				x.Enrich(&r)
+				// A pod is either absent or complete: name and namespace
+				// come from the same SetPod.
+				if r.Source.PodName != "" && r.Source.PodNamespace != "ns-"+r.Source.PodName {
+					t.Errorf("torn read: %+v", r.Source)
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < 2000; i++ {
+		name := fmt.Sprintf("p%d", i%7)
+		if err := x.SetPod(fmt.Sprintf("u%d", i), addrs("10.9.0.1"), time.Time{}, &Pod{Name: name, Namespace: "ns-" + name}); err != nil {
+			t.Fatal(err)
+		}
+		x.DeletePod(fmt.Sprintf("u%d", i), time.Time{})
+		x.SetNamespaceL7("ns-"+name, L7Mode(i%4))
+	}
+	close(stop)
+	wg.Wait()
 }
