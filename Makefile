@@ -8,7 +8,7 @@ PKGS      := ./...
 # share the machine's conntrack/iptables so they run one package at a time.
 INTEGRATION_FLAGS := -tags integration -p 1 -count=1 -timeout 25m
 
-.PHONY: all build test unit integration bench demo generate lint deps clean
+.PHONY: all build test unit integration bench demo generate lint deps demo-deps clean
 
 all: build
 
@@ -17,6 +17,10 @@ build:
 
 deps:
 	hack/install-deps.sh
+
+# The demo needs no Kubernetes API server or IPFIX analysers.
+demo-deps:
+	hack/install-deps.sh base suricata clickhouse
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -33,10 +37,10 @@ integration: deps build
 # integration and end-to-end tests. Must run as root.
 test: lint unit integration
 
-bench: deps
+bench: demo-deps
 	$(GO) test -tags integration -run '^$$' -bench . -benchmem -benchtime 1x -count 1 -timeout 30m $(PKGS) | tee bench.out
 
-demo: deps build
+demo: demo-deps build
 	$(GO) run ./hack/demo
 
 generate:

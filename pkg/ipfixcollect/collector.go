@@ -297,7 +297,9 @@ func (c *Collector) serveConn(ctx context.Context, tcp *net.TCPConn, emit func(*
 }
 
 func (c *Collector) decode(s *session, msg []byte, emit func(*Record)) {
-	c.m.messages.Inc()
+	// Counted last, so a message counted has had its records delivered and
+	// its errors counted.
+	defer c.m.messages.Inc()
 	st, err := s.message(msg, emit)
 	c.m.records.Add(float64(st.records))
 	if st.unknownTemplates > 0 {

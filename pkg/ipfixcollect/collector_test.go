@@ -251,15 +251,19 @@ func TestMalformedAndOutOfOrderInputIsCountedAndSurvived(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			waitFor(t, "every datagram", func() bool {
-				return counter(t, reg, "flowlens_ipfix_collector_messages_total", "") == float64(len(tc.datagrams))
-			})
+			// The message counter moves before the message's records reach
+			// the callback: wait for both.
 			var got []uint32
-			for _, r := range s.all() {
-				if f, ok := r.Get("packetDeltaCount"); ok {
-					got = append(got, uint32(f.Uint))
+			waitFor(t, "every datagram and its records", func() bool {
+				got = got[:0]
+				for _, r := range s.all() {
+					if f, ok := r.Get("packetDeltaCount"); ok {
+						got = append(got, uint32(f.Uint))
+					}
 				}
-			}
+				return counter(t, reg, "flowlens_ipfix_collector_messages_total", "") == float64(len(tc.datagrams)) &&
+					len(got) >= len(tc.wantRecords)
+			})
 			if fmt.Sprint(got) != fmt.Sprint(tc.wantRecords) {
 				t.Errorf("records %v, want %v", got, tc.wantRecords)
 			}
