@@ -51,7 +51,8 @@ func TestTwoAgentsHalvesBecomeOneRecordOverIPFIX(t *testing.T) {
 					if r.Destination.PodName != "server" || !strings.HasPrefix(r.Source.PodName, "client-") {
 						t.Errorf("correlated record lacks a side: %+v / %+v", r.Source, r.Destination)
 					}
-					if r.L7.AppProtocolName != "http" || !json.Valid([]byte(r.L7.HTTPVals)) || !strings.Contains(r.L7.HTTPVals, "GET /c") {
+					if r.L7.AppProtocolName != "http" || !json.Valid([]byte(r.L7.HTTPVals)) || !strings.Contains(r.L7.HTTPVals, "GET /c") ||
+						r.L7.DNSQueryName != "web.ns-b.svc" || r.L7.TLSServerName != "server.example" {
 						t.Errorf("L7 = %+v: the empty half wiped the full one", r.L7)
 					}
 					if r.FromSource.Fwd.Packets != 10 || r.FromDestination.Fwd.Packets != 9 {

@@ -68,6 +68,7 @@ func TestIPFIXFromTwoAgentsLandsInClickHouseCorrelated(t *testing.T) {
 		{"inter-node rows carry both pods", "SELECT count() FROM flows WHERE correlation = 'correlated' AND sourcePodName LIKE 'client-%' AND destinationPodName = 'server' AND destinationNodeName = 'node-b' AND sourceNodeName = 'node-a'", strconv.Itoa(n)},
 		{"per-node counters from each side", "SELECT count() FROM flows WHERE correlation = 'correlated' AND packetTotalCountFromSourceNode = 10 AND packetTotalCountFromDestinationNode = 9 AND sourceExporter != destinationExporter", strconv.Itoa(n)},
 		{"L7 from the client's node survives the empty half", "SELECT count() FROM flows WHERE appProtocolName = 'http' AND httpVals LIKE '{\"0\":\"GET /c%'", strconv.Itoa(n + 1)},
+		{"DNS from one node and TLS from the other both kept", "SELECT count() FROM flows WHERE correlation = 'correlated' AND dnsQueryName = 'web.ns-b.svc' AND tlsServerName = 'server.example'", strconv.Itoa(n)},
 		{"service kept from the source node", "SELECT count() FROM flows WHERE destinationServicePortName = 'ns-b/web:http' AND destinationClusterIP = '10.96.0.10' AND destinationServicePort = 80", strconv.Itoa(n + 1)},
 		{"lone half stored flagged", "SELECT sourcePodName, destinationPodName FROM flows WHERE correlation = 'unmatched'", lone.Source.PodName + "\t"},
 		{"intra-node rows pass through", "SELECT count() FROM flows WHERE correlation = 'not-required' AND flowType = 1 AND sourceNodeName = 'node-c'", "10"},

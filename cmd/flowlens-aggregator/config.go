@@ -130,11 +130,15 @@ type IPFIXSink struct {
 	Address             string `json:"address,omitempty"`
 	Transport           string `json:"transport,omitempty"`
 	ObservationDomainID uint32 `json:"observationDomainID,omitempty"`
-	CAFile              string `json:"caFile,omitempty"`
-	CertFile            string `json:"certFile,omitempty"`
-	KeyFile             string `json:"keyFile,omitempty"`
-	ServerName          string `json:"serverName,omitempty"`
-	Queue               `json:",inline"`
+	// L7DetailElements adds the DNS/TLS detail IEs (enterprise 32473) to
+	// the templates; off keeps the Antrea-compatible set that go-ipfix
+	// collectors in Strict mode accept.
+	L7DetailElements bool   `json:"l7DetailElements,omitempty"`
+	CAFile           string `json:"caFile,omitempty"`
+	CertFile         string `json:"certFile,omitempty"`
+	KeyFile          string `json:"keyFile,omitempty"`
+	ServerName       string `json:"serverName,omitempty"`
+	Queue            `json:",inline"`
 }
 
 // Defaults for the fields this file owns; the others are the packages'.
@@ -288,7 +292,8 @@ func (s *IPFIXSink) exportConfig() ipfixexport.Config {
 	}
 	return ipfixexport.Config{
 		Address: s.Address, Transport: t, ObservationDomainID: s.ObservationDomainID,
-		TLS: ipfixexport.TLSConfig{CAFile: s.CAFile, CertFile: s.CertFile, KeyFile: s.KeyFile, ServerName: s.ServerName},
+		L7DetailElements: s.L7DetailElements,
+		TLS:              ipfixexport.TLSConfig{CAFile: s.CAFile, CertFile: s.CertFile, KeyFile: s.KeyFile, ServerName: s.ServerName},
 	}
 }
 

@@ -157,7 +157,8 @@ func startAgent(t *testing.T, collector string, transport ipfixexport.Transport,
 	t.Helper()
 	exp, err := ipfixexport.New(ipfixexport.Config{
 		Address: collector, Transport: transport, ObservationDomainID: domain,
-		FlushInterval: 20 * time.Millisecond, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
+		L7DetailElements: true,
+		FlushInterval:    20 * time.Millisecond, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
 		BufferRecords: 200_000,
 	}, nil)
 	if err != nil {
@@ -206,13 +207,15 @@ func halves(i int, start time.Time) (src, dst flow.Record) {
 	src.OrigDstIP, src.OrigDstPort = netip.MustParseAddr("10.96.0.10").As16(), 80
 	src.ClusterIP = true
 	src.ServicePortName = "ns-b/web:http"
-	src.L7 = flow.L7{AppProtocolName: "http", HTTPVals: fmt.Sprintf(`{"0":"GET /c%d"}`, i)}
+	src.L7 = flow.L7{AppProtocolName: "http", HTTPVals: fmt.Sprintf(`{"0":"GET /c%d"}`, i), DNSQueryName: "web.ns-b.svc"}
 
 	dst = base
 	dst.Fwd, dst.Rev = flow.Counters{Packets: 9, Bytes: 900}, flow.Counters{Packets: 8, Bytes: 9000}
 	dst.FwdDelta, dst.RevDelta = dst.Fwd, dst.Rev
 	dst.Destination = flow.Endpoint{PodName: "server", PodNamespace: "ns-b", NodeName: "node-b"}
-	dst.L7 = flow.L7{} // the server's node had no L7 for it: must not wipe the client's
+	// The server's node has no HTTP for it (must not wipe the client's) but
+	// saw the TLS handshake.
+	dst.L7 = flow.L7{TLSServerName: "server.example"}
 	return src, dst
 }
 

@@ -104,7 +104,7 @@ func TestMetricsAndHealthEndpoints(t *testing.T) {
 		"flowlens_aggregator_records_received_total", "flowlens_aggregator_records_correlated_total",
 		"flowlens_aggregator_records_unmatched_total", "flowlens_aggregator_sink_records_written_total",
 		"flowlens_aggregator_sink_write_retries_total", "flowlens_aggregator_sink_records_dropped_total",
-		"flowlens_aggregator_input_records_total", "flowlens_ipfix_collector_records_total",
+		"flowlens_aggregator_input_records_total", "flowlens_ipfix_collector_records_total", "flowlens_aggregator_sink_queue_records",
 	} {
 		if !strings.Contains(m, name) {
 			t.Errorf("/metrics lacks %s", name)

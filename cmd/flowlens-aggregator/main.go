@@ -323,9 +323,12 @@ func (a *aggregator) run(ctx context.Context) error {
 	}()
 
 	var srv *http.Server
+	var httpWG sync.WaitGroup
 	if a.httpLn != nil {
 		srv = a.httpServer()
+		httpWG.Add(1)
 		go func() {
+			defer httpWG.Done()
 			if err := srv.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errs <- fmt.Errorf("metrics server: %w", err)
 			}
@@ -370,6 +373,7 @@ func (a *aggregator) run(ctx context.Context) error {
 		_ = srv.Shutdown(sctx)
 		cancel()
 	}
+	httpWG.Wait()
 	close(errs)
 	var all []error
 	for err := range errs {

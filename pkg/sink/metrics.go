@@ -9,12 +9,13 @@ import (
 // Metrics are the sinks' counters, labelled by sink name; one Metrics
 // serves every Sink of a process.
 type Metrics struct {
-	queued  *prometheus.CounterVec
-	written *prometheus.CounterVec
-	retries *prometheus.CounterVec
-	errors  *prometheus.CounterVec
-	dropped *prometheus.CounterVec
-	latency *prometheus.HistogramVec
+	queued   *prometheus.CounterVec
+	written  *prometheus.CounterVec
+	retries  *prometheus.CounterVec
+	errors   *prometheus.CounterVec
+	dropped  *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	queueLen *prometheus.GaugeVec
 }
 
 // NewMetrics creates the sink metrics and registers them on reg (nil: not
@@ -46,11 +47,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Duration of one batch write.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
 		}, []string{"sink"}),
+		queueLen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "flowlens_aggregator_sink_queue_records",
+			Help: "Records held by a sink (buffered during an outage), sampled at each commit interval and write.",
+		}, []string{"sink"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.queued, m.written, m.retries, m.errors, m.dropped, m.latency} {
+	for _, c := range []prometheus.Collector{m.queued, m.written, m.retries, m.errors, m.dropped, m.latency, m.queueLen} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register sink metrics: %w", err)
 		}
@@ -62,6 +67,7 @@ type sinkMetrics struct {
 	queued, written, retries, errors prometheus.Counter
 	dropFull, dropShutdown           prometheus.Counter
 	latency                          prometheus.Observer
+	queueLen                         prometheus.Gauge
 }
 
 func (m *Metrics) forSink(name string) sinkMetrics {
@@ -73,5 +79,6 @@ func (m *Metrics) forSink(name string) sinkMetrics {
 		dropFull:     m.dropped.WithLabelValues(name, "queue_full"),
 		dropShutdown: m.dropped.WithLabelValues(name, "shutdown"),
 		latency:      m.latency.WithLabelValues(name),
+		queueLen:     m.queueLen.WithLabelValues(name),
 	}
 }

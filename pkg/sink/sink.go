@@ -228,6 +228,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		case <-t.C:
 		case <-s.wake:
 		}
+		s.m.queueLen.Set(float64(s.Len()))
 		for {
 			// Deliver full batches back to back; a partial one waits for
 			// the next tick so inserts stay large.
@@ -249,6 +250,7 @@ func (s *Sink) shutdown() error {
 		klog.ErrorS(nil, "Sink stopped with undelivered records", "sink", s.cfg.Name, "dropped", left, "flushTimeout", s.cfg.FlushTimeout)
 		s.release(left)
 	}
+	s.m.queueLen.Set(0)
 	if err := s.cfg.Writer.Close(); err != nil {
 		return fmt.Errorf("close %s sink: %w", s.cfg.Name, err)
 	}
@@ -280,6 +282,7 @@ func (s *Sink) deliver(ctx context.Context) bool {
 			s.m.written.Add(float64(n))
 			b.Records = b.Records[n:]
 		}
+		s.m.queueLen.Set(float64(s.Len()))
 		if err == nil && len(b.Records) == 0 {
 			s.cur = nil
 			return true
