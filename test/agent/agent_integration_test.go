@@ -6,22 +6,16 @@
 package agent_test
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/ipfixcollect"
+	"github.com/flowlens/flowlens/test/agenttest"
 	"github.com/flowlens/flowlens/test/netnstest"
 )
 
@@ -37,11 +31,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	agentBin = filepath.Join(dir, "flowlens-agent")
-	build := exec.Command("go", "build", "-o", agentBin, "github.com/flowlens/flowlens/cmd/flowlens-agent")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "build flowlens-agent: %v\n", err)
+	agentBin, err = agenttest.BuildAgent(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -49,84 +41,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// arrival is a decoded record and when the collector got it.
-type arrival struct {
-	at  time.Time
-	rec flow.Record
-}
-
-// collector is a real ipfixcollect.Collector keeping every flow record.
-type collector struct {
-	addr string
-	mu   sync.Mutex
-	recs []arrival
-}
-
-func startCollector(t *testing.T) *collector {
+// startAgent runs the agent on node's conntrack table, exporting to
+// collectorAddr, with the given connections: section.
+func startAgent(t *testing.T, node *netnstest.Node, collectorAddr string, connections string) *agenttest.Agent {
 	t.Helper()
-	c, err := ipfixcollect.New(ipfixcollect.Config{Network: ipfixcollect.TCP, Address: "127.0.0.1:0"}, nil)
-	if err != nil {
-		t.Fatalf("collector: %v", err)
-	}
-	col := &collector{addr: c.Addr().String()}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- c.Run(ctx, func(r ipfixcollect.Record) {
-			fr, err := r.FlowRecord()
-			if err != nil {
-				return
-			}
-			col.mu.Lock()
-			col.recs = append(col.recs, arrival{at: time.Now(), rec: fr})
-			col.mu.Unlock()
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("collector: %v", err)
-		}
-	})
-	return col
-}
-
-// recordsOf returns the records of the connection from client address src.
-func (c *collector) recordsOf(src netip.AddrPort, proto uint8) []arrival {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []arrival
-	for _, a := range c.recs {
-		if a.rec.Tuple.Src() == src.Addr() && a.rec.Tuple.SrcPort == src.Port() && a.rec.Tuple.Proto == proto {
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
-// waitFinal waits for a record of the connection with the given end reason.
-func (c *collector) waitFinal(t *testing.T, src netip.AddrPort, proto uint8, reason flow.EndReason, within time.Duration) []arrival {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		recs := c.recordsOf(src, proto)
-		for _, a := range recs {
-			if a.rec.EndReason == reason {
-				return recs
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("no %s record for %s %s within %s; got %d records: %+v", reason, flow.ProtoName(proto), src, within, len(c.recordsOf(src, proto)), c.recordsOf(src, proto))
-	return nil
-}
-
-// startAgent runs the agent binary on node's conntrack table and returns the
-// address of its /metrics and /healthz server.
-func startAgent(t *testing.T, node *netnstest.Node, collectorAddr string, connections string) string {
-	t.Helper()
-	dir := t.TempDir()
-	cfg := fmt.Sprintf(`nodeName: %s
+	return agenttest.StartAgent(t, agentBin, fmt.Sprintf(`nodeName: %s
 conntrack:
   netns: %s
   pollInterval: 1s
@@ -138,72 +57,7 @@ export:
   flushInterval: 200ms
 server:
   listen: 127.0.0.1:0
-`, node.Name, node.NetnsPath, connections, collectorAddr)
-	cfgPath := filepath.Join(dir, "agent.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(dir, "agent.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(agentBin, "--config", cfgPath, "-v=2")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start agent: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("agent exited with %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Errorf("agent did not stop within 10s of SIGTERM")
-		}
-		logFile.Close()
-		if t.Failed() {
-			if b, err := os.ReadFile(logPath); err == nil {
-				t.Logf("agent log:\n%s", b)
-			}
-		}
-	})
-	// The first dump happens at start-up; give the event listener a moment
-	// to subscribe so the traffic's NEW events are seen too.
-	time.Sleep(500 * time.Millisecond)
-	select {
-	case err := <-exited:
-		b, _ := os.ReadFile(logPath)
-		t.Fatalf("agent exited at start-up: %v\n%s", err, b)
-	default:
-	}
-	b, _ := os.ReadFile(logPath)
-	m := serverAddr.FindSubmatch(b)
-	if m == nil {
-		t.Fatalf("agent log names no metrics address:\n%s", b)
-	}
-	return string(m[1])
-}
-
-var serverAddr = regexp.MustCompile(`"Serving metrics and health" address="([^"]+)"`)
-
-func httpGet(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("read %s: %v", url, err)
-	}
-	return resp.StatusCode, string(body)
+`, node.Name, node.NetnsPath, connections, collectorAddr))
 }
 
 func TestHealthAndMetricsReflectThePipeline(t *testing.T) {
@@ -213,19 +67,19 @@ func TestHealthAndMetricsReflectThePipeline(t *testing.T) {
 	if _, err := server.ListenTCP(7000); err != nil {
 		t.Fatal(err)
 	}
-	col := startCollector(t)
-	addr := startAgent(t, node, col.addr, "  activeTimeout: 1s\n  idleTimeout: 10s")
+	col := agenttest.StartCollector(t)
+	ag := startAgent(t, node, col.Addr, "  activeTimeout: 1s\n  idleTimeout: 10s")
 
-	if code, body := httpGet(t, "http://"+addr+"/healthz"); code != http.StatusOK {
+	if code, body := ag.Get(t, "/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz: %d %q, want 200 once a dump succeeded", code, body)
 	}
 	xfer, err := netnstest.SendExactly(node.Pod("client"), server.Addr(7000), 1000, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	col.waitFinal(t, xfer.Local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
+	col.WaitFor(t, xfer.Local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
 
-	_, metrics := httpGet(t, "http://"+addr+"/metrics")
+	metrics := ag.Metrics(t)
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(`(?m)^flowlens_conntrack_dumps_total [1-9]`),
 		regexp.MustCompile(`(?m)^flowlens_conntrack_events_total\{type="new"\} [1-9]`),
@@ -240,12 +94,12 @@ func TestHealthAndMetricsReflectThePipeline(t *testing.T) {
 
 // sum adds the deltas of a connection's records: with exact, non-repeating
 // deltas it equals the final totals.
-func sum(recs []arrival) (fwd, rev flow.Counters) {
+func sum(recs []agenttest.Arrival) (fwd, rev flow.Counters) {
 	for _, a := range recs {
-		fwd.Packets += a.rec.FwdDelta.Packets
-		fwd.Bytes += a.rec.FwdDelta.Bytes
-		rev.Packets += a.rec.RevDelta.Packets
-		rev.Bytes += a.rec.RevDelta.Bytes
+		fwd.Packets += a.Rec.FwdDelta.Packets
+		fwd.Bytes += a.Rec.FwdDelta.Bytes
+		rev.Packets += a.Rec.RevDelta.Packets
+		rev.Bytes += a.Rec.RevDelta.Bytes
 	}
 	return fwd, rev
 }
@@ -287,8 +141,8 @@ func TestTCPThroughServiceIsExportedWithVIPEndpointAndCounts(t *testing.T) {
 			_ = srv
 			svc := netnstest.AddServiceT(t, node, netnstest.Service{Name: "web", IPv6: tc.ipv6, Port: 80, Backend: server, TargetPort: 8080})
 
-			col := startCollector(t)
-			startAgent(t, node, col.addr, "  activeTimeout: 2s\n  idleTimeout: 30s\n  tickInterval: 100ms")
+			col := agenttest.StartCollector(t)
+			startAgent(t, node, col.Addr, "  activeTimeout: 2s\n  idleTimeout: 30s\n  tickInterval: 100ms")
 
 			const sent, reply = 300_000, 50_000
 			xfer, err := netnstest.SendExactly(node.Pod("client"), netip.AddrPortFrom(svc.VIP, svc.Port), sent, reply)
@@ -296,12 +150,12 @@ func TestTCPThroughServiceIsExportedWithVIPEndpointAndCounts(t *testing.T) {
 				t.Fatalf("transfer: %v", err)
 			}
 			closed := time.Now()
-			recs := col.waitFinal(t, xfer.Local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
+			recs := col.WaitFor(t, xfer.Local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
 
-			var final arrival
+			var final agenttest.Arrival
 			for _, a := range recs {
-				if a.rec.EndReason == flow.EndOfFlow {
-					if final.rec.EndReason != 0 {
+				if a.Rec.EndReason == flow.EndOfFlow {
+					if final.Rec.EndReason != 0 {
 						t.Errorf("two end-of-flow records for one connection")
 					}
 					final = a
@@ -309,18 +163,18 @@ func TestTCPThroughServiceIsExportedWithVIPEndpointAndCounts(t *testing.T) {
 			}
 			// The event path must deliver the close, not the idle timeout
 			// (30s here) or a stale-dump sweep.
-			if lag := final.at.Sub(closed); lag > 2500*time.Millisecond {
+			if lag := final.At.Sub(closed); lag > 2500*time.Millisecond {
 				t.Errorf("end-of-flow record arrived %s after the close; want within ~2s", lag)
 			}
 
 			// The entry lingers in TIME_WAIT and keeps showing up in dumps:
 			// it must not be exported again.
 			time.Sleep(3500 * time.Millisecond)
-			if again := col.recordsOf(xfer.Local, flow.ProtoTCP); len(again) != len(recs) {
+			if again := col.RecordsOf(xfer.Local, flow.ProtoTCP); len(again) != len(recs) {
 				t.Errorf("%d records after the end-of-flow one: %+v", len(again)-len(recs), again[len(recs):])
 			}
 
-			r := final.rec
+			r := final.Rec
 			wantSrc := xfer.Local
 			wantDst := server.Addr(8080)
 			if tc.ipv6 {
@@ -365,8 +219,8 @@ func TestLongConnectionIsExportedOnActiveTimeoutWithDeltas(t *testing.T) {
 	if _, err := server.ListenTCP(9000); err != nil {
 		t.Fatal(err)
 	}
-	col := startCollector(t)
-	startAgent(t, node, col.addr, "  activeTimeout: 1s\n  idleTimeout: 30s\n  tickInterval: 100ms")
+	col := agenttest.StartCollector(t)
+	startAgent(t, node, col.Addr, "  activeTimeout: 1s\n  idleTimeout: 30s\n  tickInterval: 100ms")
 
 	// A connection that trickles for ~4.5s must be reported while it lasts.
 	client := node.Pod("client")
@@ -394,13 +248,13 @@ func TestLongConnectionIsExportedOnActiveTimeoutWithDeltas(t *testing.T) {
 	if err != nil {
 		t.Fatalf("trickle: %v", err)
 	}
-	recs := col.waitFinal(t, local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
+	recs := col.WaitFor(t, local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
 	active := 0
 	for _, a := range recs {
-		if a.rec.EndReason == flow.EndActiveTimeout {
+		if a.Rec.EndReason == flow.EndActiveTimeout {
 			active++
-			if a.rec.FwdDelta.Bytes == 0 {
-				t.Errorf("active-timeout record without a forward delta: %+v", a.rec)
+			if a.Rec.FwdDelta.Bytes == 0 {
+				t.Errorf("active-timeout record without a forward delta: %+v", a.Rec)
 			}
 		}
 	}
@@ -408,10 +262,10 @@ func TestLongConnectionIsExportedOnActiveTimeoutWithDeltas(t *testing.T) {
 		t.Errorf("%d active-timeout records for a 4.5s connection with a 1s active timeout; want >= 2", active)
 	}
 	fwd, _ := sum(recs)
-	final := recs[len(recs)-1].rec
+	final := recs[len(recs)-1].Rec
 	for _, a := range recs {
-		if a.rec.EndReason == flow.EndOfFlow {
-			final = a.rec
+		if a.Rec.EndReason == flow.EndOfFlow {
+			final = a.Rec
 		}
 	}
 	if fwd != final.Fwd {
@@ -427,18 +281,18 @@ func TestUDPExchangeEndsOnIdleTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := netnstest.AddServiceT(t, node, netnstest.Service{Name: "dns", Port: 53, Proto: flow.ProtoUDP, Backend: server, TargetPort: 5353})
-	col := startCollector(t)
-	startAgent(t, node, col.addr, "  activeTimeout: 1s\n  idleTimeout: 3s\n  tickInterval: 100ms")
+	col := agenttest.StartCollector(t)
+	startAgent(t, node, col.Addr, "  activeTimeout: 1s\n  idleTimeout: 3s\n  tickInterval: 100ms")
 
 	xfer, err := netnstest.SendUDP(node.Pod("client"), netip.AddrPortFrom(svc.VIP, svc.Port), 3000, 1500)
 	if err != nil {
 		t.Fatalf("udp exchange: %v", err)
 	}
-	recs := col.waitFinal(t, xfer.Local, flow.ProtoUDP, flow.EndIdleTimeout, 15*time.Second)
+	recs := col.WaitFor(t, xfer.Local, flow.ProtoUDP, flow.EndIdleTimeout, 15*time.Second)
 	var idle flow.Record
 	for _, a := range recs {
-		if a.rec.EndReason == flow.EndIdleTimeout {
-			idle = a.rec
+		if a.Rec.EndReason == flow.EndIdleTimeout {
+			idle = a.Rec
 		}
 	}
 	if idle.OrigDst() != svc.VIP || idle.Tuple.Dst() != server.Addr(5353).Addr() || idle.Tuple.DstPort != 5353 {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/k8smeta/ipindex"
+	"github.com/flowlens/flowlens/test/agenttest"
 	"github.com/flowlens/flowlens/test/kubeapi"
 	"github.com/flowlens/flowlens/test/netnstest"
 )
@@ -84,10 +85,10 @@ func TestAgentExportsKubernetesContextFromRealAPIServer(t *testing.T) {
 	defer cancel()
 	cl := setUpCluster(t, ctx)
 
-	col := startCollector(t)
+	col := agenttest.StartCollector(t)
 	eveFile := filepath.Join(t.TempDir(), "eve.json")
 	must(t, os.WriteFile(eveFile, nil, 0o600))
-	ag := startAgent(t, fmt.Sprintf(`nodeName: %s
+	ag := agenttest.StartAgent(t, agentBin, fmt.Sprintf(`nodeName: %s
 conntrack:
   netns: %s
   pollInterval: 1s
@@ -108,7 +109,7 @@ l7:
   eve:
     source: file
     path: %s
-`, nodeA, cl.a.NetnsPath, col.addr, cl.saKubeconfig, eveFile))
+`, nodeA, cl.a.NetnsPath, col.Addr, cl.saKubeconfig, eveFile))
 
 	t.Run("agent runs as the ServiceAccount and its informers listed every object", func(t *testing.T) {
 		sa, err := kubeapi.Client(cl.saKubeconfig)
@@ -123,11 +124,11 @@ l7:
 			{"pod", 3}, {"node", 2}, {"replicaset", 1}, {"service", 2}, {"endpointslice", 1}, {"namespace", 3},
 		} {
 			series := fmt.Sprintf(`flowlens_k8smeta_informer_events_total{op="add",resource=%q}`, c.resource)
-			if v, ok := ag.metric(t, series); !ok || v < c.min {
+			if v, ok := ag.Metric(t, series); !ok || v < c.min {
 				t.Errorf("%s = %v (present %v), want >= %v", series, v, ok, c.min)
 			}
 		}
-		if v, _ := ag.metric(t, "flowlens_k8smeta_cluster_ips"); v < 1 {
+		if v, _ := ag.Metric(t, "flowlens_k8smeta_cluster_ips"); v < 1 {
 			t.Errorf("flowlens_k8smeta_cluster_ips = %v, want the web Service's ClusterIP indexed", v)
 		}
 	})
@@ -136,9 +137,9 @@ l7:
 	t.Run("ClusterIP flow between two pods of this node is intra-node with pods, service and labels", func(t *testing.T) {
 		xfer, err := netnstest.SendExactly(client, cl.svc.Addr(), 4000, 1000)
 		must(t, err)
-		a := col.waitEndOfFlow(t, xfer.Local, 10*time.Second)
-		if got, want := a.rec.Tuple.Dst(), web.IPv4; got != want || a.rec.Tuple.DstPort != webTarget {
-			t.Errorf("destination %s:%d, want the endpoint %s:%d", got, a.rec.Tuple.DstPort, want, webTarget)
+		a := waitEndOfFlow(t, col, xfer.Local, 10*time.Second)
+		if got, want := a.Rec.Tuple.Dst(), web.IPv4; got != want || a.Rec.Tuple.DstPort != webTarget {
+			t.Errorf("destination %s:%d, want the endpoint %s:%d", got, a.Rec.Tuple.DstPort, want, webTarget)
 		}
 		checkStrings(t, a, map[string]string{
 			"sourcePodName":              "client",
@@ -151,15 +152,15 @@ l7:
 		})
 		checkLabels(t, a, "sourcePodLabels", clientLabels)
 		checkLabels(t, a, "destinationPodLabels", webLabels)
-		if f, ok := a.raw.Get("destinationClusterIPv4"); !ok || f.Addr != netip.MustParseAddr(webVIP) {
+		if f, ok := a.Raw.Get("destinationClusterIPv4"); !ok || f.Addr != netip.MustParseAddr(webVIP) {
 			t.Errorf("destinationClusterIPv4 = %v (present %v), want the VIP %s", f, ok, webVIP)
 		}
-		if f, ok := a.raw.Get("destinationServicePort"); !ok || f.Uint != webPort {
+		if f, ok := a.Raw.Get("destinationServicePort"); !ok || f.Uint != webPort {
 			t.Errorf("destinationServicePort = %v (present %v), want %d", f, ok, webPort)
 		}
 		checkFlowType(t, a, flow.FlowTypeIntraNode)
-		if !a.rec.ClusterIP || a.rec.OrigDst() != netip.MustParseAddr(webVIP) {
-			t.Errorf("decoded record: ClusterIP %v, orig dst %s; want true, %s", a.rec.ClusterIP, a.rec.OrigDst(), webVIP)
+		if !a.Rec.ClusterIP || a.Rec.OrigDst() != netip.MustParseAddr(webVIP) {
+			t.Errorf("decoded record: ClusterIP %v, orig dst %s; want true, %s", a.Rec.ClusterIP, a.Rec.OrigDst(), webVIP)
 		}
 	})
 
@@ -167,7 +168,7 @@ l7:
 		db := cl.pod("db")
 		xfer, err := netnstest.SendExactly(client, db.Addr(dbPort), 1000, 500)
 		must(t, err)
-		a := col.waitEndOfFlow(t, xfer.Local, 10*time.Second)
+		a := waitEndOfFlow(t, col, xfer.Local, 10*time.Second)
 		checkStrings(t, a, map[string]string{
 			"sourcePodName":              "client",
 			"sourceNodeName":             nodeA,
@@ -177,7 +178,7 @@ l7:
 			"destinationServicePortName": "",
 		})
 		checkLabels(t, a, "destinationPodLabels", dbLabels)
-		if f, ok := a.raw.Get("destinationClusterIPv4"); !ok || !f.Addr.IsUnspecified() {
+		if f, ok := a.Raw.Get("destinationClusterIPv4"); !ok || !f.Addr.IsUnspecified() {
 			t.Errorf("destinationClusterIPv4 = %v (present %v), want 0.0.0.0 for a direct pod flow", f, ok)
 		}
 		checkFlowType(t, a, flow.FlowTypeInterNode)
@@ -187,7 +188,7 @@ l7:
 	t.Run("flow to an address no Pod or Node object has is to-external", func(t *testing.T) {
 		xfer, err := netnstest.SendExactly(client, outside.Addr(outsidePort), 1000, 500)
 		must(t, err)
-		a := col.waitEndOfFlow(t, xfer.Local, 10*time.Second)
+		a := waitEndOfFlow(t, col, xfer.Local, 10*time.Second)
 		checkStrings(t, a, map[string]string{
 			"sourcePodName":           "client",
 			"sourcePodNamespace":      "shop",
@@ -202,7 +203,7 @@ l7:
 	t.Run("flow from an address outside the cluster to a pod is from-external", func(t *testing.T) {
 		xfer, err := netnstest.SendExactly(outside, web.Addr(webTarget), 1000, 500)
 		must(t, err)
-		a := col.waitEndOfFlow(t, xfer.Local, 10*time.Second)
+		a := waitEndOfFlow(t, col, xfer.Local, 10*time.Second)
 		checkStrings(t, a, map[string]string{
 			"sourcePodName":           "",
 			"sourceNodeName":          "",
@@ -229,11 +230,11 @@ l7:
 				before := podUpdates(t, ag)
 				must(t, annotatePod(ctx, cl.admin, "shop", "web", s.value))
 				// The agent saw the change once its pod informer counted it.
-				ag.waitMetric(t, podUpdatesSeries, 5*time.Second, func(v float64) bool { return v > before })
+				ag.WaitMetric(t, podUpdatesSeries, 5*time.Second, func(v float64) bool { return v > before })
 			}
 			a, matched := l7Connection(t, ag, col, ev, client, cl.svc.Addr(), web.Addr(webTarget))
-			app, _ := a.str("appProtocolName")
-			vals, _ := a.str("httpVals")
+			app, _ := a.Str("appProtocolName")
+			vals, _ := a.Str("httpVals")
 			if !s.want {
 				if matched || app != "" || vals != "" {
 					t.Errorf("%s: event matched %v, appProtocolName %q, httpVals %q; want the event dropped as not wanted and no L7 fields", s.name, matched, app, vals)
@@ -380,17 +381,17 @@ func annotatePod(ctx context.Context, cs kubernetes.Interface, ns, name, v strin
 
 const podUpdatesSeries = `flowlens_k8smeta_informer_events_total{op="update",resource="pod"}`
 
-func podUpdates(t *testing.T, ag *agent) float64 {
+func podUpdates(t *testing.T, ag *agenttest.Agent) float64 {
 	t.Helper()
-	v, _ := ag.metric(t, podUpdatesSeries)
+	v, _ := ag.Metric(t, podUpdatesSeries)
 	return v
 }
 
 // checkStrings compares string IEs of a record by their Antrea names.
-func checkStrings(t *testing.T, a arrival, want map[string]string) {
+func checkStrings(t *testing.T, a agenttest.Arrival, want map[string]string) {
 	t.Helper()
 	for name, w := range want {
-		got, ok := a.str(name)
+		got, ok := a.Str(name)
 		if !ok {
 			t.Errorf("record has no %s IE", name)
 		} else if got != w {
@@ -400,9 +401,9 @@ func checkStrings(t *testing.T, a arrival, want map[string]string) {
 }
 
 // checkLabels compares a labels IE, a JSON object, with the pod's labels.
-func checkLabels(t *testing.T, a arrival, ie string, want map[string]string) {
+func checkLabels(t *testing.T, a agenttest.Arrival, ie string, want map[string]string) {
 	t.Helper()
-	s, ok := a.str(ie)
+	s, ok := a.Str(ie)
 	if !ok {
 		t.Errorf("record has no %s IE", ie)
 		return
@@ -417,9 +418,9 @@ func checkLabels(t *testing.T, a arrival, ie string, want map[string]string) {
 	}
 }
 
-func checkFlowType(t *testing.T, a arrival, want flow.FlowType) {
+func checkFlowType(t *testing.T, a agenttest.Arrival, want flow.FlowType) {
 	t.Helper()
-	f, ok := a.raw.Get("flowType")
+	f, ok := a.Raw.Get("flowType")
 	if !ok {
 		t.Errorf("record has no flowType IE")
 		return
@@ -463,12 +464,12 @@ func (w *eveWriter) http(t *testing.T, src, dst netip.AddrPort) {
 // agent an http EVE event for it while it is open, waits until the agent
 // either matched the event or dropped it as not wanted, then finishes the
 // exchange and returns the end-of-flow record and whether it matched.
-func l7Connection(t *testing.T, ag *agent, col *collector, ev *eveWriter, client *netnstest.Pod, svc, endpoint netip.AddrPort) (arrival, bool) {
+func l7Connection(t *testing.T, ag *agenttest.Agent, col *agenttest.Collector, ev *eveWriter, client *netnstest.Pod, svc, endpoint netip.AddrPort) (agenttest.Arrival, bool) {
 	t.Helper()
 	const matchedSeries = "flowlens_l7_events_matched_total"
 	const notWantedSeries = `flowlens_l7_events_dropped_total{reason="not_wanted"}`
-	matched0, _ := ag.metric(t, matchedSeries)
-	notWanted0, _ := ag.metric(t, notWantedSeries)
+	matched0, _ := ag.Metric(t, matchedSeries)
+	notWanted0, _ := ag.Metric(t, notWantedSeries)
 
 	c, err := client.DialTCP(svc)
 	must(t, err)
@@ -485,8 +486,8 @@ func l7Connection(t *testing.T, ag *agent, col *collector, ev *eveWriter, client
 	var matched bool
 	deadline := time.Now().Add(8 * time.Second)
 	for {
-		m, _ := ag.metric(t, matchedSeries)
-		nw, _ := ag.metric(t, notWantedSeries)
+		m, _ := ag.Metric(t, matchedSeries)
+		nw, _ := ag.Metric(t, notWantedSeries)
 		if m > matched0 || nw > notWanted0 {
 			matched = m > matched0
 			if m > matched0 && nw > notWanted0 {
@@ -507,5 +508,5 @@ func l7Connection(t *testing.T, ag *agent, col *collector, ev *eveWriter, client
 		t.Fatalf("reply %d bytes, want 100", n)
 	}
 	must(t, c.Close())
-	return col.waitEndOfFlow(t, local, 10*time.Second), matched
+	return waitEndOfFlow(t, col, local, 10*time.Second), matched
 }

@@ -387,8 +387,7 @@ func (w *world) checkTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	c.Close()
+	c.Close() // at once, as the HTTP client does
 	recs := w.col.waitFinal(t, c.Local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
 	w.waitEvent(t, c.Local, func(ev eve.Event) bool { return ev.TLS != nil })
 	l7 := mergeL7(t, recs)

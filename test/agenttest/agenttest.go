@@ -1,0 +1,255 @@
+// Package agenttest runs the real flowlens-agent binary for end-to-end
+// tests and receives what it exports with a real IPFIX collector
+// (pkg/ipfixcollect), so every e2e suite (L3/L4, Kubernetes, L7) checks
+// records the way a user's collector would see them.
+package agenttest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/ipfixcollect"
+)
+
+// BuildAgent builds cmd/flowlens-agent into dir and returns the binary's
+// path; call it once from TestMain.
+func BuildAgent(dir string) (string, error) {
+	bin := filepath.Join(dir, "flowlens-agent")
+	build := exec.Command("go", "build", "-o", bin, "github.com/flowlens/flowlens/cmd/flowlens-agent")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("build flowlens-agent: %w", err)
+	}
+	return bin, nil
+}
+
+// Arrival is one flow record as it came off the wire: when, decoded into a
+// flow.Record, and raw, so assertions can name Antrea's IEs.
+type Arrival struct {
+	At  time.Time
+	Rec flow.Record
+	Raw ipfixcollect.Record
+}
+
+// Str returns a string IE of the raw record, and whether the template had it.
+func (a Arrival) Str(name string) (string, bool) {
+	f, ok := a.Raw.Get(name)
+	if !ok {
+		return "", false
+	}
+	return f.Str, true
+}
+
+// Collector is a real IPFIX collector on loopback TCP keeping every flow
+// record it receives.
+type Collector struct {
+	Addr string
+	mu   sync.Mutex
+	recs []Arrival
+}
+
+// StartCollector starts a collector that stops when the test ends.
+func StartCollector(t testing.TB) *Collector {
+	t.Helper()
+	c, err := ipfixcollect.New(ipfixcollect.Config{Network: ipfixcollect.TCP, Address: "127.0.0.1:0"}, nil)
+	if err != nil {
+		t.Fatalf("collector: %v", err)
+	}
+	col := &Collector{Addr: c.Addr().String()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(ctx, func(r ipfixcollect.Record) {
+			fr, err := r.FlowRecord()
+			if err != nil {
+				return
+			}
+			col.mu.Lock()
+			col.recs = append(col.recs, Arrival{At: time.Now(), Rec: fr, Raw: r.Clone()})
+			col.mu.Unlock()
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("collector: %v", err)
+		}
+	})
+	return col
+}
+
+// RecordsOf returns, in arrival order, the records of the connection whose
+// client (source) address is src.
+func (c *Collector) RecordsOf(src netip.AddrPort, proto uint8) []Arrival {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []Arrival
+	for _, a := range c.recs {
+		if a.Rec.Tuple.Src() == src.Addr() && a.Rec.Tuple.SrcPort == src.Port() && a.Rec.Tuple.Proto == proto {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// WaitFor waits for a record of the connection from src with the given end
+// reason and returns the connection's records up to and including it.
+func (c *Collector) WaitFor(t testing.TB, src netip.AddrPort, proto uint8, reason flow.EndReason, within time.Duration) []Arrival {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		recs := c.RecordsOf(src, proto)
+		for i, a := range recs {
+			if a.Rec.EndReason == reason {
+				return recs[:i+1]
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	got := c.RecordsOf(src, proto)
+	t.Fatalf("no %s record for %s %s within %s; got %d records: %+v", reason, flow.ProtoName(proto), src, within, len(got), got)
+	return nil
+}
+
+// Agent is a running flowlens-agent.
+type Agent struct {
+	// MetricsAddr serves /metrics and /healthz.
+	MetricsAddr string
+	LogPath     string
+}
+
+var serverAddr = regexp.MustCompile(`"Serving metrics and health" address="([^"]+)"`)
+
+// StartAgent runs bin with the YAML configuration cfg (its server.listen
+// should be 127.0.0.1:0) and waits until it serves /metrics, which it does
+// only after its context source synced. The agent gets SIGTERM when the
+// test ends and must exit cleanly; its log is shown when the test failed.
+func StartAgent(t testing.TB, bin, cfg string) *Agent {
+	t.Helper()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "agent.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--config", cfgPath, "-v=2")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("agent exited with %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Errorf("agent did not stop within 10s of SIGTERM")
+		}
+		logFile.Close()
+		if t.Failed() {
+			if b, err := os.ReadFile(logPath); err == nil {
+				t.Logf("agent log:\n%s", b)
+			}
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(logPath)
+		if m := serverAddr.FindSubmatch(b); m != nil {
+			// Let the event listener subscribe so the traffic's NEW events
+			// are seen too, not only the next dump.
+			time.Sleep(300 * time.Millisecond)
+			return &Agent{MetricsAddr: string(m[1]), LogPath: logPath}
+		}
+		select {
+		case err := <-exited:
+			exited <- err // for the cleanup
+			t.Fatalf("agent exited at start-up: %v\n%s", err, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent serves no metrics 30s after start; log:\n%s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Get fetches a path of the agent's HTTP server.
+func (a *Agent) Get(t testing.TB, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + a.MetricsAddr + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// Metrics returns the agent's /metrics page.
+func (a *Agent) Metrics(t testing.TB) string {
+	t.Helper()
+	code, body := a.Get(t, "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d", code)
+	}
+	return body
+}
+
+// Metric returns the value of the sample whose name and labels are exactly
+// series (e.g. `flowlens_l7_events_matched_total`), and whether it exists.
+func (a *Agent) Metric(t testing.TB, series string) (float64, bool) {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`)
+	m := re.FindStringSubmatch(a.Metrics(t))
+	if m == nil {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatalf("metric %s: value %q: %v", series, m[1], err)
+	}
+	return v, true
+}
+
+// WaitMetric polls series until ok accepts its value.
+func (a *Agent) WaitMetric(t testing.TB, series string, within time.Duration, ok func(float64) bool) float64 {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		v, _ := a.Metric(t, series)
+		if ok(v) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metric %s = %v after %s", series, v, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
