@@ -95,10 +95,14 @@ func run(ctx context.Context, cfg agentconfig.Config) error {
 		exporter.Export(r)
 	}
 
-	queue, err := expirequeue.New(expirequeue.Config{
+	queueCfg := expirequeue.Config{
 		ActiveTimeout: cfg.Connections.ActiveTimeout.D(),
 		IdleTimeout:   cfg.Connections.IdleTimeout.D(),
-	}, reg)
+	}
+	if cfg.L7.EVE.Source != "" {
+		queueCfg.CloseDelay = cfg.L7.CloseDelay.D()
+	}
+	queue, err := expirequeue.New(queueCfg, reg)
 	if err != nil {
 		return fmt.Errorf("expire queue: %w", err)
 	}

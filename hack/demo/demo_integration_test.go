@@ -21,7 +21,7 @@ func TestDemoTrafficGoesThroughTheServices(t *testing.T) {
 	topo, err := buildTopology()
 	if topo != nil {
 		t.Cleanup(func() {
-			if err := topo.node.Close(); err != nil {
+			if err := topo.close(); err != nil {
 				t.Errorf("cleanup: %v", err)
 			}
 		})
@@ -33,8 +33,9 @@ func TestDemoTrafficGoesThroughTheServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(want) != len(httpPaths())+2 {
-		t.Fatalf("%d connections, want %d", len(want), len(httpPaths())+2)
+	// HTTP GETs, DNS, TLS, TCP transfer, UDP exchange.
+	if len(want) != len(httpPaths())+4 {
+		t.Fatalf("%d connections, want %d", len(want), len(httpPaths())+4)
 	}
 	for _, e := range want {
 		out, err := topo.node.Conntrack("-L", "-p", flow.ProtoName(e.Proto), "--orig-src", e.Src.Addr().String(), "--sport", fmt.Sprint(e.Src.Port()))

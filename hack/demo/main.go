@@ -1,8 +1,16 @@
 // Command demo shows flowlens on a simulated Kubernetes node: it builds a
-// node with three pods and three Services out of network namespaces, runs
-// bin/flowlens-agent on the node's conntrack table and bin/flowlens collect
-// as its IPFIX collector, drives HTTP, TCP and UDP traffic through the
-// Services, and prints the flow records it gets back as a table.
+// node with three pods and five Services out of network namespaces, runs
+// bin/flowlens-agent on the node's conntrack table (pod context from an
+// inventory file) and bin/flowlens collect as its IPFIX collector, drives
+// HTTP, DNS, TLS, TCP and UDP traffic through the Services, and prints the
+// flow records it gets back as a table.
+//
+// The web pod opts into L7 export (visibility.antrea.io/l7-export: ingress
+// in the inventory). When Suricata is installed, the demo runs it on a
+// mirrored copy of that pod's traffic with eve-log to the agent, and the
+// table's L7 column shows the application protocol and the HTTP method,
+// host, URL and status, DNS question and answer, or TLS server name and
+// version. Without Suricata it says so and shows the L3/L4 table.
 //
 // Run it as root from the repository root (`make demo` builds the binaries
 // first). Everything it creates (namespaces, processes, files) is removed
@@ -23,6 +31,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
+
+	"github.com/flowlens/flowlens/test/l7e2e"
 	"github.com/flowlens/flowlens/test/netnstest"
 )
 
@@ -32,6 +44,7 @@ type options struct {
 	settle      time.Duration // extra wait for end-of-flow records once all flows are seen
 	keep        bool
 	trafficOnly bool
+	noL7        bool
 }
 
 func main() {
@@ -41,7 +54,11 @@ func main() {
 	flag.DurationVar(&o.settle, "settle", 25*time.Second, "once every flow has a record, how long to wait for their final (end-of-flow/idle) records")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (config, logs, raw records) instead of removing it")
 	flag.BoolVar(&o.trafficOnly, "traffic-only", false, "build the node and drive the traffic without the agent and collector (checks the topology)")
+	flag.BoolVar(&o.noL7, "no-l7", false, "run without Suricata, as when it is not installed (no L7 column values)")
 	flag.Parse()
+	// The demo's own EVE probe logs through klog; the demo prints its own
+	// progress instead.
+	klog.SetLogger(logr.Discard())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, o, os.Stdout)
@@ -92,7 +109,7 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 	topo, err := buildTopology()
 	if topo != nil {
 		defer func() {
-			if closeErr := topo.node.Close(); closeErr != nil {
+			if closeErr := topo.close(); closeErr != nil {
 				err = errors.Join(err, closeErr)
 			}
 		}()
@@ -121,12 +138,28 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 		return nil
 	}
 
+	suricata, suricataErr := l7e2e.FindSuricata()
+	if o.noL7 {
+		suricataErr = errors.New("Suricata not used (-no-l7)")
+	}
+	noL7 := suricataErr // why the L7 column will be empty, if it will
+	if suricataErr != nil {
+		step(out, "NO L7: %v", suricataErr)
+		step(out, "  the table shows L3/L4 only; `make demo` installs Suricata (hack/install-deps.sh)")
+	}
 	port, err := freeLoopbackPort()
 	if err != nil {
 		return err
 	}
+	ac := agentOptions{netnsPath: topo.node.NetnsPath, collectorPort: port, inventory: filepath.Join(work, "inventory.yaml")}
+	if suricataErr == nil {
+		ac.eveSocket = filepath.Join(work, "eve.sock")
+	}
+	if err := os.WriteFile(ac.inventory, []byte(topo.inventoryYAML()), 0o644); err != nil {
+		return fmt.Errorf("write inventory: %w", err)
+	}
 	configPath := filepath.Join(work, "agent.yaml")
-	if err := os.WriteFile(configPath, []byte(agentConfig(topo.node.NetnsPath, port)), 0o644); err != nil {
+	if err := os.WriteFile(configPath, []byte(agentConfig(ac)), 0o644); err != nil {
 		return fmt.Errorf("write agent config: %w", err)
 	}
 
@@ -174,14 +207,35 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 		return agent.exitError()
 	case <-time.After(1500 * time.Millisecond):
 	}
-	step(out, "agent: %s --config %s", agentBin, configPath)
+	step(out, "agent: %s --config %s (inventory %s)", agentBin, configPath, ac.inventory)
+
+	if ac.eveSocket != "" {
+		sensor, err := startL7(topo, work, suricata, ac.eveSocket)
+		if sensor != nil {
+			defer sensor.close(out)
+		}
+		if err != nil {
+			return err
+		}
+		step(out, "suricata: on a mirror of pod web's veth %s (both directions), eve-log -> %s; waiting until it captures...", topo.web.HostVeth, ac.eveSocket)
+		started := time.Now()
+		if err := sensor.warmUp(ctx, topo); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			noL7 = err
+			step(out, "NO L7: %v", err)
+		} else {
+			step(out, "  capturing after %s", time.Since(started).Round(100*time.Millisecond))
+		}
+	}
 
 	want, err := topo.driveTraffic()
 	if err != nil {
 		return fmt.Errorf("drive traffic: %w", err)
 	}
-	step(out, "traffic: %d HTTP GETs via %s, TCP %s up / %s down via %s, UDP %s / %s via %s",
-		len(httpPaths()), topo.webSvc.Addr(), size(tcpUp), size(tcpDown), topo.echoSvc.Addr(),
+	step(out, "traffic: %d HTTP GETs via %s, DNS via %s, TLS via %s, TCP %s up / %s down via %s, UDP %s / %s via %s",
+		len(httpPaths()), topo.webSvc.Addr(), topo.dnsSvc.Addr(), topo.tlsSvc.Addr(), size(tcpUp), size(tcpDown), topo.echoSvc.Addr(),
 		size(udpUp), size(udpDown), topo.udpSvc.Addr())
 
 	step(out, "waiting for flow records (up to %s)...", o.wait)
@@ -205,7 +259,10 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 			others--
 		}
 	}
-	step(out, "%d records for %d connections (%d not made by the demo); %d lines were not records", total, len(latest), others, bad)
+	step(out, "%d records for %d connections (%d not in the table, e.g. Suricata warm-up GETs); %d lines were not records", total, len(latest), others, bad)
+	if noL7 != nil {
+		step(out, "L7 column empty: %v", noL7)
+	}
 	switch {
 	case total == 0:
 		return fmt.Errorf("no flow records arrived within %s; last lines of the agent log:\n%s\nlast lines of the collector log:\n%s",
@@ -267,8 +324,24 @@ func (t *topology) podName(a netip.Addr) string {
 	return ""
 }
 
+// agentOptions is what the agent's configuration depends on.
+type agentOptions struct {
+	netnsPath     string
+	collectorPort int
+	inventory     string // inventory file: pod names and the L7 opt-in
+	eveSocket     string // where Suricata's eve-log connects; "" = L7 off
+}
+
 // agentConfig is the agent's YAML configuration for the demo node.
-func agentConfig(netnsPath string, port int) string {
+func agentConfig(o agentOptions) string {
+	l7 := ""
+	if o.eveSocket != "" {
+		l7 = fmt.Sprintf(`l7:
+  eve:
+    source: unix_stream
+    path: %s
+`, o.eveSocket)
+	}
 	return strings.TrimLeft(fmt.Sprintf(`
 nodeName: %s
 conntrack:
@@ -277,10 +350,13 @@ conntrack:
 export:
   collector: 127.0.0.1:%d
   transport: tcp
+  l7DetailElements: true   # DNS/TLS details; flowlens collect decodes them
 connections:
   activeTimeout: 5s
-  idleTimeout: 15s
+  idleTimeout: 5s
 server:
   listen: 127.0.0.1:0   # metrics/healthz
-`, nodeName, netnsPath, port), "\n")
+inventory:
+  file: %s
+%s`, nodeName, o.netnsPath, o.collectorPort, o.inventory, l7), "\n")
 }

@@ -139,12 +139,49 @@ func (l *recordLog) add(line []byte) {
 	k := rec.key()
 	// Keep the record with the largest totals: records of one connection
 	// can arrive out of order across reconnects.
-	if prev, ok := l.latest[k]; !ok || !olderThan(rec, prev) {
+	prev, ok := l.latest[k]
+	switch {
+	case !ok:
 		l.latest[k] = rec
+	case !olderThan(rec, prev):
+		inheritL7(rec, prev)
+		l.latest[k] = rec
+	default:
+		inheritL7(prev, rec)
 	}
 	select {
 	case l.updated <- struct{}{}:
 	default:
+	}
+}
+
+// l7Keys are the L7 fields; each is exported on one record of a connection
+// (transactions and DNS once, the app protocol and TLS on every record).
+var l7Keys = []string{"appProtocolName", "httpVals", "dnsQueryName", "dnsQueryType",
+	"dnsResponseCode", "dnsAnswers", "tlsServerName", "tlsVersion"}
+
+// inheritL7 gives dst the L7 fields that only src of the same connection
+// carries; HTTP transactions of both are merged into one object.
+func inheritL7(dst, src record) {
+	for _, key := range l7Keys {
+		s := src.str(key)
+		switch d := dst.str(key); {
+		case s == "" || s == d:
+		case d == "":
+			dst[key] = s
+		case key == "httpVals":
+			var a, b map[string]json.RawMessage
+			if json.Unmarshal([]byte(d), &a) == nil && json.Unmarshal([]byte(s), &b) == nil {
+				for id, v := range b {
+					if _, ok := a[id]; !ok {
+						a[id] = v
+					}
+				}
+				if m, err := json.Marshal(a); err == nil {
+					dst[key] = string(m)
+				}
+			}
+		}
 	}
 }
 

@@ -17,16 +17,72 @@ func TestAgentConfigIsAcceptedByTheAgentLoader(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.yaml")
 	// The loader checks that the namespace exists; any netns file will do.
 	const netnsPath = "/proc/self/ns/net"
-	if err := os.WriteFile(path, []byte(agentConfig(netnsPath, 4739)), 0o644); err != nil {
+	inv := filepath.Join(t.TempDir(), "inventory.yaml")
+	if err := os.WriteFile(inv, []byte("entries: []\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := agentconfig.Load(path)
-	if err != nil {
-		t.Fatalf("agent rejects the demo's config: %v", err)
+	for _, eveSock := range []string{"", "/run/demo/eve.sock"} {
+		o := agentOptions{netnsPath: netnsPath, collectorPort: 4739, inventory: inv, eveSocket: eveSock}
+		if err := os.WriteFile(path, []byte(agentConfig(o)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := agentconfig.Load(path)
+		if err != nil {
+			t.Fatalf("agent rejects the demo's config (eve socket %q): %v", eveSock, err)
+		}
+		if cfg.NodeName != nodeName || cfg.Conntrack.NetNS != netnsPath ||
+			cfg.Export.Collector != "127.0.0.1:4739" || cfg.Export.Transport != "tcp" ||
+			cfg.Inventory.File != inv || !cfg.Export.L7DetailElements {
+			t.Fatalf("config read back as %+v", cfg)
+		}
+		wantSource := ""
+		if eveSock != "" {
+			wantSource = "unix_stream"
+		}
+		if cfg.L7.EVE.Source != wantSource || (eveSock != "" && cfg.L7.EVE.Path != eveSock) {
+			t.Fatalf("l7 config read back as %+v, want source %q path %q", cfg.L7.EVE, wantSource, eveSock)
+		}
 	}
-	if cfg.NodeName != nodeName || cfg.Conntrack.NetNS != netnsPath ||
-		cfg.Export.Collector != "127.0.0.1:4739" || cfg.Export.Transport != "tcp" {
-		t.Fatalf("config read back as %+v", cfg)
+}
+
+func TestL7ColumnSummarisesEachProtocol(t *testing.T) {
+	for _, tc := range []struct {
+		name, line, want string
+	}{
+		{"http transactions in id order, query already dropped by the agent",
+			`{"appProtocolName":"http","httpVals":"{\"10\":{\"http_method\":\"GET\",\"hostname\":\"10.96.0.0\",\"url\":\"/b\",\"status\":200},\"2\":{\"http_method\":\"GET\",\"hostname\":\"10.96.0.0\",\"url\":\"/status/404\",\"status\":404}}"}`,
+			"http GET 10.96.0.0/status/404 404 GET 10.96.0.0/b 200"},
+		{"dns question and answer",
+			`{"appProtocolName":"dns","dnsQueryName":"web.demo.test","dnsQueryType":"A","dnsResponseCode":"NOERROR","dnsAnswers":"10.96.0.1"}`,
+			"dns A web.demo.test NOERROR 10.96.0.1"},
+		{"tls server name and version",
+			`{"appProtocolName":"tls","tlsServerName":"secure.demo.test","tlsVersion":"TLS 1.3","tlsJA3":""}`,
+			"tls secure.demo.test TLS 1.3"},
+		{"no L7", `{"protocolIdentifier":6}`, "-"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newRecordLog()
+			l.add([]byte(tc.line))
+			_, _, latest := l.snapshot()
+			for _, r := range latest {
+				if got := l7Summary(r); got != tc.want {
+					t.Errorf("l7Summary = %q, want %q", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestL7FieldsOfEarlierRecordsStayWithTheConnection(t *testing.T) {
+	l := newRecordLog()
+	// The active-timeout record carried the transaction; the larger final
+	// one does not repeat it, but the table shows the final one.
+	l.add([]byte(strings.Replace(activeLine, `"flowEndReason":2`, `"flowEndReason":2,"appProtocolName":"http","httpVals":"{\"0\":{\"http_method\":\"GET\",\"hostname\":\"h\",\"url\":\"/\",\"status\":200}}"`, 1)))
+	l.add([]byte(strings.Replace(endLine, `,"appProtocolName":"http"`, "", 1)))
+	_, _, latest := l.snapshot()
+	r := latest[demoFlow().key()]
+	if !r.ended() || l7Summary(r) != "http GET h/ 200" {
+		t.Fatalf("final record %v, L7 column %q", r, l7Summary(r))
 	}
 }
 

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
+	"sort"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/flowlens/flowlens/pkg/flow"
@@ -36,10 +39,51 @@ func printTable(w io.Writer, want []expected, latest map[flowKey]record, podName
 			recordEndpoint(r.dst(), r.str("destinationPodName"), podName),
 			service(r), bytesField(r, "octetTotalCount"), packetsField(r, "packetTotalCount"),
 			bytesField(r, "reverseOctetTotalCount"), packetsField(r, "reversePacketTotalCount"),
-			orDash(r.endReason()), orDash(r.str("appProtocolName")), payload)
+			orDash(r.endReason()), l7Summary(r), payload)
 	}
 	tw.Flush()
 	return missing
+}
+
+// l7Summary is the compact L7 column: the application protocol, then per
+// HTTP transaction "METHOD host+URL status", the DNS question, rcode and
+// answer, or the TLS server name and version; "-" when the record has none.
+func l7Summary(r record) string {
+	parts := []string{r.str("appProtocolName")}
+	if hv := r.str("httpVals"); hv != "" {
+		var vals map[string]struct {
+			Method string `json:"http_method"`
+			Host   string `json:"hostname"`
+			URL    string `json:"url"`
+			Status int    `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(hv), &vals); err != nil {
+			parts = append(parts, "httpVals: "+err.Error())
+		}
+		ids := make([]string, 0, len(vals))
+		for id := range vals {
+			ids = append(ids, id)
+		}
+		// Transaction ids are decimal: order by number.
+		sort.Slice(ids, func(i, j int) bool {
+			return len(ids[i]) < len(ids[j]) || len(ids[i]) == len(ids[j]) && ids[i] < ids[j]
+		})
+		for _, id := range ids {
+			v := vals[id]
+			parts = append(parts, fmt.Sprintf("%s %s%s %d", v.Method, v.Host, v.URL, v.Status))
+		}
+	}
+	if q := r.str("dnsQueryName"); q != "" {
+		parts = append(parts, r.str("dnsQueryType"), q, r.str("dnsResponseCode"), r.str("dnsAnswers"))
+	}
+	parts = append(parts, r.str("tlsServerName"), r.str("tlsVersion"))
+	var kept []string
+	for _, p := range parts {
+		if p != "" {
+			kept = append(kept, p)
+		}
+	}
+	return orDash(strings.Join(kept, " "))
 }
 
 // service is the Service VIP:port a record names, or "-" for none. The

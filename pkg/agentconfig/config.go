@@ -60,6 +60,10 @@ type L7 struct {
 	// conntrack reports their connection.
 	PendingEvents int      `json:"pendingEvents,omitempty"`
 	PendingMaxAge Duration `json:"pendingMaxAge,omitempty"`
+	// CloseDelay holds a closed connection's final record back this long:
+	// Suricata logs a transaction when it sees the connection end, which
+	// can be after conntrack reported the close.
+	CloseDelay Duration `json:"closeDelay,omitempty"`
 	// Privacy is what of an HTTP transaction may leave the node: Default
 	// for every namespace, Namespaces overriding it per namespace.
 	Privacy L7Privacy `json:"privacy"`
@@ -192,6 +196,7 @@ func Default() Config {
 			MaxHTTPValsBytes: 16 << 10,
 			PendingEvents:    4096,
 			PendingMaxAge:    Duration(5 * time.Second),
+			CloseDelay:       Duration(time.Second),
 		},
 	}
 }
@@ -346,6 +351,9 @@ func (c *Config) validate() error {
 		}
 	}
 	positive("l7.pendingMaxAge", c.L7.PendingMaxAge)
+	if c.L7.CloseDelay < 0 || c.L7.CloseDelay.D() > c.Connections.IdleTimeout.D() {
+		bad("l7.closeDelay", "must be within 0..connections.idleTimeout, got %s", c.L7.CloseDelay.D())
+	}
 	return errors.Join(errs...)
 }
 

@@ -195,6 +195,14 @@ type entry struct {
 	flags    uint8
 }
 
+// closedAt is when a closed entry was closed, zero for an open one.
+func (e *entry) closedAt() int64 {
+	if e.flags&fClosed == 0 {
+		return 0
+	}
+	return e.periodStart
+}
+
 // Store is the connection store.
 type Store struct {
 	// mu lets other goroutines read (Lookup) while the run loop writes.
@@ -364,7 +372,7 @@ func (s *Store) closeLocked(c *flow.Conn, nowNs int64) Change {
 		if e.conn.StopNanos == 0 {
 			e.conn.StopNanos = nowNs
 		}
-		s.markClosed(idx, e)
+		s.markClosed(idx, e, nowNs)
 		s.m.closed.Inc()
 	}
 	return ch
@@ -386,7 +394,7 @@ func (s *Store) EndDump(dumpStarted time.Time) int {
 		if e.conn.StopNanos == 0 {
 			e.conn.StopNanos = started
 		}
-		s.markClosed(idx, e)
+		s.markClosed(idx, e, started)
 		closed++
 	}
 	s.m.stale.Add(float64(closed))
@@ -477,6 +485,7 @@ func (s *Store) Timing(h expirequeue.Handle) (expirequeue.Timing, bool) {
 		PeriodStart: e.periodStart,
 		Moved:       e.conn.Fwd != e.baseFwd || e.conn.Rev != e.baseRev,
 		Closed:      e.flags&fClosed != 0,
+		ClosedAt:    e.closedAt(),
 		Idle:        e.flags&fIdle != 0,
 	}, true
 }
@@ -670,8 +679,13 @@ func (s *Store) insert(c *flow.Conn, h uint64, now int64) uint32 {
 	return idx
 }
 
-func (s *Store) markClosed(idx uint32, e *entry) {
+// markClosed marks e closed at nowNs. A closed entry has no record period
+// left (only its final export follows), so periodStart holds the close
+// time, from which the queue may hold that export back; lastSeen cannot,
+// since dump rows of an entry lingering in TIME_WAIT keep moving it.
+func (s *Store) markClosed(idx uint32, e *entry, nowNs int64) {
 	e.flags |= fClosed
+	e.periodStart = nowNs
 	s.sched.Due(handleOf(idx, e.gen))
 }
 

@@ -68,8 +68,13 @@ type harness struct {
 
 func newHarness(t *testing.T, maxConns int) *harness {
 	t.Helper()
+	return newHarnessWithQueue(t, maxConns, expirequeue.Config{ActiveTimeout: 5 * sec, IdleTimeout: 15 * sec})
+}
+
+func newHarnessWithQueue(t *testing.T, maxConns int, qcfg expirequeue.Config) *harness {
+	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry()}
-	q, err := expirequeue.New(expirequeue.Config{ActiveTimeout: 5 * sec, IdleTimeout: 15 * sec}, h.reg)
+	q, err := expirequeue.New(qcfg, h.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -774,5 +779,29 @@ func TestEmitMayLookUpTheStore(t *testing.T) {
 	}
 	if want := []bool{true, false, true}; !slices.Equal(seen, want) {
 		t.Fatalf("emit's Lookup results = %v, want %v", seen, want)
+	}
+}
+
+func TestCloseDelayCountsFromTheCloseNotFromLaterDumpRows(t *testing.T) {
+	const A = 40001
+	h := newHarnessWithQueue(t, 0, expirequeue.Config{ActiveTimeout: 5 * sec, IdleTimeout: 15 * sec, CloseDelay: sec})
+	for i, st := range []step{
+		{do: up(0, conn(A, 1, 10, 5))},
+		{do: dump(0, 0)},
+		{do: closeAt(2*sec, conn(A, 1, 12, 6))},
+		{do: tick(2*sec + 100*time.Millisecond)},
+		// The entry lingers in TIME_WAIT: dumps keep returning it.
+		{do: up(2*sec+500*time.Millisecond, conn(A, 1, 12, 6))},
+		{do: dump(2*sec+500*time.Millisecond, 0)},
+		{do: tick(2*sec + 900*time.Millisecond)},
+		{do: up(3*sec+500*time.Millisecond, conn(A, 1, 12, 6))},
+		{do: tick(3*sec + 600*time.Millisecond), want: []rec{{A, 1, flow.EndOfFlow, 12, 6, 3*sec + 600*time.Millisecond}}},
+		{do: tick(10 * sec)},
+	} {
+		h.got = nil
+		st.do(h)
+		if !slices.Equal(h.got, st.want) {
+			t.Fatalf("step %d produced %+v, want %+v", i, h.got, st.want)
+		}
 	}
 }

@@ -69,6 +69,8 @@ type Timing struct {
 	// Closed is set once the connection ended; Idle once it was exported
 	// with reason idle-timeout and has not moved since.
 	Closed, Idle bool
+	// ClosedAt is when the connection closed (Unix ns), set with Closed.
+	ClosedAt int64
 }
 
 // Source is the connection store as seen by the queue.
@@ -91,6 +93,11 @@ type Config struct {
 	// IdleTimeout is how long a connection's counters must stay still before
 	// it is exported as idle. Default 15s.
 	IdleTimeout time.Duration
+	// CloseDelay holds a closed connection's final record back this long
+	// after the close, so that late enrichment (Suricata logs a
+	// transaction when it sees the connection end, after conntrack does)
+	// still reaches it. Zero exports on the first tick after the close.
+	CloseDelay time.Duration
 }
 
 // Defaults used for zero Config fields.
@@ -102,10 +109,10 @@ const (
 // Queue is the expire priority queue. It is not safe for concurrent use: the
 // agent's run loop owns it together with the store.
 type Queue struct {
-	active, idle int64 // nanoseconds
-	items        itemHeap
-	maxSize      int
-	m            metrics
+	active, idle, closeDelay int64 // nanoseconds
+	items                    itemHeap
+	maxSize                  int
+	m                        metrics
 }
 
 type metrics struct {
@@ -122,6 +129,9 @@ func New(cfg Config, reg prometheus.Registerer) (*Queue, error) {
 	if cfg.IdleTimeout < 0 {
 		return nil, fmt.Errorf("expirequeue: IdleTimeout must not be negative, got %s", cfg.IdleTimeout)
 	}
+	if cfg.CloseDelay < 0 {
+		return nil, fmt.Errorf("expirequeue: CloseDelay must not be negative, got %s", cfg.CloseDelay)
+	}
 	if cfg.ActiveTimeout == 0 {
 		cfg.ActiveTimeout = DefaultActiveTimeout
 	}
@@ -129,8 +139,9 @@ func New(cfg Config, reg prometheus.Registerer) (*Queue, error) {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	q := &Queue{
-		active: int64(cfg.ActiveTimeout),
-		idle:   int64(cfg.IdleTimeout),
+		active:     int64(cfg.ActiveTimeout),
+		idle:       int64(cfg.IdleTimeout),
+		closeDelay: int64(cfg.CloseDelay),
 		m: metrics{
 			size: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "flowlens_expirequeue_size",
@@ -202,6 +213,8 @@ func (q *Queue) Expire(now time.Time, src Source, emit func(*flow.Record)) (int,
 		case !ok:
 			q.m.discarded.Inc()
 			q.popTop()
+		case t.Closed && nowNs < t.ClosedAt+q.closeDelay:
+			q.reschedTop(t.ClosedAt+q.closeDelay, nowNs)
 		case t.Closed:
 			src.Export(h, flow.EndOfFlow, nowNs, emit)
 			emitted++

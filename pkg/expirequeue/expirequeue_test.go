@@ -386,3 +386,42 @@ func TestExpireDoesNotAllocatePerRecord(t *testing.T) {
 		t.Fatalf("Expire of %d records allocates %.1f times, want 0", n, allocs)
 	}
 }
+
+func TestCloseDelayHoldsTheFinalRecordBack(t *testing.T) {
+	const s = time.Second
+	q, err := New(Config{ActiveTimeout: 5 * s, IdleTimeout: 15 * s, CloseDelay: 1 * s}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeSource()
+	f.add(q, 1, 0, true)
+	f.add(q, 2, 0, true)
+	// Connection 1 closes at 2s; connection 2 keeps its active cadence.
+	f.conns[1].Closed, f.conns[1].ClosedAt = true, ns(2*s)
+	q.Due(1)
+	for _, st := range []struct {
+		at   time.Duration
+		want []export
+	}{
+		{at: 2 * s},
+		{at: 2*s + 999*time.Millisecond},
+		{at: 3 * s, want: []export{{1, flow.EndOfFlow, 3 * s}}},
+		{at: 4 * s},
+		{at: 5 * s, want: []export{{2, flow.EndActiveTimeout, 5 * s}}},
+		{at: 30 * s, want: []export{{2, flow.EndIdleTimeout, 30 * s}}},
+	} {
+		f.exports = nil
+		if _, err := q.Expire(t0.Add(st.at), f, func(*flow.Record) {}); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(f.exports, st.want) {
+			t.Fatalf("Expire at %s exported %v, want %v", st.at, f.exports, st.want)
+		}
+	}
+}
+
+func TestNegativeCloseDelayIsRejected(t *testing.T) {
+	if _, err := New(Config{CloseDelay: -time.Second}, nil); err == nil || !strings.Contains(err.Error(), "CloseDelay") {
+		t.Fatalf("New with a negative CloseDelay: %v, want an error naming CloseDelay", err)
+	}
+}

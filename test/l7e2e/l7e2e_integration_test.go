@@ -282,9 +282,12 @@ func (w *world) waitEvent(t *testing.T, local netip.AddrPort, match func(eve.Eve
 // dropped); otherwise no L7 field at all.
 func (w *world) checkHTTP(t *testing.T, wantL7 bool) {
 	t.Helper()
-	// One connection per request, closed as soon as the response is read,
-	// as most clients do: the EVE event races the end-of-flow export.
-	client := w.client.HTTPClient()
+	// Closed as soon as the response is read, as most clients do: Suricata
+	// may log the transaction after conntrack saw the close, and the
+	// agent's l7.closeDelay must still get it into the final record.
+	tr := w.client.HTTPClient().Transport.(*http.Transport).Clone()
+	tr.DisableKeepAlives = false
+	defer tr.CloseIdleConnections()
 	var local netip.AddrPort
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 		local = netip.MustParseAddrPort(info.Conn.LocalAddr().String())
@@ -297,7 +300,7 @@ func (w *world) checkHTTP(t *testing.T, wantL7 bool) {
 		t.Fatal(err)
 	}
 	req.Host = webHost
-	resp, err := client.Do(req)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		t.Fatalf("GET: %v", err)
 	}
@@ -306,16 +309,18 @@ func (w *world) checkHTTP(t *testing.T, wantL7 bool) {
 	if resp.StatusCode != status {
 		t.Fatalf("GET %s: status %d, want %d", path, resp.StatusCode, status)
 	}
-	recs := w.col.waitFinal(t, local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
-	// Suricata logged the transaction (so a missing httpVals is the
-	// agent's doing, and their absence below is the opt-in's).
+	tr.CloseIdleConnections()
+	// Suricata logged the transaction, so a missing httpVals below is the
+	// agent's doing (and, for the negative case, the opt-in's).
 	ev := w.waitEvent(t, local, func(ev eve.Event) bool { return ev.HTTP != nil })
 	if ev.HTTP.URL != path+query || ev.HTTP.Hostname != webHost {
 		t.Fatalf("Suricata logged %+v, want the request the client sent", *ev.HTTP)
 	}
+	recs := w.col.waitFinal(t, local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
 	final := recs[len(recs)-1]
-	if final.Source.PodName != "client" || final.Destination.PodName != "server" {
-		t.Errorf("record names pods %q -> %q, want client -> server (inventory context)", final.Source.PodName, final.Destination.PodName)
+	if final.Source.PodName != "client" || final.Destination.PodName != "server" || final.ServicePortName != "default/web:http" {
+		t.Errorf("record names pods %q -> %q via %q, want client -> server via default/web:http (inventory context)",
+			final.Source.PodName, final.Destination.PodName, final.ServicePortName)
 	}
 	l7 := mergeL7(t, recs)
 	if !wantL7 {
@@ -387,9 +392,9 @@ func (w *world) checkTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Close() // at once, as the HTTP client does
-	recs := w.col.waitFinal(t, c.Local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
+	c.Close()
 	w.waitEvent(t, c.Local, func(ev eve.Event) bool { return ev.TLS != nil })
+	recs := w.col.waitFinal(t, c.Local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
 	l7 := mergeL7(t, recs)
 	if l7.AppProtocolName != "tls" || l7.TLSServerName != tlsHost || l7.TLSVersion != "TLS 1.3" {
 		t.Errorf("TLS connection L7 = %+v, want appProtocolName tls, tlsServerName %s, tlsVersion TLS 1.3", l7, tlsHost)

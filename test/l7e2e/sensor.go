@@ -172,8 +172,8 @@ func (s *Sensor) Close() error {
 	return nil
 }
 
-// SuricataConfig is a minimal configuration: no rules, af-packet on iface,
-// and one eve-log per socket with what the agent reads (http extended for
+// SuricataConfig is a minimal configuration: no rules, af-packet on iface
+// with packets up to 64 KiB, and one eve-log per socket with what the agent reads (http extended for
 // method/status, dns, tls extended for the version, flow for app_proto).
 func SuricataConfig(dir, iface string, sockets []string) string {
 	var outputs strings.Builder
@@ -202,6 +202,11 @@ vars:
   port-groups:
     HTTP_PORTS: "80,8080"
 default-log-dir: %s
+# The mirror copies GSO packets as the pods' veths carry them, larger than
+# the MTU (a ClientHello with a post-quantum key share, over 1.5 kB, in one
+# packet). With the default (1514, the capture snaplen) they are truncated
+# and Suricata recognises no TLS at all on such connections.
+default-packet-size: 65535
 outputs:
 %sapp-layer:
   protocols:

@@ -263,10 +263,9 @@ func DialTLS(pod *netnstest.Pod, addr netip.AddrPort, serverName string, pool *x
 	if err != nil {
 		return nil, err
 	}
-	// X25519 only: Go's default ClientHello also carries an
-	// X25519MLKEM768 key share (~1.2 kB more), and with it Suricata 7.0.10
-	// does not recognise TLS at all (flow app_proto "", no tls event).
-	c := tls.Client(raw, &tls.Config{ServerName: serverName, RootCAs: pool, CurvePreferences: []tls.CurveID{tls.X25519}})
+	// Go's default ClientHello, with an X25519MLKEM768 key share, is
+	// larger than one segment: see default-packet-size in SuricataConfig.
+	c := tls.Client(raw, &tls.Config{ServerName: serverName, RootCAs: pool})
 	_ = c.SetDeadline(time.Now().Add(ioTimeout))
 	if err := c.Handshake(); err != nil {
 		raw.Close()
