@@ -38,7 +38,7 @@ integration: deps build
 test: lint unit integration
 
 bench: demo-deps
-	$(GO) test -tags integration -run '^$$' -bench . -benchmem -benchtime 1x -count 1 -timeout 30m $(PKGS) | tee bench.out
+	$(GO) test -tags integration -run '^$$' -bench . -benchmem -benchtime 3x -count 1 -timeout 30m $(PKGS) | tee bench.out
 
 demo: demo-deps build
 	$(GO) run ./hack/demo

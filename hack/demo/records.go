@@ -1,76 +1,35 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/netip"
-	"strconv"
-	"sync"
 
 	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/sink/jsonl"
 )
 
-// record is one flow record as `flowlens collect` prints it: a JSON object
-// keyed by IPFIX IE name.
-type record map[string]any
+// row is one row the aggregator stored, whichever sink it came from: the
+// JSON lines sink's shape, whose field names are also the ClickHouse
+// table's columns, so both readers fill the same type.
+type row jsonl.Row
 
-// str returns a string field, or "" when absent.
-func (r record) str(key string) string {
-	switch v := r[key].(type) {
-	case string:
-		return v
-	case json.Number:
-		return v.String()
+func (r *row) src() netip.AddrPort { return addrPort(r.SourceIP, r.SourcePort) }
+
+// dst is the endpoint the connection reached: for a Service connection the
+// backend pod, with the VIP in DestinationServiceIP.
+func (r *row) dst() netip.AddrPort { return addrPort(r.DestinationIP, r.DestinationPort) }
+
+func addrPort(ip string, port uint16) netip.AddrPort {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return netip.AddrPort{}
 	}
-	return ""
+	return netip.AddrPortFrom(a.Unmap(), port)
 }
 
-// num returns an unsigned field; ok is false when absent or not a number.
-func (r record) num(key string) (uint64, bool) {
-	var s string
-	switch v := r[key].(type) {
-	case json.Number:
-		s = v.String()
-	case string:
-		s = v
-	default:
-		return 0, false
-	}
-	n, err := strconv.ParseUint(s, 10, 64)
-	return n, err == nil
-}
-
-func (r record) addr(v4, v6 string) netip.Addr {
-	for _, key := range []string{v4, v6} {
-		if a, err := netip.ParseAddr(r.str(key)); err == nil {
-			return a.Unmap()
-		}
-	}
-	return netip.Addr{}
-}
-
-// src and dst are the record's endpoints; for a Service connection dst is
-// the backend pod and destinationClusterIPv4 holds the VIP.
-func (r record) src() netip.AddrPort {
-	p, _ := r.num("sourceTransportPort")
-	return netip.AddrPortFrom(r.addr("sourceIPv4Address", "sourceIPv6Address"), uint16(p))
-}
-
-func (r record) dst() netip.AddrPort {
-	p, _ := r.num("destinationTransportPort")
-	return netip.AddrPortFrom(r.addr("destinationIPv4Address", "destinationIPv6Address"), uint16(p))
-}
-
-func (r record) proto() uint8 {
-	p, _ := r.num("protocolIdentifier")
-	return uint8(p)
-}
-
-// key identifies the connection a record belongs to.
-func (r record) key() flowKey { return flowKey{proto: r.proto(), src: r.src()} }
+// key identifies the connection a row belongs to.
+func (r *row) key() flowKey { return flowKey{proto: r.Protocol, src: r.src()} }
 
 // flowKey is what the demo knows of each of its connections before any
 // record arrives: protocol and the client's address and port (unique while
@@ -82,131 +41,90 @@ type flowKey struct {
 
 func (e expected) key() flowKey { return flowKey{proto: e.Proto, src: e.Src} }
 
-// endReason names flowEndReason, whether it arrives as the IANA number or a
-// name.
-func (r record) endReason() string {
-	if n, ok := r.num("flowEndReason"); ok {
-		return flow.EndReason(n).String()
+// ended reports whether the row is the connection's last: the aggregator
+// writes end-of-flow, idle (its inactive timeout) or forced (its shutdown)
+// once and then forgets the connection.
+func (r *row) ended() bool {
+	switch r.FlowEndReason {
+	case flow.EndOfFlow.String(), flow.EndIdleTimeout.String(), flow.EndForced.String():
+		return true
 	}
-	return r.str("flowEndReason")
+	return false
 }
 
-// ended reports whether the record is the connection's last.
-func (r record) ended() bool {
-	n, ok := r.num("flowEndReason")
-	return ok && (flow.EndReason(n) == flow.EndOfFlow || flow.EndReason(n) == flow.EndIdleTimeout || flow.EndReason(n) == flow.EndForced)
+func (r *row) packets() uint64 { return r.PacketTotalCount + r.ReversePacketTotalCount }
+
+// sinkView is what the demo made of the sink's rows: the latest row per
+// connection, and how many rows each connection has.
+type sinkView struct {
+	total  int
+	latest map[flowKey]*row
+	rows   map[flowKey]int
 }
 
-// recordLog keeps what the collector printed, latest record per connection.
-type recordLog struct {
-	mu      sync.Mutex
-	total   int
-	bad     int
-	latest  map[flowKey]record
-	updated chan struct{} // receives (non-blocking) after each record
-}
-
-func newRecordLog() *recordLog {
-	return &recordLog{latest: make(map[flowKey]record), updated: make(chan struct{}, 1)}
-}
-
-// read consumes JSON lines until r ends; a line that is not a JSON object
-// is counted and skipped, never fatal.
-func (l *recordLog) read(r io.Reader, raw io.Writer) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if raw != nil {
-			_, _ = raw.Write(append(line, '\n'))
+// summarize picks each connection's latest row. The aggregator writes a
+// connection again on each of its active timeouts and once at the end, and
+// a sink may store a retried batch out of order, so "latest" is the row
+// with the largest totals, an ended one winning a tie.
+func summarize(rows []row) sinkView {
+	v := sinkView{total: len(rows), latest: make(map[flowKey]*row), rows: make(map[flowKey]int)}
+	for i := range rows {
+		r := &rows[i]
+		k := r.key()
+		v.rows[k]++
+		prev, ok := v.latest[k]
+		switch {
+		case !ok:
+			v.latest[k] = r
+		case r.packets() > prev.packets() || r.packets() == prev.packets() && (r.ended() || !prev.ended()):
+			inheritL7(r, prev)
+			v.latest[k] = r
+		default:
+			inheritL7(prev, r)
 		}
-		l.add(line)
 	}
+	return v
 }
-
-func (l *recordLog) add(line []byte) {
-	d := json.NewDecoder(bytes.NewReader(line))
-	d.UseNumber()
-	var rec record
-	err := d.Decode(&rec)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err != nil || rec == nil {
-		l.bad++
-		return
-	}
-	l.total++
-	k := rec.key()
-	// Keep the record with the largest totals: records of one connection
-	// can arrive out of order across reconnects.
-	prev, ok := l.latest[k]
-	switch {
-	case !ok:
-		l.latest[k] = rec
-	case !olderThan(rec, prev):
-		inheritL7(rec, prev)
-		l.latest[k] = rec
-	default:
-		inheritL7(prev, rec)
-	}
-	select {
-	case l.updated <- struct{}{}:
-	default:
-	}
-}
-
-// l7Keys are the L7 fields; each is exported on one record of a connection
-// (transactions and DNS once, the app protocol and TLS on every record).
-var l7Keys = []string{"appProtocolName", "httpVals", "dnsQueryName", "dnsQueryType",
-	"dnsResponseCode", "dnsAnswers", "tlsServerName", "tlsVersion"}
 
 // inheritL7 gives dst the L7 fields that only src of the same connection
-// carries; HTTP transactions of both are merged into one object.
-func inheritL7(dst, src record) {
-	for _, key := range l7Keys {
-		s := src.str(key)
-		switch d := dst.str(key); {
-		case s == "" || s == d:
-		case d == "":
-			dst[key] = s
-		case key == "httpVals":
-			var a, b map[string]json.RawMessage
-			if json.Unmarshal([]byte(d), &a) == nil && json.Unmarshal([]byte(s), &b) == nil {
-				for id, v := range b {
-					if _, ok := a[id]; !ok {
-						a[id] = v
-					}
-				}
-				if m, err := json.Marshal(a); err == nil {
-					dst[key] = string(m)
-				}
+// carries (a connection the aggregator forgot and saw again starts with
+// none); HTTP transactions of both are merged by id.
+func inheritL7(dst, src *row) {
+	for _, f := range []struct{ d, s *string }{
+		{&dst.AppProtocolName, &src.AppProtocolName},
+		{&dst.DNSQueryName, &src.DNSQueryName},
+		{&dst.DNSQueryType, &src.DNSQueryType},
+		{&dst.DNSResponseCode, &src.DNSResponseCode},
+		{&dst.DNSAnswers, &src.DNSAnswers},
+		{&dst.TLSServerName, &src.TLSServerName},
+		{&dst.TLSVersion, &src.TLSVersion},
+	} {
+		if *f.d == "" {
+			*f.d = *f.s
+		}
+	}
+	switch {
+	case len(src.HTTPVals) == 0:
+	case len(dst.HTTPVals) == 0:
+		dst.HTTPVals = src.HTTPVals
+	default:
+		var a, b map[string]json.RawMessage
+		if json.Unmarshal(dst.HTTPVals, &a) != nil || json.Unmarshal(src.HTTPVals, &b) != nil {
+			return
+		}
+		for id, v := range b {
+			if _, ok := a[id]; !ok {
+				a[id] = v
 			}
+		}
+		if m, err := json.Marshal(a); err == nil {
+			dst.HTTPVals = m
 		}
 	}
 }
 
-// olderThan reports whether a carries smaller totals than b.
-func olderThan(a, b record) bool {
-	ap, _ := a.num("packetTotalCount")
-	bp, _ := b.num("packetTotalCount")
-	ar, _ := a.num("reversePacketTotalCount")
-	br, _ := b.num("reversePacketTotalCount")
-	return ap+ar < bp+br
-}
-
-// snapshot returns the record counts and a copy of the latest records.
-func (l *recordLog) snapshot() (total, bad int, latest map[flowKey]record) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	latest = make(map[flowKey]record, len(l.latest))
-	for k, v := range l.latest {
-		latest[k] = v
-	}
-	return l.total, l.bad, latest
-}
-
-// progress says how many of want have a record and how many have ended.
-func progress(want []expected, latest map[flowKey]record) (seen, ended int) {
+// progress says how many of want have a row and how many have ended.
+func progress(want []expected, latest map[flowKey]*row) (seen, ended int) {
 	for _, e := range want {
 		if r, ok := latest[e.key()]; ok {
 			seen++
@@ -216,8 +134,4 @@ func progress(want []expected, latest map[flowKey]record) (seen, ended int) {
 		}
 	}
 	return seen, ended
-}
-
-func describe(k flowKey) string {
-	return fmt.Sprintf("%s from %s", flow.ProtoName(k.proto), k.src)
 }
