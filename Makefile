@@ -1,5 +1,7 @@
 # flowlens. `make test` is the test command (CI calls it); `make demo` shows
 # the agent on a small simulated node.
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 GO        ?= go
 BIN       := bin
 GOFLAGS   ?=

@@ -3,15 +3,20 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/test/l7e2e"
 	"github.com/flowlens/flowlens/test/netnstest"
 )
 
-// The agent and collector are tested by their own packages; this checks
+// The agent and aggregator are tested by their own packages; this checks
 // the part of the demo that is the demo's own: the node, the Services and
 // the traffic, as the node's conntrack table sees them.
 func TestDemoTrafficGoesThroughTheServices(t *testing.T) {
@@ -51,5 +56,96 @@ func TestDemoTrafficGoesThroughTheServices(t *testing.T) {
 	}
 	if got := want[len(want)-2]; got.Sent != tcpUp || got.Received != tcpDown {
 		t.Errorf("tcp transfer moved %d/%d bytes", got.Sent, got.Received)
+	}
+}
+
+// buildBinaries builds the agent and the aggregator for the demo to run.
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/",
+		"github.com/flowlens/flowlens/cmd/flowlens-agent", "github.com/flowlens/flowlens/cmd/flowlens-aggregator")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// The whole demo, once per sink: every connection it made must have a
+// final row read back from the sink, with the Service, both pods and the
+// byte counts the client saw; with Suricata (ClickHouse run), the L7
+// fields too.
+func TestDemoReadsItsTableBackFromTheSink(t *testing.T) {
+	if _, err := l7e2e.FindSuricata(); err != nil {
+		t.Fatal(err)
+	}
+	bin := buildBinaries(t)
+	for _, tc := range []struct {
+		sink string
+		noL7 bool
+	}{
+		{sinkClickHouse, false},
+		{sinkJSONL, true},
+	} {
+		t.Run(tc.sink, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			var out bytes.Buffer
+			res, err := run(ctx, options{binDir: bin, sink: tc.sink, wait: 45 * time.Second, settle: 20 * time.Second, noL7: tc.noL7}, &out)
+			if err != nil {
+				t.Fatalf("demo failed: %v\n%s", err, out.String())
+			}
+			t.Logf("demo output:\n%s", out.String())
+			if res.sink != tc.sink {
+				t.Fatalf("read back from %q, want %q", res.sink, tc.sink)
+			}
+			if len(res.want) != len(httpPaths())+4 {
+				t.Fatalf("%d connections, want %d", len(res.want), len(httpPaths())+4)
+			}
+			if !tc.noL7 && !res.l7 {
+				t.Fatalf("Suricata never captured: no L7 to check\n%s", out.String())
+			}
+			for _, e := range res.want {
+				checkRow(t, e, res.view.latest[e.key()], res.l7)
+			}
+		})
+	}
+}
+
+func checkRow(t *testing.T, e expected, r *row, l7 bool) {
+	t.Helper()
+	if r == nil {
+		t.Errorf("%s: no row in the sink", e.What)
+		return
+	}
+	if !r.ended() {
+		t.Errorf("%s: latest row ends %q, want a final one", e.What, r.FlowEndReason)
+	}
+	if r.dst() != e.Dst() || r.DestinationServiceIP != e.Service.VIP.String() || r.DestinationServicePort != e.Service.Port {
+		t.Errorf("%s: row goes to %s via %s:%d, want %s via %s", e.What, r.dst(), r.DestinationServiceIP, r.DestinationServicePort, e.Dst(), e.Service.Addr())
+	}
+	if r.SourcePodName != "client" || r.DestinationPodName != e.Service.Backend.Name {
+		t.Errorf("%s: pods %q -> %q, want client -> %s", e.What, r.SourcePodName, r.DestinationPodName, e.Service.Backend.Name)
+	}
+	if r.Correlation != "not-required" || r.FlowType != flow.FlowTypeIntraNode.String() {
+		t.Errorf("%s: correlation %q, flow type %q; one node saw both ends", e.What, r.Correlation, r.FlowType)
+	}
+	// Byte counts include IP and transport headers: at least the payload.
+	if r.OctetTotalCount < uint64(e.Sent) || r.ReverseOctetTotalCount < uint64(e.Received) || r.PacketTotalCount == 0 || r.ReversePacketTotalCount == 0 {
+		t.Errorf("%s: %d bytes/%d packets up, %d/%d down; the client sent %d and received %d payload bytes",
+			e.What, r.OctetTotalCount, r.PacketTotalCount, r.ReverseOctetTotalCount, r.ReversePacketTotalCount, e.Sent, e.Received)
+	}
+	if !l7 {
+		return
+	}
+	want := map[uint16]string{webPort: "http", tlsPort: "tls", dnsPort: "dns"}[e.Dst().Port()]
+	if e.Service.Backend.Name != "web" || want == "" {
+		return
+	}
+	if r.AppProtocolName != want {
+		t.Errorf("%s: appProtocolName %q, want %q (L7 column %q)", e.What, r.AppProtocolName, want, l7Summary(r))
+	}
+	if want == "http" && !strings.Contains(l7Summary(r), "GET ") {
+		t.Errorf("%s: no HTTP transaction in the row: %q", e.What, l7Summary(r))
 	}
 }

@@ -1,9 +1,15 @@
 // Command demo shows flowlens on a simulated Kubernetes node: it builds a
 // node with three pods and five Services out of network namespaces, runs
 // bin/flowlens-agent on the node's conntrack table (pod context from an
-// inventory file) and bin/flowlens collect as its IPFIX collector, drives
-// HTTP, DNS, TLS, TCP and UDP traffic through the Services, and prints the
-// flow records it gets back as a table.
+// inventory file) exporting to bin/flowlens-aggregator, drives HTTP, DNS,
+// TLS, TCP and UDP traffic through the Services, and prints the flows the
+// aggregator stored as a table, read back from its sink.
+//
+// The sink is a private clickhouse-server the demo starts on free loopback
+// ports in its work directory when ClickHouse is installed (the table is
+// then a query over the flows table, native protocol), else the JSON lines
+// sink writing a file in the work directory (the demo says so); -sink
+// chooses explicitly.
 //
 // The web pod opts into L7 export (visibility.antrea.io/l7-export: ingress
 // in the inventory). When Suricata is installed, the demo runs it on a
@@ -19,6 +25,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -34,14 +41,16 @@ import (
 	"github.com/go-logr/logr"
 	"k8s.io/klog/v2"
 
+	"github.com/flowlens/flowlens/test/clickhousetest"
 	"github.com/flowlens/flowlens/test/l7e2e"
 	"github.com/flowlens/flowlens/test/netnstest"
 )
 
 type options struct {
 	binDir      string
-	wait        time.Duration // longest wait for records
-	settle      time.Duration // extra wait for end-of-flow records once all flows are seen
+	sink        string        // auto, clickhouse or jsonl
+	wait        time.Duration // longest wait for rows
+	settle      time.Duration // extra wait for final rows once every connection has one
 	keep        bool
 	trafficOnly bool
 	noL7        bool
@@ -49,11 +58,12 @@ type options struct {
 
 func main() {
 	var o options
-	flag.StringVar(&o.binDir, "bin", "bin", "directory holding flowlens-agent and flowlens")
-	flag.DurationVar(&o.wait, "wait", 60*time.Second, "how long to wait for flow records")
-	flag.DurationVar(&o.settle, "settle", 25*time.Second, "once every flow has a record, how long to wait for their final (end-of-flow/idle) records")
-	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (config, logs, raw records) instead of removing it")
-	flag.BoolVar(&o.trafficOnly, "traffic-only", false, "build the node and drive the traffic without the agent and collector (checks the topology)")
+	flag.StringVar(&o.binDir, "bin", "bin", "directory holding flowlens-agent and flowlens-aggregator")
+	flag.StringVar(&o.sink, "sink", sinkAuto, "aggregator sink the table is read from: auto (ClickHouse when clickhouse-server is installed, else JSON lines), clickhouse or jsonl")
+	flag.DurationVar(&o.wait, "wait", 60*time.Second, "how long to wait for rows in the sink")
+	flag.DurationVar(&o.settle, "settle", 25*time.Second, "once every connection has a row, how long to wait for their final (end-of-flow/idle) rows")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, logs, the sink's data and the rows read back) instead of removing it")
+	flag.BoolVar(&o.trafficOnly, "traffic-only", false, "build the node and drive the traffic without the agent and aggregator (checks the topology)")
 	flag.BoolVar(&o.noL7, "no-l7", false, "run without Suricata, as when it is not installed (no L7 column values)")
 	flag.Parse()
 	// The demo's own EVE probe logs through klog; the demo prints its own
@@ -61,10 +71,10 @@ func main() {
 	klog.SetLogger(logr.Discard())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o, os.Stdout)
+	_, err := run(ctx, o, os.Stdout)
 	stop()
 	if err != nil && !o.keep {
-		err = fmt.Errorf("%w\n(rerun with -keep to keep the config, logs and raw records)", err)
+		err = fmt.Errorf("%w\n(rerun with -keep to keep the configs, logs and the sink's data)", err)
 	}
 	if errors.Is(err, context.Canceled) {
 		fmt.Fprintln(os.Stderr, "demo: interrupted; cleaned up")
@@ -81,24 +91,36 @@ func step(w io.Writer, format string, args ...any) {
 	fmt.Fprintf(w, "==> "+format+"\n", args...)
 }
 
-func run(ctx context.Context, o options, out io.Writer) (err error) {
+// outcome is what a run read back from the sink, for the integration test.
+type outcome struct {
+	sink string // sinkClickHouse or sinkJSONL
+	l7   bool   // Suricata captured: L7 fields are expected
+	want []expected
+	view sinkView
+}
+
+func run(ctx context.Context, o options, out io.Writer) (res *outcome, err error) {
 	if err := netnstest.CheckPrereqs(); err != nil {
-		return fmt.Errorf("%w (the demo needs root and hack/install-deps.sh)", err)
+		return nil, fmt.Errorf("%w (the demo needs root and hack/install-deps.sh)", err)
 	}
-	agentBin, cliBin := filepath.Join(o.binDir, "flowlens-agent"), filepath.Join(o.binDir, "flowlens")
+	agentBin, aggBin := filepath.Join(o.binDir, "flowlens-agent"), filepath.Join(o.binDir, "flowlens-aggregator")
+	sinkKind, noCH, err := chooseSink(o.sink)
+	if err != nil {
+		return nil, err
+	}
 	if !o.trafficOnly {
-		if err := errors.Join(checkBinary(agentBin), checkBinary(cliBin)); err != nil {
-			return err
+		if err := errors.Join(checkBinary(agentBin), checkBinary(aggBin)); err != nil {
+			return nil, err
 		}
 	}
 
 	work, err := os.MkdirTemp("", "flowlens-demo-")
 	if err != nil {
-		return fmt.Errorf("create work directory: %w", err)
+		return nil, fmt.Errorf("create work directory: %w", err)
 	}
 	defer func() {
 		if o.keep {
-			step(out, "kept %s (config, logs, records.jsonl)", work)
+			step(out, "kept %s (configs, logs, sink data, rows.jsonl)", work)
 			return
 		}
 		if rmErr := os.RemoveAll(work); rmErr != nil {
@@ -115,7 +137,7 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 		}()
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	step(out, "node %s: netns %s", topo.node.Name, topo.node.NetnsPath)
 	for _, p := range topo.node.Pods() {
@@ -125,17 +147,17 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 		step(out, "  service %s/%s %s -> %s/%s", s.Namespace, s.Name, s.Addr(), s.Backend.Name, s.Endpoint())
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 
 	if o.trafficOnly {
 		want, err := topo.driveTraffic()
 		if err != nil {
-			return fmt.Errorf("drive traffic: %w", err)
+			return nil, fmt.Errorf("drive traffic: %w", err)
 		}
 		step(out, "traffic done (no agent: -traffic-only)")
 		printTable(out, want, nil, topo.podName)
-		return nil
+		return &outcome{want: want}, nil
 	}
 
 	suricata, suricataErr := l7e2e.FindSuricata()
@@ -147,54 +169,72 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 		step(out, "NO L7: %v", suricataErr)
 		step(out, "  the table shows L3/L4 only; `make demo` installs Suricata (hack/install-deps.sh)")
 	}
-	port, err := freeLoopbackPort()
-	if err != nil {
-		return err
+
+	// The sink first: the aggregator creates the flows table at start.
+	ag := aggregatorOptions{sink: sinkKind}
+	var reader sinkReader
+	var chServer *clickhousetest.Server
+	switch sinkKind {
+	case sinkClickHouse:
+		chServer, err = startClickHouse(ctx, filepath.Join(work, "clickhouse"))
+		if err != nil {
+			return nil, err
+		}
+		defer func() {
+			if stopErr := chServer.Stop(); stopErr != nil {
+				err = errors.Join(err, fmt.Errorf("stop clickhouse-server: %w", stopErr))
+			}
+		}()
+		ag.clickhouseAddr = chServer.Addr
+		var chr *chReader
+		if chr, err = newCHReader(chServer.Addr); err != nil {
+			return nil, err
+		}
+		defer chr.close()
+		reader = chr
+		step(out, "sink: ClickHouse table %s.%s (private clickhouse-server, native protocol on %s, data in %s)", chDatabase, chTable, chServer.Addr, chServer.Dir)
+	default:
+		ag.jsonlPath = filepath.Join(work, "flows.jsonl")
+		reader = &jsonlReader{path: ag.jsonlPath}
+		if noCH != "" {
+			step(out, "NO CLICKHOUSE: %s; the aggregator writes JSON lines to %s and the table is read from that file", noCH, ag.jsonlPath)
+			step(out, "  `make demo` installs clickhouse-server (hack/install-deps.sh)")
+		} else {
+			step(out, "sink: JSON lines %s (-sink jsonl)", ag.jsonlPath)
+		}
 	}
-	ac := agentOptions{netnsPath: topo.node.NetnsPath, collectorPort: port, inventory: filepath.Join(work, "inventory.yaml")}
+
+	if ag.listenPort, err = freeLoopbackPort(); err != nil {
+		return nil, err
+	}
+	aggConfig := filepath.Join(work, "aggregator.yaml")
+	if err := os.WriteFile(aggConfig, []byte(aggregatorConfig(ag)), 0o644); err != nil {
+		return nil, fmt.Errorf("write aggregator config: %w", err)
+	}
+	aggregator, err := startChild("aggregator", filepath.Join(work, "aggregator.log"), nil, aggBin, "--config", aggConfig)
+	if err != nil {
+		return nil, err
+	}
+	defer aggregator.stop()
+	if err := waitListening(ctx, aggregator, ag.listenPort, 15*time.Second); err != nil {
+		return nil, err
+	}
+	step(out, "aggregator: %s --config %s (listens on tcp://127.0.0.1:%d)", aggBin, aggConfig, ag.listenPort)
+
+	ac := agentOptions{netnsPath: topo.node.NetnsPath, collectorPort: ag.listenPort, inventory: filepath.Join(work, "inventory.yaml")}
 	if suricataErr == nil {
 		ac.eveSocket = filepath.Join(work, "eve.sock")
 	}
 	if err := os.WriteFile(ac.inventory, []byte(topo.inventoryYAML()), 0o644); err != nil {
-		return fmt.Errorf("write inventory: %w", err)
+		return nil, fmt.Errorf("write inventory: %w", err)
 	}
 	configPath := filepath.Join(work, "agent.yaml")
 	if err := os.WriteFile(configPath, []byte(agentConfig(ac)), 0o644); err != nil {
-		return fmt.Errorf("write agent config: %w", err)
+		return nil, fmt.Errorf("write agent config: %w", err)
 	}
-
-	records := newRecordLog()
-	raw, err := os.Create(filepath.Join(work, "records.jsonl"))
-	if err != nil {
-		return fmt.Errorf("create records file: %w", err)
-	}
-	defer raw.Close()
-	pr, pw := io.Pipe()
-	readDone := make(chan struct{})
-	go func() {
-		defer close(readDone)
-		records.read(pr, raw)
-	}()
-
-	collector, err := startChild("collector", filepath.Join(work, "collector.log"), pw,
-		cliBin, "collect", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", port))
-	if err != nil {
-		pw.Close()
-		return err
-	}
-	defer func() {
-		collector.stop()
-		pw.Close()
-		<-readDone
-	}()
-	if err := waitListening(ctx, collector, port, 10*time.Second); err != nil {
-		return err
-	}
-	step(out, "collector: %s collect --listen tcp://127.0.0.1:%d", cliBin, port)
-
 	agent, err := startChild("agent", filepath.Join(work, "agent.log"), nil, agentBin, "--config", configPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer agent.stop()
 	// The agent needs a moment to open conntrack in the node namespace; a
@@ -202,9 +242,9 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 	// early exit (bad config, missing permission) is better caught here.
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	case <-agent.done:
-		return agent.exitError()
+		return nil, agent.exitError()
 	case <-time.After(1500 * time.Millisecond):
 	}
 	step(out, "agent: %s --config %s (inventory %s)", agentBin, configPath, ac.inventory)
@@ -215,13 +255,13 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 			defer sensor.close(out)
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 		step(out, "suricata: on a mirror of pod web's veth %s (both directions), eve-log -> %s; waiting until it captures...", topo.web.HostVeth, ac.eveSocket)
 		started := time.Now()
 		if err := sensor.warmUp(ctx, topo); err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return nil, ctx.Err()
 			}
 			noL7 = err
 			step(out, "NO L7: %v", err)
@@ -232,65 +272,102 @@ func run(ctx context.Context, o options, out io.Writer) (err error) {
 
 	want, err := topo.driveTraffic()
 	if err != nil {
-		return fmt.Errorf("drive traffic: %w", err)
+		return nil, fmt.Errorf("drive traffic: %w", err)
 	}
 	step(out, "traffic: %d HTTP GETs via %s, DNS via %s, TLS via %s, TCP %s up / %s down via %s, UDP %s / %s via %s",
 		len(httpPaths()), topo.webSvc.Addr(), topo.dnsSvc.Addr(), topo.tlsSvc.Addr(), size(tcpUp), size(tcpDown), topo.echoSvc.Addr(),
 		size(udpUp), size(udpDown), topo.udpSvc.Addr())
 
-	step(out, "waiting for flow records (up to %s)...", o.wait)
-	if err := waitRecords(ctx, o, out, want, records, agent, collector); err != nil {
-		return err
+	step(out, "waiting for the aggregator's rows in the sink (up to %s)...", o.wait)
+	readErr, err := waitRows(ctx, o, out, want, reader, agent, aggregator)
+	if err != nil {
+		return nil, err
 	}
-	// Stop the agent while the collector still listens, so that records it
-	// flushes on the way out are printed too.
+	// Stop the agent, then the aggregator: each flushes what it holds
+	// downstream on the way out, so the sink has every row before the
+	// final read.
 	agent.stop()
-	select {
-	case <-ctx.Done():
-	case <-time.After(time.Second):
+	aggregator.stop()
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	total, bad, latest := records.snapshot()
+	rows, finalErr := reader.read(ctx)
+	if finalErr != nil {
+		readErr = finalErr
+	}
+	writeRows(filepath.Join(work, "rows.jsonl"), rows)
+	view := summarize(rows)
 	fmt.Fprintln(out)
-	missing := printTable(out, want, latest, topo.podName)
+	missing := printTable(out, want, &view, topo.podName)
 	fmt.Fprintln(out)
-	others := len(latest)
+	others := len(view.latest)
 	for _, e := range want {
-		if _, ok := latest[e.key()]; ok {
+		if _, ok := view.latest[e.key()]; ok {
 			others--
 		}
 	}
-	step(out, "%d records for %d connections (%d not in the table, e.g. Suricata warm-up GETs); %d lines were not records", total, len(latest), others, bad)
+	from := "ClickHouse table " + chDatabase + "." + chTable
+	if sinkKind == sinkJSONL {
+		from = "JSON lines file " + ag.jsonlPath
+	}
+	note := ""
+	if others > 0 {
+		note = fmt.Sprintf(" (%d not in the table, e.g. Suricata warm-up GETs)", others)
+	}
+	step(out, "read back from the %s: %d rows for %d connections%s", from, view.total, len(view.latest), note)
+	if jr, ok := reader.(*jsonlReader); ok && jr.bad > 0 {
+		step(out, "  %d lines of %s were not rows", jr.bad, ag.jsonlPath)
+	}
 	if noL7 != nil {
 		step(out, "L7 column empty: %v", noL7)
 	}
-	switch {
-	case total == 0:
-		return fmt.Errorf("no flow records arrived within %s; last lines of the agent log:\n%s\nlast lines of the collector log:\n%s",
-			o.wait, agent.logTail(15), collector.logTail(15))
-	case missing > 0:
-		return fmt.Errorf("%d of the demo's %d connections got no flow record", missing, len(want))
+	res = &outcome{sink: sinkKind, l7: noL7 == nil, want: want, view: view}
+	if missing > 0 || view.total == 0 {
+		msg := fmt.Sprintf("%d of the demo's %d connections have no row in the %s", missing, len(want), from)
+		if view.total == 0 {
+			msg = fmt.Sprintf("the %s has no rows after %s", from, o.wait)
+		}
+		if readErr != nil {
+			msg += fmt.Sprintf("\nlast error reading it: %v", readErr)
+		}
+		msg += fmt.Sprintf("\nlast lines of the agent log:\n%s\nlast lines of the aggregator log:\n%s", agent.logTail(15), aggregator.logTail(15))
+		if chServer != nil {
+			msg += "\nlast lines of clickhouse-server's error log:\n" + clickhouseLogTail(chServer)
+		}
+		return res, errors.New(msg)
 	}
-	return ctx.Err()
+	if readErr != nil {
+		return res, fmt.Errorf("reading back the %s: %w", from, readErr)
+	}
+	return res, ctx.Err()
 }
 
-// waitRecords returns once every connection has a record and either all of
-// them ended or o.settle passed, or fails when o.wait passes without all of
-// them seen (the table then shows what is missing), when a child exits or
-// on interrupt.
-func waitRecords(ctx context.Context, o options, out io.Writer, want []expected, records *recordLog, agent, collector *child) error {
+// waitRows polls the sink until every connection has a row and either all
+// of them are final or o.settle passed, or o.wait passed without all of
+// them seen (the table then shows what is missing). It fails when a child
+// exits or on interrupt; readErr is the last failed read, if the sink
+// could not be read at some point.
+func waitRows(ctx context.Context, o options, out io.Writer, want []expected, reader sinkReader, agent, aggregator *child) (readErr, err error) {
 	deadline := time.NewTimer(o.wait)
 	defer deadline.Stop()
 	var settle <-chan time.Time
-	lastSeen, lastEnded := -1, -1
+	lastSeen, lastEnded, lastRows := -1, -1, -1
 	for {
-		_, _, latest := records.snapshot()
-		seen, ended := progress(want, latest)
-		if seen != lastSeen || ended != lastEnded {
-			step(out, "  %d/%d connections reported, %d/%d final", seen, len(want), ended, len(want))
-			lastSeen, lastEnded = seen, ended
+		rows, rerr := reader.read(ctx)
+		if rerr != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			readErr = rerr
+		}
+		view := summarize(rows)
+		seen, ended := progress(want, view.latest)
+		if rerr == nil && (seen != lastSeen || ended != lastEnded || view.total != lastRows) {
+			step(out, "  %d rows; %d/%d connections have one, %d/%d final", view.total, seen, len(want), ended, len(want))
+			lastSeen, lastEnded, lastRows = seen, ended, view.total
 		}
 		if ended == len(want) {
-			return nil
+			return readErr, nil
 		}
 		if seen == len(want) && settle == nil {
 			t := time.NewTimer(o.settle)
@@ -299,19 +376,32 @@ func waitRecords(ctx context.Context, o options, out io.Writer, want []expected,
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		case <-agent.done:
-			return agent.exitError()
-		case <-collector.done:
-			return collector.exitError()
+			return nil, agent.exitError()
+		case <-aggregator.done:
+			return nil, aggregator.exitError()
 		case <-deadline.C:
-			return nil
+			return readErr, nil
 		case <-settle:
-			return nil
-		case <-records.updated:
+			return readErr, nil
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// writeRows keeps the rows read back as JSON lines next to the logs, for
+// -keep; failing to write them does not fail the demo.
+func writeRows(path string, rows []row) {
+	var b []byte
+	for i := range rows {
+		line, err := json.Marshal(&rows[i])
+		if err != nil {
+			continue
+		}
+		b = append(append(b, line...), '\n')
+	}
+	_ = os.WriteFile(path, b, 0o644)
 }
 
 // podName maps a pod address to its name for the table.
@@ -327,7 +417,7 @@ func (t *topology) podName(a netip.Addr) string {
 // agentOptions is what the agent's configuration depends on.
 type agentOptions struct {
 	netnsPath     string
-	collectorPort int
+	collectorPort int    // the aggregator's IPFIX port on 127.0.0.1
 	inventory     string // inventory file: pod names and the L7 opt-in
 	eveSocket     string // where Suricata's eve-log connects; "" = L7 off
 }
@@ -350,7 +440,7 @@ conntrack:
 export:
   collector: 127.0.0.1:%d
   transport: tcp
-  l7DetailElements: true   # DNS/TLS details; flowlens collect decodes them
+  l7DetailElements: true   # DNS/TLS details; the aggregator stores them
 connections:
   activeTimeout: 5s
   idleTimeout: 5s
@@ -359,4 +449,51 @@ server:
 inventory:
   file: %s
 %s`, nodeName, o.netnsPath, o.collectorPort, o.inventory, l7), "\n")
+}
+
+// aggregatorOptions is what the aggregator's configuration depends on.
+type aggregatorOptions struct {
+	listenPort     int
+	sink           string // sinkClickHouse or sinkJSONL
+	clickhouseAddr string
+	jsonlPath      string
+}
+
+// aggregatorConfig is the aggregator's YAML configuration. Its timeouts
+// are much shorter than the defaults so the demo's rows are final within
+// seconds: a connection the agent reported idle (UDP) is written once the
+// aggregator has heard nothing of it for inactiveTimeout. Writes are
+// committed every 500ms, and a stop flushes within the demo's 5s grace.
+func aggregatorConfig(o aggregatorOptions) string {
+	queue := `    commitInterval: 500ms
+    retryMin: 200ms
+    retryMax: 2s
+    flushTimeout: 3s
+`
+	var sink string
+	if o.sink == sinkClickHouse {
+		sink = fmt.Sprintf(`  clickhouse:
+    enabled: true
+    addr: %s
+    database: %s
+    table: %s
+    dialTimeout: 2s
+%s`, o.clickhouseAddr, chDatabase, chTable, queue)
+	} else {
+		sink = fmt.Sprintf(`  jsonl:
+    enabled: true
+    path: %s
+%s`, o.jsonlPath, queue)
+	}
+	return strings.TrimLeft(fmt.Sprintf(`
+aggregatorID: demo-aggregator
+listen:
+  - tcp://127.0.0.1:%d
+metricsAddress: ""   # off: nothing else to listen on
+shutdownTimeout: 4s
+correlation:
+  activeTimeout: 5s
+  inactiveTimeout: 3s
+sinks:
+%s`, o.listenPort, sink), "\n")
 }

@@ -41,7 +41,7 @@ func startChild(name, logPath string, stdout io.Writer, bin string, args ...stri
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// Own process group: Ctrl-C reaches the demo only, which then
 		// stops the children in order (agent first, so that its last
-		// records still find the collector).
+		// records still find the aggregator).
 		Setpgid: true,
 		// If the demo is killed outright, the children go with it. The
 		// signal follows the forking thread, not the process; the demo
@@ -86,10 +86,17 @@ func (c *child) stop() {
 }
 
 // logTail returns the last lines of the child's log, for error messages.
-func (c *child) logTail(lines int) string {
-	b, err := os.ReadFile(c.logPath)
+func (c *child) logTail(lines int) string { return fileTail(c.logPath, lines) }
+
+// fileTail returns the last lines of a log file, indented, for error
+// messages.
+func fileTail(path string, lines int) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", c.logPath, err)
+		return fmt.Sprintf("    (cannot read %s: %v)", path, err)
+	}
+	if len(b) == 0 {
+		return "    (empty)"
 	}
 	all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(all) > lines {
@@ -104,8 +111,8 @@ func (c *child) exitError() error {
 }
 
 // freeLoopbackPort asks the kernel for a free TCP port on 127.0.0.1. Another
-// program could take it before the collector binds it; the collector would
-// then fail at once and the demo says so.
+// program could take it before the aggregator binds it; the aggregator
+// would then fail at once and the demo says so.
 func freeLoopbackPort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -117,7 +124,7 @@ func freeLoopbackPort() (int, error) {
 
 // waitListening waits until something listens on 127.0.0.1:port, read
 // from /proc/net/tcp rather than by connecting: a probe connection would
-// look like a broken exporter to the collector.
+// look like a broken exporter to the aggregator.
 func waitListening(ctx context.Context, c *child, port int, timeout time.Duration) error {
 	want := fmt.Sprintf("0100007F:%04X", port)
 	deadline := time.Now().Add(timeout)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/netip"
 
 	"github.com/flowlens/flowlens/pkg/flow"

@@ -2,14 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/flowlens/flowlens/pkg/agentconfig"
+	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/sink"
+	"github.com/flowlens/flowlens/pkg/sink/clickhouse"
+	"github.com/flowlens/flowlens/pkg/sink/jsonl"
 	"github.com/flowlens/flowlens/test/netnstest"
 )
 
@@ -45,44 +52,108 @@ func TestAgentConfigIsAcceptedByTheAgentLoader(t *testing.T) {
 	}
 }
 
+func TestAggregatorConfigNamesTheChosenSink(t *testing.T) {
+	for _, o := range []aggregatorOptions{
+		{listenPort: 4739, sink: sinkClickHouse, clickhouseAddr: "127.0.0.1:19000"},
+		{listenPort: 4739, sink: sinkJSONL, jsonlPath: "/tmp/demo/flows.jsonl"},
+	} {
+		// The aggregator's own loader (package main there) reads it in the
+		// integration test; here, the shape.
+		var cfg struct {
+			Listen []string                  `json:"listen"`
+			Sinks  map[string]map[string]any `json:"sinks"`
+		}
+		if err := yaml.Unmarshal([]byte(aggregatorConfig(o)), &cfg); err != nil {
+			t.Fatalf("%s config is not YAML: %v\n%s", o.sink, err, aggregatorConfig(o))
+		}
+		if len(cfg.Listen) != 1 || cfg.Listen[0] != "tcp://127.0.0.1:4739" {
+			t.Errorf("%s: listen %v", o.sink, cfg.Listen)
+		}
+		s, ok := cfg.Sinks[o.sink]
+		if !ok || len(cfg.Sinks) != 1 || s["enabled"] != true {
+			t.Fatalf("%s: sinks %v", o.sink, cfg.Sinks)
+		}
+		if o.sink == sinkClickHouse && (s["addr"] != o.clickhouseAddr || s["table"] != chTable) {
+			t.Errorf("clickhouse sink %v", s)
+		}
+		if o.sink == sinkJSONL && s["path"] != o.jsonlPath {
+			t.Errorf("jsonl sink %v", s)
+		}
+	}
+}
+
+func TestChooseSink(t *testing.T) {
+	for _, v := range []string{sinkClickHouse, sinkJSONL} {
+		if got, why, err := chooseSink(v); got != v || why != "" || err != nil {
+			t.Errorf("chooseSink(%q) = %q, %q, %v", v, got, why, err)
+		}
+	}
+	got, why, err := chooseSink(sinkAuto)
+	if err != nil || (got == sinkJSONL) != (why != "") || (got == sinkClickHouse) != clickhouseInstalled() {
+		t.Errorf("chooseSink(auto) = %q, %q, %v (clickhouse installed: %v)", got, why, err, clickhouseInstalled())
+	}
+	if _, _, err := chooseSink("kafka"); err == nil {
+		t.Error("chooseSink accepted an unknown sink")
+	}
+}
+
+// The reader selects columns by name: they must be columns the
+// aggregator's ClickHouse sink writes.
+func TestClickHouseColumnsAreTheSinksColumns(t *testing.T) {
+	have := map[string]bool{}
+	for _, c := range clickhouse.ColumnNames() {
+		have[c] = true
+	}
+	for _, c := range append(chColumns, "batchId") {
+		if !have[c] {
+			t.Errorf("the flows table has no column %q", c)
+		}
+	}
+}
+
+// rowsOf parses JSON lines the way the JSON lines reader does.
+func rowsOf(t *testing.T, lines ...string) []row {
+	t.Helper()
+	rows, bad := parseJSONL([]byte(strings.Join(lines, "\n")))
+	if bad != 0 {
+		t.Fatalf("%d lines not rows: %v", bad, lines)
+	}
+	return rows
+}
+
 func TestL7ColumnSummarisesEachProtocol(t *testing.T) {
 	for _, tc := range []struct {
 		name, line, want string
 	}{
 		{"http transactions in id order, query already dropped by the agent",
-			`{"appProtocolName":"http","httpVals":"{\"10\":{\"http_method\":\"GET\",\"hostname\":\"10.96.0.0\",\"url\":\"/b\",\"status\":200},\"2\":{\"http_method\":\"GET\",\"hostname\":\"10.96.0.0\",\"url\":\"/status/404\",\"status\":404}}"}`,
+			`{"sourceIP":"10.244.0.2","appProtocolName":"http","httpVals":{"10":{"http_method":"GET","hostname":"10.96.0.0","url":"/b","status":200},"2":{"http_method":"GET","hostname":"10.96.0.0","url":"/status/404","status":404}}}`,
 			"http GET 10.96.0.0/status/404 404 GET 10.96.0.0/b 200"},
 		{"dns question and answer",
-			`{"appProtocolName":"dns","dnsQueryName":"web.demo.test","dnsQueryType":"A","dnsResponseCode":"NOERROR","dnsAnswers":"10.96.0.1"}`,
+			`{"sourceIP":"10.244.0.2","appProtocolName":"dns","dnsQueryName":"web.demo.test","dnsQueryType":"A","dnsResponseCode":"NOERROR","dnsAnswers":"10.96.0.1"}`,
 			"dns A web.demo.test NOERROR 10.96.0.1"},
 		{"tls server name and version",
-			`{"appProtocolName":"tls","tlsServerName":"secure.demo.test","tlsVersion":"TLS 1.3","tlsJA3":""}`,
+			`{"sourceIP":"10.244.0.2","appProtocolName":"tls","tlsServerName":"secure.demo.test","tlsVersion":"TLS 1.3"}`,
 			"tls secure.demo.test TLS 1.3"},
-		{"no L7", `{"protocolIdentifier":6}`, "-"},
+		{"no L7", `{"sourceIP":"10.244.0.2","protocolIdentifier":6}`, "-"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l := newRecordLog()
-			l.add([]byte(tc.line))
-			_, _, latest := l.snapshot()
-			for _, r := range latest {
-				if got := l7Summary(r); got != tc.want {
-					t.Errorf("l7Summary = %q, want %q", got, tc.want)
-				}
+			rows := rowsOf(t, tc.line)
+			if got := l7Summary(&rows[0]); got != tc.want {
+				t.Errorf("l7Summary = %q, want %q", got, tc.want)
 			}
 		})
 	}
 }
 
-func TestL7FieldsOfEarlierRecordsStayWithTheConnection(t *testing.T) {
-	l := newRecordLog()
-	// The active-timeout record carried the transaction; the larger final
-	// one does not repeat it, but the table shows the final one.
-	l.add([]byte(strings.Replace(activeLine, `"flowEndReason":2`, `"flowEndReason":2,"appProtocolName":"http","httpVals":"{\"0\":{\"http_method\":\"GET\",\"hostname\":\"h\",\"url\":\"/\",\"status\":200}}"`, 1)))
-	l.add([]byte(strings.Replace(endLine, `,"appProtocolName":"http"`, "", 1)))
-	_, _, latest := l.snapshot()
-	r := latest[demoFlow().key()]
-	if !r.ended() || l7Summary(r) != "http GET h/ 200" {
-		t.Fatalf("final record %v, L7 column %q", r, l7Summary(r))
+func TestL7FieldsOfEarlierRowsStayWithTheConnection(t *testing.T) {
+	// The active-timeout row carried the transaction; the final row of a
+	// connection the aggregator saw again does not, but the table shows
+	// the final one.
+	active := strings.Replace(activeLine, `"flowEndReason":"active"`, `"flowEndReason":"active","appProtocolName":"http","httpVals":{"0":{"http_method":"GET","hostname":"h","url":"/","status":200}}`, 1)
+	v := summarize(rowsOf(t, active, strings.Replace(endLine, `,"appProtocolName":"http"`, "", 1)))
+	r := v.latest[demoFlow().key()]
+	if r == nil || !r.ended() || l7Summary(r) != "http GET h/ 200" {
+		t.Fatalf("final row %+v, L7 column %q", r, l7Summary(r))
 	}
 }
 
@@ -96,43 +167,69 @@ func demoFlow() expected {
 	}
 }
 
-const activeLine = `{"sourceIPv4Address":"10.244.0.2","destinationIPv4Address":"10.244.0.4","sourceTransportPort":40000,"destinationTransportPort":9000,"protocolIdentifier":6,"packetTotalCount":10,"octetTotalCount":5000,"reversePacketTotalCount":5,"reverseOctetTotalCount":300,"destinationClusterIPv4":"10.96.0.2","destinationServicePort":9000,"flowEndReason":2}`
-const endLine = `{"sourceIPv4Address":"10.244.0.2","destinationIPv4Address":"10.244.0.4","sourceTransportPort":40000,"destinationTransportPort":9000,"protocolIdentifier":6,"packetTotalCount":40,"octetTotalCount":1050000,"reversePacketTotalCount":30,"reverseOctetTotalCount":67000,"destinationClusterIPv4":"10.96.0.2","destinationServicePort":9000,"flowEndReason":3,"sourcePodName":"client","appProtocolName":"http"}`
+// Rows as the JSON lines sink writes them (abridged).
+const activeLine = `{"flowEndReason":"active","sourceIP":"10.244.0.2","destinationIP":"10.244.0.4","sourceTransportPort":40000,"destinationTransportPort":9000,"protocolIdentifier":6,"packetTotalCount":10,"octetTotalCount":5000,"reversePacketTotalCount":5,"reverseOctetTotalCount":300,"destinationServiceIP":"10.96.0.2","destinationServicePort":9000,"flowType":"intra-node","correlation":"not-required"}`
+const endLine = `{"flowEndReason":"end-of-flow","sourceIP":"10.244.0.2","destinationIP":"10.244.0.4","sourceTransportPort":40000,"destinationTransportPort":9000,"protocolIdentifier":6,"packetTotalCount":40,"octetTotalCount":1050000,"reversePacketTotalCount":30,"reverseOctetTotalCount":67000,"sourcePodName":"client","destinationServiceIP":"10.96.0.2","destinationServicePort":9000,"destinationServicePortName":"default/echo:tcp-9000","flowType":"intra-node","correlation":"not-required","appProtocolName":"http"}`
 
-func TestRecordLogKeepsTheLatestRecordPerConnection(t *testing.T) {
-	l := newRecordLog()
-	var raw bytes.Buffer
-	// The end record arrives before a stale active one (reconnect replay):
+// The JSON lines sink's own encoding must read back as the same row.
+func TestJSONLSinkRowsReadBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.jsonl")
+	w, err := jsonl.New(jsonl.Config{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &correlate.Record{Correlation: correlate.StatusNotRequired}
+	rec.Tuple = flow.Tuple{Proto: flow.ProtoTCP, SrcPort: 40000, DstPort: 9000}
+	rec.Tuple.SrcIP = netip.MustParseAddr("10.244.0.2").As16()
+	rec.Tuple.DstIP = netip.MustParseAddr("10.244.0.4").As16()
+	rec.OrigDstIP, rec.OrigDstPort = netip.MustParseAddr("10.96.0.2").As16(), 9000
+	rec.EndReason, rec.Fwd.Bytes, rec.Fwd.Packets = flow.EndOfFlow, 1050000, 40
+	rec.L7.HTTPVals = `{"0":{"http_method":"GET","hostname":"h","url":"/","status":200}}`
+	if _, err := w.Write(context.Background(), &sink.Batch{Records: []*correlate.Record{rec}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	jr := &jsonlReader{path: path}
+	rows, err := jr.read(context.Background())
+	if err != nil || len(rows) != 1 || jr.bad != 0 {
+		t.Fatalf("read %d rows, %d bad, err %v", len(rows), jr.bad, err)
+	}
+	r := &rows[0]
+	if r.key() != demoFlow().key() || !r.ended() || r.dst() != demoFlow().Dst() || service(r) != "10.96.0.2:9000" ||
+		l7Summary(r) != "GET h/ 200" || r.Correlation != "not-required" {
+		t.Fatalf("row read back as %+v", r)
+	}
+}
+
+func TestSummarizeKeepsTheLatestRowPerConnection(t *testing.T) {
+	// The end row is stored before a stale active one (a retried batch):
 	// the table must still show the final totals.
-	l.read(strings.NewReader(endLine+"\nnot json\n"+activeLine+"\n[]\n"), &raw)
-	total, bad, latest := l.snapshot()
-	if total != 2 || bad != 2 {
-		t.Fatalf("total %d bad %d, want 2 and 2", total, bad)
+	rows, bad := parseJSONL([]byte(endLine + "\nnot json\n" + activeLine + "\n[]\n"))
+	if len(rows) != 2 || bad != 2 {
+		t.Fatalf("%d rows, %d bad, want 2 and 2", len(rows), bad)
 	}
-	if raw.Len() == 0 {
-		t.Error("raw lines not copied")
-	}
-	r, ok := latest[demoFlow().key()]
+	v := summarize(rows)
+	r, ok := v.latest[demoFlow().key()]
 	if !ok {
-		t.Fatalf("record not matched to the demo's connection; have %v", latest)
+		t.Fatalf("row not matched to the demo's connection; have %v", v.latest)
 	}
-	if n, _ := r.num("octetTotalCount"); n != 1050000 || !r.ended() || r.endReason() != "end-of-flow" {
-		t.Fatalf("latest record is %v", r)
+	if r.OctetTotalCount != 1050000 || !r.ended() || r.FlowEndReason != "end-of-flow" || v.rows[demoFlow().key()] != 2 || v.total != 2 {
+		t.Fatalf("latest row is %+v (view %+v)", r, v)
 	}
-	if seen, ended := progress([]expected{demoFlow()}, latest); seen != 1 || ended != 1 {
+	if seen, ended := progress([]expected{demoFlow()}, v.latest); seen != 1 || ended != 1 {
 		t.Fatalf("progress %d/%d", seen, ended)
 	}
 }
 
 func TestTableShowsServiceCountersAndMissingFlows(t *testing.T) {
-	l := newRecordLog()
-	l.add([]byte(endLine))
-	_, _, latest := l.snapshot()
+	v := summarize(rowsOf(t, activeLine, endLine))
 	other := demoFlow()
 	other.Src = netip.MustParseAddrPort("10.244.0.2:40001")
 	other.What = "lost one"
 	var out bytes.Buffer
-	missing := printTable(&out, []expected{demoFlow(), other}, latest, func(a netip.Addr) string {
+	missing := printTable(&out, []expected{demoFlow(), other}, &v, func(a netip.Addr) string {
 		if a == netip.MustParseAddr("10.244.0.4") {
 			return "echo"
 		}
@@ -142,7 +239,8 @@ func TestTableShowsServiceCountersAndMissingFlows(t *testing.T) {
 	if missing != 1 {
 		t.Errorf("missing = %d, want 1", missing)
 	}
-	for _, want := range []string{"client 10.244.0.2:40000", "echo 10.244.0.4:9000", "10.96.0.2:9000", "1.0Mi", "65Ki", "end-of-flow", "http", "NO RECORD"} {
+	for _, want := range []string{"client 10.244.0.2:40000", "echo 10.244.0.4:9000", "10.96.0.2:9000 (default/echo:tcp-9000)", "1.0Mi", "65Ki",
+		"end-of-flow", "http", "not-required", "NO ROW", "CORRELATION"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("table lacks %q:\n%s", want, got)
 		}

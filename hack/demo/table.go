@@ -12,52 +12,59 @@ import (
 	"github.com/flowlens/flowlens/pkg/flow"
 )
 
-// printTable writes one row per connection the demo made: the 5-tuple as
-// the agent reported it, the Service it went through, bytes and packets in
-// both directions, how it ended, and what the client itself counted.
-// Connections without a record show as missing, unless latest is nil (no
-// collector ran). It returns how many rows had no record.
-func printTable(w io.Writer, want []expected, latest map[flowKey]record, podName func(netip.Addr) string) int {
+// printTable writes one row per connection the demo made, from the rows
+// the aggregator stored: the 5-tuple, the Service it went through, bytes
+// and packets in both directions, how it ended, L7, how the aggregator
+// correlated it and how many rows it wrote, and what the client itself
+// counted. Connections without a row show as missing, unless view is nil
+// (no aggregator ran). It returns how many had no row.
+func printTable(w io.Writer, want []expected, view *sinkView, podName func(netip.Addr) string) int {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CONNECTION\tPROTO\tSOURCE\tDESTINATION\tSERVICE\tBYTES >\tPKTS >\tBYTES <\tPKTS <\tEND\tL7\tCLIENT PAYLOAD > / <")
-	missing, noRecord := 0, "NO RECORD"
-	if latest == nil {
+	fmt.Fprintln(tw, "CONNECTION\tPROTO\tSOURCE\tDESTINATION\tSERVICE\tBYTES >\tPKTS >\tBYTES <\tPKTS <\tEND\tL7\tCORRELATION\tROWS\tCLIENT PAYLOAD > / <")
+	missing, noRecord := 0, "NO ROW"
+	if view == nil {
 		noRecord = "-"
 	}
 	for _, e := range want {
 		payload := fmt.Sprintf("%s / %s", size(e.Sent), size(e.Received))
-		r, ok := latest[e.key()]
-		if !ok {
+		var r *row
+		if view != nil {
+			r = view.latest[e.key()]
+		}
+		if r == nil {
 			missing++
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t-\t-\t-\t-\t%s\t-\t%s\n",
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t-\t-\t-\t-\t%s\t-\t-\t0\t%s\n",
 				e.What, flow.ProtoName(e.Proto), endpoint(e.Src, podName), endpoint(e.Dst(), podName), e.Service.Addr(), noRecord, payload)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			e.What, flow.ProtoName(r.proto()),
-			recordEndpoint(r.src(), r.str("sourcePodName"), podName),
-			recordEndpoint(r.dst(), r.str("destinationPodName"), podName),
-			service(r), bytesField(r, "octetTotalCount"), packetsField(r, "packetTotalCount"),
-			bytesField(r, "reverseOctetTotalCount"), packetsField(r, "reversePacketTotalCount"),
-			orDash(r.endReason()), l7Summary(r), payload)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%d\t%s\n",
+			e.What, flow.ProtoName(r.Protocol),
+			recordEndpoint(r.src(), r.SourcePodName, podName),
+			recordEndpoint(r.dst(), r.DestinationPodName, podName),
+			service(r), size(int64(r.OctetTotalCount)), r.PacketTotalCount,
+			size(int64(r.ReverseOctetTotalCount)), r.ReversePacketTotalCount,
+			orDash(r.FlowEndReason), l7Summary(r), orDash(r.Correlation), view.rows[e.key()], payload)
 	}
 	tw.Flush()
+	if view == nil {
+		return 0
+	}
 	return missing
 }
 
 // l7Summary is the compact L7 column: the application protocol, then per
 // HTTP transaction "METHOD host+URL status", the DNS question, rcode and
-// answer, or the TLS server name and version; "-" when the record has none.
-func l7Summary(r record) string {
-	parts := []string{r.str("appProtocolName")}
-	if hv := r.str("httpVals"); hv != "" {
+// answer, or the TLS server name and version; "-" when the row has none.
+func l7Summary(r *row) string {
+	parts := []string{r.AppProtocolName}
+	if len(r.HTTPVals) > 0 {
 		var vals map[string]struct {
 			Method string `json:"http_method"`
 			Host   string `json:"hostname"`
 			URL    string `json:"url"`
 			Status int    `json:"status"`
 		}
-		if err := json.Unmarshal([]byte(hv), &vals); err != nil {
+		if err := json.Unmarshal(r.HTTPVals, &vals); err != nil {
 			parts = append(parts, "httpVals: "+err.Error())
 		}
 		ids := make([]string, 0, len(vals))
@@ -73,10 +80,10 @@ func l7Summary(r record) string {
 			parts = append(parts, fmt.Sprintf("%s %s%s %d", v.Method, v.Host, v.URL, v.Status))
 		}
 	}
-	if q := r.str("dnsQueryName"); q != "" {
-		parts = append(parts, r.str("dnsQueryType"), q, r.str("dnsResponseCode"), r.str("dnsAnswers"))
+	if r.DNSQueryName != "" {
+		parts = append(parts, r.DNSQueryType, r.DNSQueryName, r.DNSResponseCode, r.DNSAnswers)
 	}
-	parts = append(parts, r.str("tlsServerName"), r.str("tlsVersion"))
+	parts = append(parts, r.TLSServerName, r.TLSVersion)
 	var kept []string
 	for _, p := range parts {
 		if p != "" {
@@ -86,22 +93,17 @@ func l7Summary(r record) string {
 	return orDash(strings.Join(kept, " "))
 }
 
-// service is the Service VIP:port a record names, or "-" for none. The
-// ClusterIP elements need Kubernetes context to know a VIP is a ClusterIP;
-// destinationServiceIPv4/6 carry any DNATed destination, so they are the
-// fallback.
-func service(r record) string {
-	vip := r.addr("destinationClusterIPv4", "destinationClusterIPv6")
-	if !vip.IsValid() || vip.IsUnspecified() {
-		vip = r.addr("destinationServiceIPv4", "destinationServiceIPv6")
-	}
-	if !vip.IsValid() || vip.IsUnspecified() {
+// service is the Service VIP:port a row names (the aggregator stores any
+// DNATed destination there), with the Service port name when the agent
+// knew it; "-" for none.
+func service(r *row) string {
+	vip, err := netip.ParseAddr(r.DestinationServiceIP)
+	if err != nil || vip.IsUnspecified() {
 		return "-"
 	}
-	port, _ := r.num("destinationServicePort")
-	s := netip.AddrPortFrom(vip, uint16(port)).String()
-	if name := r.str("destinationServicePortName"); name != "" {
-		s += " (" + name + ")"
+	s := netip.AddrPortFrom(vip.Unmap(), r.DestinationServicePort).String()
+	if r.DestinationServicePortName != "" {
+		s += " (" + r.DestinationServicePortName + ")"
 	}
 	return s
 }
@@ -120,22 +122,6 @@ func endpoint(a netip.AddrPort, podName func(netip.Addr) string) string {
 		return name + " " + a.String()
 	}
 	return a.String()
-}
-
-func bytesField(r record, key string) string {
-	n, ok := r.num(key)
-	if !ok {
-		return "-"
-	}
-	return size(int64(n))
-}
-
-func packetsField(r record, key string) string {
-	n, ok := r.num(key)
-	if !ok {
-		return "-"
-	}
-	return fmt.Sprint(n)
 }
 
 // size prints a count the way people read byte counts: exact below 10k.
