@@ -254,9 +254,13 @@ loop:
 		}
 	}
 
-	// Closed connections still waiting for their end-of-flow record go out
-	// before the exporter is told to finish.
+	// What the store holds that was not exported yet goes out before the
+	// exporter is told to finish: closed connections with end-of-flow, the
+	// others with flowEndReason forced, so a restart loses no delta.
 	expire(time.Now())
+	if n := store.ExportAll(time.Now(), export); n > 0 {
+		klog.InfoS("Exported open connections at shutdown", "records", n)
+	}
 	stopExporter()
 	errs := []error{fatal}
 	if fatal != nil {

@@ -975,3 +975,39 @@ func (s *Store) unindexVIP(idx uint32, c *flow.Conn) {
 		s.byVIP.deleteAt(p)
 	}
 }
+
+// ExportAll hands emit the final record of every connection with something
+// left to report, for an agent that stops: closed ones with end-of-flow, the
+// others with flowEndReason forced (4), so the deltas since their previous
+// export are not lost. Connections whose counters did not move since their
+// previous record have nothing new and are skipped. Exported connections are
+// forgotten. It returns how many records it emitted.
+func (s *Store) ExportAll(now time.Time, emit func(*flow.Record)) int {
+	nowNs := now.UnixNano()
+	n := 0
+	for idx := uint32(0); ; idx++ {
+		s.mu.Lock()
+		if idx >= s.hw {
+			s.mu.Unlock()
+			return n
+		}
+		e := s.at(idx)
+		moved := e.conn.Fwd != e.baseFwd || e.conn.Rev != e.baseRev
+		filled := false
+		switch {
+		case e.flags&fLive == 0 || e.flags&fDone != 0:
+		case e.flags&fClosed != 0:
+			s.exportLocked(handleOf(idx, e.gen), flow.EndOfFlow, nowNs)
+			filled = s.takeFilled()
+		case moved:
+			s.exportLocked(handleOf(idx, e.gen), flow.EndForced, nowNs)
+			filled = s.takeFilled()
+		}
+		s.mu.Unlock()
+		// Outside the lock: emit may call Lookup.
+		if filled {
+			emit(&s.rec)
+			n++
+		}
+	}
+}

@@ -805,3 +805,36 @@ func TestCloseDelayCountsFromTheCloseNotFromLaterDumpRows(t *testing.T) {
 		}
 	}
 }
+
+func TestExportAllFlushesWhatWasNotExportedYet(t *testing.T) {
+	const A, B, C, D = 40001, 40002, 40003, 40004
+	h := newHarness(t, 0)
+	for i, st := range []step{
+		{do: up(0, conn(A, 1, 10, 5))},
+		{do: up(0, conn(B, 2, 20, 5))},
+		{do: up(0, conn(C, 3, 30, 5))},
+		{do: up(0, conn(D, 4, 40, 5))},
+		{do: dump(0, 0)},
+		{do: func(h *harness) {
+			// Equal deadlines leave the heap in no defined order.
+			h.tick(5 * sec)
+			slices.SortFunc(h.got, func(a, b rec) int { return int(a.port) - int(b.port) })
+		}, want: []rec{{A, 1, flow.EndActiveTimeout, 10, 5, 5 * sec}, {B, 2, flow.EndActiveTimeout, 20, 5, 5 * sec}, {C, 3, flow.EndActiveTimeout, 30, 5, 5 * sec}, {D, 4, flow.EndActiveTimeout, 40, 5, 5 * sec}}},
+		{do: up(6*sec, conn(A, 1, 15, 7))},      // moved since its record
+		{do: closeAt(6*sec, conn(B, 2, 22, 6))}, // closed, final record not out yet
+		{do: up(6*sec, conn(C, 3, 30, 5))},      // nothing new: skipped
+		{do: func(h *harness) {
+			if n := h.store.ExportAll(t0.Add(7*sec), h.emit); n != 2 {
+				h.t.Fatalf("ExportAll emitted %d records, want 2", n)
+			}
+		}, want: []rec{{A, 1, flow.EndForced, 5, 2, 7 * sec}, {B, 2, flow.EndOfFlow, 2, 1, 7 * sec}}}, // deltas since the 5s records
+		{do: wantFound(conn(A, 1, 0, 0), false)},
+		{do: wantFound(conn(C, 3, 0, 0), true)},
+	} {
+		h.got = nil
+		st.do(h)
+		if !slices.Equal(h.got, st.want) {
+			t.Fatalf("step %d produced %+v, want %+v", i, h.got, st.want)
+		}
+	}
+}

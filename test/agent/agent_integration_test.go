@@ -311,3 +311,55 @@ func TestUDPExchangeEndsOnIdleTimeout(t *testing.T) {
 		t.Errorf("reverse bytes %d < payload received %d", rev.Bytes, xfer.Received)
 	}
 }
+
+func TestStoppingTheAgentExportsWhatItHasNotExportedYet(t *testing.T) {
+	node := netnstest.NewNodeT(t, netnstest.Config{Name: "agent-stop",
+		Pods: []netnstest.PodSpec{{Name: "client"}, {Name: "server"}}})
+	server := node.Pod("server")
+	if _, err := server.ListenTCP(9100); err != nil {
+		t.Fatal(err)
+	}
+	col := agenttest.StartCollector(t)
+	// Timeouts far beyond the test: only the shutdown flush can export.
+	ag := startAgent(t, node, col.Addr, "  activeTimeout: 60s\n  idleTimeout: 120s")
+
+	client := node.Pod("client")
+	var local netip.AddrPort
+	ready := make(chan struct{})
+	release := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- client.Run(func() error {
+			c, err := client.DialTCP(server.Addr(9100))
+			if err != nil {
+				close(ready)
+				return err
+			}
+			defer c.Close()
+			local = netip.MustParseAddrPort(c.LocalAddr().String())
+			if _, err := c.Write(make([]byte, 8+5000)); err != nil { // header (reply 0) + payload
+				close(ready)
+				return err
+			}
+			close(ready)
+			<-release
+			return nil
+		})
+	}()
+	<-ready
+	// Two polls, so the store holds the connection with its counters.
+	time.Sleep(2500 * time.Millisecond)
+	ag.Stop()
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	col.WaitFor(t, local, flow.ProtoTCP, flow.EndForced, 5*time.Second)
+	recs := col.RecordsOf(local, flow.ProtoTCP)
+	if len(recs) != 1 || recs[0].Rec.EndReason != flow.EndForced {
+		t.Fatalf("records of the open connection after the agent stopped: %+v, want one with flowEndReason forced", recs)
+	}
+	if d := recs[0].Rec.FwdDelta; d.Bytes < 5008 {
+		t.Errorf("forced record carries %+v forward, want the 5008 bytes the client sent", d)
+	}
+}

@@ -129,7 +129,12 @@ type Agent struct {
 	// MetricsAddr serves /metrics and /healthz.
 	MetricsAddr string
 	LogPath     string
+	stop        func()
 }
+
+// Stop sends SIGTERM, waits for the agent to exit and checks it exited
+// cleanly; the test's cleanup then has nothing left to do.
+func (a *Agent) Stop() { a.stop() }
 
 var serverAddr = regexp.MustCompile(`"Serving metrics and health" address="([^"]+)"`)
 
@@ -156,19 +161,25 @@ func StartAgent(t testing.TB, bin, cfg string) *Agent {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("agent exited with %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case err := <-exited:
+				if err != nil {
+					t.Errorf("agent exited with %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+				t.Errorf("agent did not stop within 10s of SIGTERM")
 			}
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-			t.Errorf("agent did not stop within 10s of SIGTERM")
-		}
-		logFile.Close()
+			logFile.Close()
+		})
+	}
+	t.Cleanup(func() {
+		stop()
 		if t.Failed() {
 			if b, err := os.ReadFile(logPath); err == nil {
 				t.Logf("agent log:\n%s", b)
@@ -182,7 +193,7 @@ func StartAgent(t testing.TB, bin, cfg string) *Agent {
 			// Let the event listener subscribe so the traffic's NEW events
 			// are seen too, not only the next dump.
 			time.Sleep(300 * time.Millisecond)
-			return &Agent{MetricsAddr: string(m[1]), LogPath: logPath}
+			return &Agent{MetricsAddr: string(m[1]), LogPath: logPath, stop: stop}
 		}
 		select {
 		case err := <-exited:

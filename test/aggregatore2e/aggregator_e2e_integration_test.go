@@ -199,11 +199,15 @@ inventory:
 				"destinationClusterIP":       "",
 				"destinationServiceIP":       "",
 				"destinationServicePort":     "0",
-				// Each side from the agent of that node, whichever came first.
-				"sourceExporter":      exporterA,
-				"destinationExporter": exporterB,
-				"aggregator":          aggID,
+				"aggregator":                 aggID,
 			})
+			// Each side is the view of the agent of that node, whichever
+			// half arrived first.
+			agentOf := map[string]string{exporterA: nodeA + "'s agent", exporterB: nodeB + "'s agent"}
+			if se, de := r["sourceExporter"], r["destinationExporter"]; se != exporterA || de != exporterB {
+				t.Errorf("sourceExporter %q (%s), destinationExporter %q (%s); want %q (%s) and %q (%s): the ...FromSourceNode/...FromDestinationNode columns do not hold the view of the node they name",
+					se, agentOf[se], de, agentOf[de], exporterA, agentOf[exporterA], exporterB, agentOf[exporterB])
+			}
 			src := sideCounters(t, r, "FromSourceNode")
 			dst := sideCounters(t, r, "FromDestinationNode")
 			checkExchange(t, "from source node "+nodeA, src, interSent, interReply)
