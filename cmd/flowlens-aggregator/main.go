@@ -30,6 +30,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flowlens/flowlens/pkg/correlate"
+	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/ipfixcollect"
 	"github.com/flowlens/flowlens/pkg/sink"
 	"github.com/flowlens/flowlens/pkg/sink/clickhouse"
@@ -408,6 +409,13 @@ func (a *aggregator) handler() func(ipfixcollect.Record) {
 			names[k] = name
 		}
 		in := correlate.Input{Record: fr, Exporter: name}
+		// Agents number their observation domain after their node by
+		// default, which names the node that sent this half.
+		for _, n := range []string{fr.Source.NodeName, fr.Destination.NodeName} {
+			if n != "" && flow.DefaultObservationDomainID(n) == r.ObservationDomainID {
+				in.ExporterNode = n
+			}
+		}
 		a.metrics.decoded.Inc()
 		select {
 		case a.in <- in:

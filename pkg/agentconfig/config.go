@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/flowlens/flowlens/pkg/flow"
 )
 
 // Config is the whole agent configuration. Zero values are replaced by the
@@ -238,7 +240,7 @@ func (c *Config) fillAndValidate() error {
 		c.NodeName = h
 	}
 	if c.Export.ObservationDomainID == 0 {
-		c.Export.ObservationDomainID = fnv32(c.NodeName)
+		c.Export.ObservationDomainID = flow.DefaultObservationDomainID(c.NodeName)
 	}
 	return c.validate()
 }
@@ -355,16 +357,4 @@ func (c *Config) validate() error {
 		bad("l7.closeDelay", "must be within 0..connections.idleTimeout, got %s", c.L7.CloseDelay.D())
 	}
 	return errors.Join(errs...)
-}
-
-func fnv32(s string) uint32 {
-	h := uint32(2166136261)
-	for i := 0; i < len(s); i++ {
-		h ^= uint32(s[i])
-		h *= 16777619
-	}
-	if h == 0 {
-		h = 1
-	}
-	return h
 }

@@ -168,7 +168,12 @@ func (c *Correlator) Add(in *Input, now time.Time, emit func(*Record)) {
 	} else {
 		c.m.Received.WithLabelValues(r.FlowType.String()).Inc()
 	}
-	sd := classify(r, in.Exporter)
+	// The exporting node, when known, is the surest sign of the side; the
+	// pods a half names only tell when it names one of them.
+	sd := classifyByNode(r, in.ExporterNode)
+	if sd == sideUnknown {
+		sd = classify(r, in.Exporter)
+	}
 	e := c.find(r)
 	if e == nil && r.FlowType != flow.FlowTypeInterNode && r.EndReason == flow.EndOfFlow {
 		// A connection one node saw whole, already over, and with nothing
@@ -259,6 +264,19 @@ func classify(r *flow.Record, exporter string) side {
 		case r.Destination.NodeName:
 			return sideDestination
 		}
+	}
+	return sideUnknown
+}
+
+// classifyByNode places a half by the node that exported it.
+func classifyByNode(r *flow.Record, node string) side {
+	switch {
+	case node == "":
+		return sideUnknown
+	case node == r.Source.NodeName:
+		return sideSource
+	case node == r.Destination.NodeName:
+		return sideDestination
 	}
 	return sideUnknown
 }

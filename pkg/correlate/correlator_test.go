@@ -364,3 +364,45 @@ func TestSilentConnectionIsForgottenWithoutAnotherRow(t *testing.T) {
 		t.Errorf("silent connection still held")
 	}
 }
+
+// Agents that know every pod (an inventory, or Kubernetes without
+// ownNodeOnly) fill both ends in both halves: only the exporting node tells
+// the sides apart, whichever half arrives first.
+func TestHalvesNamingBothPodsAreSidedByExportingNode(t *testing.T) {
+	both := func(in Input, node string) Input {
+		in.Record.Source = flow.Endpoint{PodName: "client", PodNamespace: "ns-a", NodeName: "node-a"}
+		in.Record.Destination = flow.Endpoint{PodName: "server", PodNamespace: "ns-b", NodeName: "node-b"}
+		// The collector's own name for an exporter is its address, which
+		// never matches a node name.
+		in.Exporter = "127.0.0.1/" + node
+		in.ExporterNode = node
+		return in
+	}
+	for _, tc := range []struct {
+		name  string
+		order []Input
+	}{
+		{"source half first", []Input{both(srcHalf(flow.EndOfFlow), "node-a"), both(dstHalf(flow.EndOfFlow), "node-b")}},
+		{"destination half first", []Input{both(dstHalf(flow.EndOfFlow), "node-b"), both(srcHalf(flow.EndOfFlow), "node-a")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestCorrelator(t, Config{CorrelationWait: 5 * time.Second})
+			var out collected
+			for i, in := range tc.order {
+				now := t0.Add(time.Duration(i) * time.Second)
+				c.Add(&in, now, out.emit)
+				c.Expire(now, out.emit)
+			}
+			if len(out) != 1 {
+				t.Fatalf("got %d records, want 1 merged record", len(out))
+			}
+			r := out[0]
+			if r.FromSource.Fwd.Packets != 10 || r.FromDestination.Fwd.Packets != 9 {
+				t.Errorf("per-node packets source/destination = %d/%d, want 10/9 (node-a's, node-b's)", r.FromSource.Fwd.Packets, r.FromDestination.Fwd.Packets)
+			}
+			if r.FromSource.Exporter != "127.0.0.1/node-a" || r.FromDestination.Exporter != "127.0.0.1/node-b" {
+				t.Errorf("exporters source/destination = %q/%q", r.FromSource.Exporter, r.FromDestination.Exporter)
+			}
+		})
+	}
+}

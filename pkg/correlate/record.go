@@ -37,6 +37,10 @@ import (
 type Input struct {
 	Record   flow.Record
 	Exporter string
+	// ExporterNode is the exporting agent's node name when the collector
+	// could tell it (see flow.DefaultObservationDomainID); it decides which
+	// side a half is when the half names both pods.
+	ExporterNode string
 }
 
 // Status says how a record was correlated.

@@ -272,3 +272,19 @@ const (
 
 // Any reports whether either end wants L7 for the connection.
 func (w L7Want) Any() bool { return w != L7None }
+
+// DefaultObservationDomainID is the IPFIX observation domain id an agent
+// uses unless configured otherwise: FNV-1a of its node name (never 0). The
+// aggregator relies on it to tell which node exported a half of an
+// inter-node connection when both halves name both pods.
+func DefaultObservationDomainID(nodeName string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(nodeName); i++ {
+		h ^= uint32(nodeName[i])
+		h *= 16777619
+	}
+	if h == 0 {
+		h = 1
+	}
+	return h
+}
