@@ -9,17 +9,16 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/flowlens/flowlens/pkg/eve"
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/l7"
+	"github.com/flowlens/flowlens/test/l7e2e"
 	"github.com/flowlens/flowlens/test/netnstest"
 )
 
@@ -63,9 +62,8 @@ func TestRealSuricataHTTPEventReachesTheRecord(t *testing.T) {
 	if err := netnstest.CheckPrereqs(); err != nil {
 		t.Fatalf("prerequisites: %v (run hack/install-deps.sh as root)", err)
 	}
-	suricata, err := exec.LookPath("suricata")
-	if err != nil {
-		t.Fatalf("suricata not found in PATH: run hack/install-deps.sh (installs Suricata 7 from bookworm-backports): %v", err)
+	if _, err := l7e2e.FindSuricata(); err != nil {
+		t.Fatalf("%v (run hack/install-deps.sh: installs Suricata 7 from bookworm-backports)", err)
 	}
 
 	node := netnstest.NewNodeT(t, netnstest.Config{
@@ -77,22 +75,6 @@ func TestRealSuricataHTTPEventReachesTheRecord(t *testing.T) {
 		t.Fatalf("serve HTTP: %v", err)
 	}
 	svc := netnstest.AddServiceT(t, node, netnstest.Service{Name: "web", Port: 80, TargetPort: 8080, Backend: server})
-
-	// Mirror both directions of the server's veth to a veth Suricata reads;
-	// with one direction only Suricata logs no http event at all.
-	mirror, capture := "flm0", "flm1"
-	for _, args := range [][]string{
-		{"ip", "link", "add", mirror, "type", "veth", "peer", "name", capture},
-		{"ip", "link", "set", mirror, "up"},
-		{"ip", "link", "set", capture, "up"},
-		{"tc", "qdisc", "add", "dev", server.HostVeth, "clsact"},
-		{"tc", "filter", "add", "dev", server.HostVeth, "ingress", "protocol", "all", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", mirror},
-		{"tc", "filter", "add", "dev", server.HostVeth, "egress", "protocol", "all", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", mirror},
-	} {
-		if out, err := node.Exec(args[0], args[1:]...); err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
 
 	dir, err := os.MkdirTemp("", "fl-suri")
 	if err != nil {
@@ -136,37 +118,13 @@ func TestRealSuricataHTTPEventReachesTheRecord(t *testing.T) {
 	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
-	cfg := filepath.Join(dir, "suricata.yaml")
-	if err := os.WriteFile(cfg, []byte(suricataConfig(dir, sock, capture)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "suricata.log"))
+	// Suricata reads a copy of both directions of the server's veth; with
+	// one direction only it logs no http event at all.
+	sensor, err := l7e2e.StartSensor(l7e2e.SensorConfig{Node: node, Pod: server, Dir: dir, EVESockets: []string{sock}})
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command("ip", "netns", "exec", node.NetnsName, suricata,
-		"-c", cfg, "--af-packet="+capture, "-k", "none", "--runmode", "single",
-		"-l", dir, "-S", os.DevNull, "--pidfile", filepath.Join(dir, "suricata.pid"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
 		t.Fatalf("start suricata: %v", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	suricataLog := func() string {
-		b, _ := os.ReadFile(logf.Name())
-		return string(b)
-	}
+	t.Cleanup(func() { sensor.Close() })
 
 	// Suricata needs about 10 s before it captures: request once a second
 	// until a transaction we sent is logged.
@@ -192,10 +150,10 @@ wait:
 					break wait
 				}
 				continue
-			case err := <-exited:
-				t.Fatalf("suricata exited: %v\n%s", err, suricataLog())
+			case <-sensor.Done():
+				t.Fatalf("suricata exited: %v\n%s", sensor.ExitError(), sensor.LogTail(20))
 			case <-deadline:
-				t.Fatalf("no http event from Suricata within 90 s\n%s", suricataLog())
+				t.Fatalf("no http event from Suricata within 90 s\n%s", sensor.LogTail(20))
 			case <-tick.C:
 			}
 			break
@@ -231,42 +189,4 @@ wait:
 	if !found || rec.L7.AppProtocolName != "http" {
 		t.Errorf("record L7 = %+v, want appProtocolName http and the GET /status/418 transaction", rec.L7)
 	}
-}
-
-// suricataConfig is a minimal configuration: eve-log (http, flow) to the
-// reader's unix stream socket, no rules.
-func suricataConfig(dir, sock, iface string) string {
-	return fmt.Sprintf(`%%YAML 1.1
----
-vars:
-  address-groups:
-    HOME_NET: "[10.0.0.0/8,172.16.0.0/12,192.168.0.0/16]"
-    EXTERNAL_NET: "!$HOME_NET"
-  port-groups:
-    HTTP_PORTS: "80,8080"
-default-log-dir: %s
-outputs:
-  - eve-log:
-      enabled: yes
-      filetype: unix_stream
-      filename: %s
-      types:
-        # extended adds method, protocol, status and length: without it
-        # Suricata logs only hostname, url, user agent and content type.
-        - http:
-            extended: yes
-        - flow
-app-layer:
-  protocols:
-    http:
-      enabled: yes
-af-packet:
-  - interface: %s
-    cluster-id: 98
-    cluster-type: cluster_flow
-logging:
-  outputs:
-    - console:
-        enabled: yes
-`, dir, sock, iface)
 }

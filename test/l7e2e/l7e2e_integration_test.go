@@ -11,19 +11,15 @@ import (
 	"net/http/httptrace"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/flowlens/flowlens/pkg/eve"
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/ipfixcollect"
+	"github.com/flowlens/flowlens/test/agenttest"
 	"github.com/flowlens/flowlens/test/l7e2e"
 	"github.com/flowlens/flowlens/test/netnstest"
 )
@@ -44,11 +40,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	agentBin = filepath.Join(dir, "flowlens-agent")
-	build := exec.Command("go", "build", "-o", agentBin, "github.com/flowlens/flowlens/cmd/flowlens-agent")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "build flowlens-agent: %v\n", err)
+	agentBin, err = agenttest.BuildAgent(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -69,14 +63,15 @@ const (
 // subtests: Suricata takes ~10 s to start, so it is started once and the
 // opt-in is changed by rewriting the inventory file the agent watches.
 type world struct {
-	node                   *netnstest.Node
-	client, server         *netnstest.Pod
-	web, tlsSvc, dnsSvc    netnstest.Service
-	cert                   l7e2e.TestCert
-	inventory, metricsAddr string
-	col                    *collector
-	probe                  *l7e2e.Probe
-	sensor                 *l7e2e.Sensor
+	node                *netnstest.Node
+	client, server      *netnstest.Pod
+	web, tlsSvc, dnsSvc netnstest.Service
+	cert                l7e2e.TestCert
+	inventory           string
+	agent               *agenttest.Agent
+	col                 *agenttest.Collector
+	probe               *l7e2e.Probe
+	sensor              *l7e2e.Sensor
 }
 
 // TestL7DetailsFollowTheOptInOfEitherEnd: real client-pod traffic through
@@ -144,7 +139,7 @@ func setUp(t *testing.T) *world {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("kept %s (agent.log, suricata.log)", dir)
+			t.Logf("kept %s (suricata.log; the agent log is above)", dir)
 			return
 		}
 		os.RemoveAll(dir)
@@ -153,9 +148,9 @@ func setUp(t *testing.T) *world {
 	if err := os.WriteFile(w.inventory, []byte(w.inventoryYAML("", "")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	w.col = startCollector(t)
+	w.col = agenttest.StartCollector(t)
 	agentSock := filepath.Join(dir, "eve.sock")
-	w.metricsAddr = startAgent(t, dir, fmt.Sprintf(`nodeName: %s
+	w.agent = agenttest.StartAgent(t, agentBin, fmt.Sprintf(`nodeName: %s
 conntrack:
   netns: %s
   pollInterval: 1s
@@ -176,7 +171,7 @@ l7:
   eve:
     source: unix_stream
     path: %s
-`, w.node.Name, w.node.NetnsPath, w.col.addr, w.inventory, agentSock))
+`, w.node.Name, w.node.NetnsPath, w.col.Addr, w.inventory, agentSock))
 
 	if w.probe, err = l7e2e.StartProbe(filepath.Join(dir, "probe.sock")); err != nil {
 		t.Fatal(err)
@@ -316,7 +311,7 @@ func (w *world) checkHTTP(t *testing.T, wantL7 bool) {
 	if ev.HTTP.URL != path+query || ev.HTTP.Hostname != webHost {
 		t.Fatalf("Suricata logged %+v, want the request the client sent", *ev.HTTP)
 	}
-	recs := w.col.waitFinal(t, local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
+	recs := finalRecords(t, w.col, local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
 	final := recs[len(recs)-1]
 	if final.Source.PodName != "client" || final.Destination.PodName != "server" || final.ServicePortName != "default/web:http" {
 		t.Errorf("record names pods %q -> %q via %q, want client -> server via default/web:http (inventory context)",
@@ -368,7 +363,7 @@ func (w *world) checkDNS(t *testing.T, wantL7 bool) {
 		t.Fatalf("DNS answer %v, want %s", res.Answers, dnsAnswer)
 	}
 	// UDP has no close: the record comes at the idle timeout (2 s).
-	recs := w.col.waitFinal(t, res.Local, flow.ProtoUDP, flow.EndIdleTimeout, 10*time.Second)
+	recs := finalRecords(t, w.col, res.Local, flow.ProtoUDP, flow.EndIdleTimeout, 10*time.Second)
 	w.waitEvent(t, res.Local, func(ev eve.Event) bool { return ev.DNS != nil && ev.DNS.Response })
 	l7 := mergeL7(t, recs)
 	if !wantL7 {
@@ -394,7 +389,7 @@ func (w *world) checkTLS(t *testing.T) {
 	}
 	c.Close()
 	w.waitEvent(t, c.Local, func(ev eve.Event) bool { return ev.TLS != nil })
-	recs := w.col.waitFinal(t, c.Local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
+	recs := finalRecords(t, w.col, c.Local, flow.ProtoTCP, flow.EndOfFlow, 10*time.Second)
 	l7 := mergeL7(t, recs)
 	if l7.AppProtocolName != "tls" || l7.TLSServerName != tlsHost || l7.TLSVersion != "TLS 1.3" {
 		t.Errorf("TLS connection L7 = %+v, want appProtocolName tls, tlsServerName %s, tlsVersion TLS 1.3", l7, tlsHost)
@@ -444,141 +439,18 @@ func mergeL7(t *testing.T, recs []flow.Record) flow.L7 {
 // metric reads one sample of the agent's /metrics; absent is 0.
 func (w *world) metric(t *testing.T, series string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + w.metricsAddr + "/metrics")
-	if err != nil {
-		t.Fatalf("agent metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("agent metrics: %v", err)
-	}
-	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`)
-	m := re.FindSubmatch(b)
-	if m == nil {
-		return 0
-	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
-	if err != nil {
-		t.Fatalf("metric %s: %v", series, err)
-	}
+	v, _ := w.agent.Metric(t, series)
 	return v
 }
 
-// collector is a real ipfixcollect.Collector keeping every flow record.
-type collector struct {
-	addr string
-	mu   sync.Mutex
-	recs []flow.Record
-}
-
-func startCollector(t *testing.T) *collector {
-	t.Helper()
-	c, err := ipfixcollect.New(ipfixcollect.Config{Network: ipfixcollect.TCP, Address: "127.0.0.1:0"}, nil)
-	if err != nil {
-		t.Fatalf("collector: %v", err)
-	}
-	col := &collector{addr: c.Addr().String()}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- c.Run(ctx, func(r ipfixcollect.Record) {
-			fr, err := r.FlowRecord()
-			if err != nil {
-				return
-			}
-			col.mu.Lock()
-			col.recs = append(col.recs, fr)
-			col.mu.Unlock()
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("collector: %v", err)
-		}
-	})
-	return col
-}
-
-func (c *collector) recordsOf(src netip.AddrPort, proto uint8) []flow.Record {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []flow.Record
-	for _, r := range c.recs {
-		if r.Tuple.Src() == src.Addr() && r.Tuple.SrcPort == src.Port() && r.Tuple.Proto == proto {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// waitFinal waits for the connection's record with the given end reason
+// finalRecords waits for the connection's record with the given end reason
 // and returns its records up to and including that one.
-func (c *collector) waitFinal(t *testing.T, src netip.AddrPort, proto uint8, reason flow.EndReason, within time.Duration) []flow.Record {
+func finalRecords(t *testing.T, col *agenttest.Collector, src netip.AddrPort, proto uint8, reason flow.EndReason, within time.Duration) []flow.Record {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		recs := c.recordsOf(src, proto)
-		for i, r := range recs {
-			if r.EndReason == reason {
-				return recs[:i+1]
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
+	arrivals := col.WaitFor(t, src, proto, reason, within)
+	recs := make([]flow.Record, len(arrivals))
+	for i, a := range arrivals {
+		recs[i] = a.Rec
 	}
-	t.Fatalf("no %s record for %s from %s within %s; got %+v", reason, flow.ProtoName(proto), src, within, c.recordsOf(src, proto))
-	return nil
-}
-
-// startAgent runs the agent binary with cfg and returns its metrics address.
-func startAgent(t *testing.T, dir, cfg string) string {
-	t.Helper()
-	cfgPath := filepath.Join(dir, "agent.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(dir, "agent.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(agentBin, "--config", cfgPath, "-v=2")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start agent: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("agent exited with %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Errorf("agent did not stop within 10s of SIGTERM")
-		}
-		logFile.Close()
-	})
-	re := regexp.MustCompile(`"Serving metrics and health" address="([^"]+)"`)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("agent exited at start-up: %v\n%s", err, b)
-		default:
-		}
-		b, _ := os.ReadFile(logPath)
-		if m := re.FindSubmatch(b); m != nil {
-			return string(m[1])
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent log names no metrics address after 10 s:\n%s", b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return recs
 }
