@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"os"
 	"regexp"
 	"testing"
 	"time"
@@ -22,23 +21,10 @@ import (
 var agentBin string
 
 func TestMain(m *testing.M) {
-	if err := netnstest.CheckPrereqs(); err != nil {
-		fmt.Fprintf(os.Stderr, "agent integration tests need: %v\n", err)
-		os.Exit(1)
-	}
-	dir, err := os.MkdirTemp("", "flowlens-agent-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	agentBin, err = agenttest.BuildAgent(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	agenttest.RunMain(m, "agent integration tests", func(dir string) (err error) {
+		agentBin, err = agenttest.BuildAgent(dir)
+		return err
+	}, netnstest.CheckPrereqs)
 }
 
 // startAgent runs the agent on node's conntrack table, exporting to

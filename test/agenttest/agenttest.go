@@ -24,6 +24,32 @@ import (
 	"github.com/flowlens/flowlens/pkg/ipfixcollect"
 )
 
+// RunMain is an e2e suite's TestMain: it fails the whole suite, naming what
+// is missing, when a prerequisite check fails; otherwise it lets build put
+// the binaries the suite runs into a temporary directory, runs the tests,
+// removes the directory and exits with the tests' status.
+func RunMain(m *testing.M, suite string, build func(dir string) error, prereqs ...func() error) {
+	for _, check := range prereqs {
+		if err := check(); err != nil {
+			fmt.Fprintf(os.Stderr, "%s need: %v\n", suite, err)
+			os.Exit(1)
+		}
+	}
+	dir, err := os.MkdirTemp("", "flowlens-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if err := build(dir); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", suite, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 // BuildAgent builds cmd/flowlens-agent into dir and returns the binary's
 // path; call it once from TestMain.
 func BuildAgent(dir string) (string, error) {

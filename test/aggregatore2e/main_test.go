@@ -10,8 +10,6 @@
 package aggregatore2e_test
 
 import (
-	"fmt"
-	"os"
 	"testing"
 
 	"github.com/flowlens/flowlens/test/agenttest"
@@ -21,24 +19,11 @@ import (
 var agentBin, aggregatorBin string
 
 func TestMain(m *testing.M) {
-	if err := netnstest.CheckPrereqs(); err != nil {
-		fmt.Fprintf(os.Stderr, "aggregator e2e tests need: %v\n", err)
-		os.Exit(1)
-	}
-	dir, err := os.MkdirTemp("", "flowlens-aggregatore2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if agentBin, err = agenttest.BuildAgent(dir); err == nil {
+	agenttest.RunMain(m, "aggregator e2e tests", func(dir string) (err error) {
+		if agentBin, err = agenttest.BuildAgent(dir); err != nil {
+			return err
+		}
 		aggregatorBin, err = agenttest.BuildAggregator(dir)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+		return err
+	}, netnstest.CheckPrereqs)
 }

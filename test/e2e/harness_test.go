@@ -8,9 +8,7 @@
 package e2e_test
 
 import (
-	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -24,23 +22,10 @@ import (
 var agentBin string
 
 func TestMain(m *testing.M) {
-	if err := netnstest.CheckPrereqs(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e tests need: %v\n", err)
-		os.Exit(1)
-	}
-	dir, err := os.MkdirTemp("", "flowlens-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	agentBin, err = agenttest.BuildAgent(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	agenttest.RunMain(m, "e2e tests", func(dir string) (err error) {
+		agentBin, err = agenttest.BuildAgent(dir)
+		return err
+	}, netnstest.CheckPrereqs)
 }
 
 func repoRoot() string {

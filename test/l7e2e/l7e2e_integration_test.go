@@ -27,27 +27,10 @@ import (
 var agentBin string
 
 func TestMain(m *testing.M) {
-	if err := netnstest.CheckPrereqs(); err != nil {
-		fmt.Fprintf(os.Stderr, "l7e2e integration tests need: %v\n", err)
-		os.Exit(1)
-	}
-	if _, err := l7e2e.FindSuricata(); err != nil {
-		fmt.Fprintf(os.Stderr, "l7e2e integration tests need: %v\n", err)
-		os.Exit(1)
-	}
-	dir, err := os.MkdirTemp("", "fl-l7e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	agentBin, err = agenttest.BuildAgent(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	agenttest.RunMain(m, "l7e2e integration tests", func(dir string) (err error) {
+		agentBin, err = agenttest.BuildAgent(dir)
+		return err
+	}, netnstest.CheckPrereqs, func() error { _, err := l7e2e.FindSuricata(); return err })
 }
 
 // Names the clients use; Suricata logs them as the HTTP hostname, the DNS

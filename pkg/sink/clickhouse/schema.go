@@ -46,14 +46,20 @@ func (c column) typeFor(v Version) string {
 	return c.typ
 }
 
-func strCol(name string, f func(*correlate.Record) string) column {
-	return column{name: name, typ: "String", build: func(rs []*correlate.Record, _ *batchInfo) any {
-		out := make([]string, len(rs))
+// typedCol is a column of ClickHouse type typ filled by f for each record;
+// the slice type it builds is what clickhouse-go expects for typ.
+func typedCol[T any](name, typ string, f func(*correlate.Record) T) column {
+	return column{name: name, typ: typ, build: func(rs []*correlate.Record, _ *batchInfo) any {
+		out := make([]T, len(rs))
 		for i, r := range rs {
 			out[i] = f(r)
 		}
 		return out
 	}}
+}
+
+func strCol(name string, f func(*correlate.Record) string) column {
+	return typedCol(name, "String", f)
 }
 
 func lowStrCol(name string, f func(*correlate.Record) string) column {
@@ -62,44 +68,20 @@ func lowStrCol(name string, f func(*correlate.Record) string) column {
 	return c
 }
 
-func u8Col(name string, f func(*correlate.Record) uint8) column {
-	return column{name: name, typ: "UInt8", build: func(rs []*correlate.Record, _ *batchInfo) any {
-		out := make([]uint8, len(rs))
-		for i, r := range rs {
-			out[i] = f(r)
-		}
-		return out
-	}}
-}
+func u8Col(name string, f func(*correlate.Record) uint8) column { return typedCol(name, "UInt8", f) }
 
 func u16Col(name string, f func(*correlate.Record) uint16) column {
-	return column{name: name, typ: "UInt16", build: func(rs []*correlate.Record, _ *batchInfo) any {
-		out := make([]uint16, len(rs))
-		for i, r := range rs {
-			out[i] = f(r)
-		}
-		return out
-	}}
+	return typedCol(name, "UInt16", f)
 }
 
 func u64Col(name string, f func(*correlate.Record) uint64) column {
-	return column{name: name, typ: "UInt64", build: func(rs []*correlate.Record, _ *batchInfo) any {
-		out := make([]uint64, len(rs))
-		for i, r := range rs {
-			out[i] = f(r)
-		}
-		return out
-	}}
+	return typedCol(name, "UInt64", f)
 }
 
+// timeCol stores Unix nanoseconds as a DateTime (whole seconds; 18.16 has
+// no DateTime64).
 func timeCol(name string, f func(*correlate.Record) int64) column {
-	return column{name: name, typ: "DateTime", build: func(rs []*correlate.Record, _ *batchInfo) any {
-		out := make([]time.Time, len(rs))
-		for i, r := range rs {
-			out[i] = secondsTime(f(r))
-		}
-		return out
-	}}
+	return typedCol(name, "DateTime", func(r *correlate.Record) time.Time { return secondsTime(f(r)) })
 }
 
 func secondsTime(nanos int64) time.Time {
