@@ -15,7 +15,7 @@ import (
 	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/ipfixexport"
-	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+	"github.com/flowlens/flowlens/pkg/ipfixie"
 	"github.com/flowlens/flowlens/pkg/sink"
 )
 

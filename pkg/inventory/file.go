@@ -8,7 +8,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/flowlens/flowlens/pkg/k8smeta/ipindex"
+	"github.com/flowlens/flowlens/pkg/ipindex"
 )
 
 // File is the inventory file's schema. Example (testdata/inventory.yaml):

@@ -6,7 +6,7 @@ import (
 	"math"
 	"net/netip"
 
-	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+	"github.com/flowlens/flowlens/pkg/ipfixie"
 )
 
 const (

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+	"github.com/flowlens/flowlens/pkg/ipfixie"
 )
 
 // The DNS/TLS detail IEs are built here by hand, not by ipfixexport, so a

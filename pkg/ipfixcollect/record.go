@@ -9,7 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+	"github.com/flowlens/flowlens/pkg/ipfixie"
 )
 
 // Record is one decoded data record. The collector reuses a Record and its

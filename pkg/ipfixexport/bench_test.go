@@ -15,7 +15,7 @@ import (
 	"github.com/vmware/go-ipfix/pkg/registry"
 
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+	"github.com/flowlens/flowlens/pkg/ipfixie"
 )
 
 const benchRecordsPerOp = 200_000

@@ -47,7 +47,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+	"github.com/flowlens/flowlens/pkg/ipfixie"
 )
 
 // Template ids of the flow-record templates.

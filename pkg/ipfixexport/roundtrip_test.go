@@ -16,7 +16,7 @@ import (
 
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/ipfixcollect"
-	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+	"github.com/flowlens/flowlens/pkg/ipfixie"
 )
 
 // recordCases cover both templates and the three ways a destination is

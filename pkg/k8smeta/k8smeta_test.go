@@ -23,7 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/k8smeta/ipindex"
+	"github.com/flowlens/flowlens/pkg/ipindex"
 )
 
 type clock struct {

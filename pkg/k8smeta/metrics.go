@@ -5,7 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flowlens/flowlens/pkg/k8smeta/ipindex"
+	"github.com/flowlens/flowlens/pkg/ipindex"
 )
 
 type metrics struct {

@@ -2,7 +2,7 @@ package l7
 
 import (
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/ipfixexport/ipfixie"
+	"github.com/flowlens/flowlens/pkg/ipfixie"
 )
 
 // EnterprisePlaceholder is the Private Enterprise Number the DNS and TLS

@@ -26,7 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/k8smeta/ipindex"
+	"github.com/flowlens/flowlens/pkg/ipindex"
 	"github.com/flowlens/flowlens/test/agenttest"
 	"github.com/flowlens/flowlens/test/kubeapi"
 	"github.com/flowlens/flowlens/test/netnstest"

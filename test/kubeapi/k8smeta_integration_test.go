@@ -19,7 +19,7 @@ import (
 
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/k8smeta"
-	"github.com/flowlens/flowlens/pkg/k8smeta/ipindex"
+	"github.com/flowlens/flowlens/pkg/ipindex"
 	"github.com/flowlens/flowlens/test/kubeapi"
 )
 

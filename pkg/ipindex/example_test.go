@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/k8smeta/ipindex"
+	"github.com/flowlens/flowlens/pkg/ipindex"
 )
 
 // An IP handed from a deleted pod to a new one: each connection maps to the
