@@ -1,33 +1,58 @@
 // Command flowlens-agent turns a node's connections into IPFIX flow records.
-// Its pipeline is built in run (run.go): conntrack source -> connection store
-// -> expire queue -> enrichment -> IPFIX exporter.
+// This file only reads the command line and the configuration; the agent
+// itself (conntrack source -> connection store -> expire queue ->
+// enrichment -> IPFIX exporter) is pkg/agent.
 package main
 
 import (
 	"context"
 	"flag"
-	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/klog/v2"
 
+	"github.com/flowlens/flowlens/pkg/agent"
 	"github.com/flowlens/flowlens/pkg/agentconfig"
+	"github.com/flowlens/flowlens/pkg/cli"
 )
 
 func main() {
-	if err := mainErr(os.Args[1:]); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := mainErr(ctx, os.Args[1:], os.Stderr)
+	stop()
+	code := cli.ExitCode(err)
+	if code == cli.ExitFailure {
 		klog.ErrorS(err, "flowlens-agent failed")
-		klog.Flush()
-		os.Exit(1)
 	}
 	klog.Flush()
+	os.Exit(code)
 }
 
-func mainErr(args []string) error {
+// mainErr runs the agent until ctx ends. Help and usage errors are printed
+// on usage.
+func mainErr(ctx context.Context, args []string, usage io.Writer) error {
+	cfg, err := parseConfig(args, usage)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a, err := agent.New(cfg, reg)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// parseConfig reads the flags and the configuration file they name, and
+// applies the flags that override the file.
+func parseConfig(args []string, usage io.Writer) (agentconfig.Config, error) {
 	fs := flag.NewFlagSet("flowlens-agent", flag.ContinueOnError)
-	klog.InitFlags(fs)
 	var (
 		configPath = fs.String("config", "", "path of the YAML configuration (see docs/examples/agent.yaml)")
 		nodeName   = fs.String("node-name", "", "overrides nodeName")
@@ -36,15 +61,16 @@ func mainErr(args []string) error {
 		transport  = fs.String("transport", "", "overrides export.transport (tcp, udp, tls)")
 		listen     = fs.String("listen", "", "overrides server.listen (host:port for /metrics and /healthz)")
 	)
-	if err := fs.Parse(args); err != nil {
-		return err
+	fs.SetOutput(usage)
+	if err := cli.Parse(fs, args, true); err != nil {
+		return agentconfig.Config{}, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+		return agentconfig.Config{}, cli.Usagef(fs, "unexpected arguments %q", fs.Args())
 	}
 	cfg, err := agentconfig.Load(*configPath)
 	if err != nil {
-		return err
+		return agentconfig.Config{}, err
 	}
 	override := func(dst *string, v string) {
 		if v != "" {
@@ -57,10 +83,7 @@ func mainErr(args []string) error {
 	override(&cfg.Export.Transport, *transport)
 	override(&cfg.Server.Listen, *listen)
 	if err := cfg.Finish(); err != nil {
-		return err
+		return agentconfig.Config{}, err
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return run(ctx, cfg)
+	return cfg, nil
 }

@@ -7,21 +7,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowlens/flowlens/pkg/aggregatorconfig"
 	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/ipfixexport"
 )
 
-func testConfig(t testing.TB, listen ...string) *Config {
+// testConfig is the default configuration with a JSON lines sink, no
+// /metrics server, and shorter waits.
+func testConfig(t testing.TB, listen ...string) *aggregatorconfig.Config {
 	t.Helper()
-	return &Config{
-		AggregatorID: "test-agg",
-		Listen:       listen,
-		Correlation:  Correlation{CorrelationWait: Duration(500 * time.Millisecond)},
-		Sinks: Sinks{JSONL: &JSONLSink{Enabled: true, Path: filepath.Join(t.TempDir(), "flows.jsonl"),
-			Queue: Queue{CommitInterval: Duration(20 * time.Millisecond)}}},
-		ShutdownTimeout: Duration(30 * time.Second),
-	}
+	cfg := aggregatorconfig.Default()
+	cfg.AggregatorID = "test-agg"
+	cfg.Listen = listen
+	cfg.MetricsAddress = ""
+	cfg.Correlation.CorrelationWait = aggregatorconfig.Duration(500 * time.Millisecond)
+	cfg.Sinks.JSONL.Enabled = true
+	cfg.Sinks.JSONL.Path = filepath.Join(t.TempDir(), "flows.jsonl")
+	cfg.Sinks.JSONL.CommitInterval = aggregatorconfig.Duration(20 * time.Millisecond)
+	cfg.ShutdownTimeout = aggregatorconfig.Duration(30 * time.Second)
+	return &cfg
 }
 
 func TestTwoAgentsHalvesBecomeOneRecordOverIPFIX(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/flowlens/flowlens/pkg/aggregatorconfig"
 	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/ipfixexport"
@@ -40,7 +41,8 @@ func BenchmarkIPFIXToClickHouse(b *testing.B) {
 	for i := range recs {
 		recs[i] = intraNode(i, start)
 	}
-	queue := Queue{QueueRecords: 600_000, MaxBatch: 100_000, CommitInterval: Duration(250 * time.Millisecond)}
+	queue := aggregatorconfig.DefaultQueue()
+	queue.QueueRecords, queue.MaxBatch, queue.CommitInterval = 600_000, 100_000, aggregatorconfig.Duration(250*time.Millisecond)
 
 	b.Run("baseline=clickhouse-writer-only", func(b *testing.B) {
 		b.ReportAllocs()
@@ -83,8 +85,9 @@ func BenchmarkIPFIXToClickHouse(b *testing.B) {
 		for n := range b.N {
 			table := "flows_e2e_" + strconv.Itoa(n)
 			cfg := testConfig(b, "tcp://127.0.0.1:0")
-			cfg.Sinks.JSONL = nil
-			cfg.Sinks.ClickHouse = &ClickHouseSink{Enabled: true, Addr: ch.Addr, Table: table, Queue: queue}
+			cfg.Sinks.JSONL.Enabled = false
+			cfg.Sinks.ClickHouse.Enabled, cfg.Sinks.ClickHouse.Addr, cfg.Sinks.ClickHouse.Table = true, ch.Addr, table
+			cfg.Sinks.ClickHouse.Queue = queue
 			rate := runIPFIXBench(b, cfg, false, recs, func(*runningAggregator) int {
 				out, err := ch.Query("SELECT count() FROM " + table)
 				if err != nil {
@@ -113,9 +116,10 @@ func BenchmarkIPFIXToClickHouse(b *testing.B) {
 			cfg := testConfig(b, "tcp://127.0.0.1:0")
 			// One agent may run seconds ahead of the other while the
 			// machine is saturated: give halves the production default.
-			cfg.Correlation.CorrelationWait = Duration(correlate.DefaultCorrelationWait)
-			cfg.Sinks.JSONL = nil
-			cfg.Sinks.ClickHouse = &ClickHouseSink{Enabled: true, Addr: ch.Addr, Table: table, Queue: queue}
+			cfg.Correlation.CorrelationWait = aggregatorconfig.Duration(correlate.DefaultCorrelationWait)
+			cfg.Sinks.JSONL.Enabled = false
+			cfg.Sinks.ClickHouse.Enabled, cfg.Sinks.ClickHouse.Addr, cfg.Sinks.ClickHouse.Table = true, ch.Addr, table
+			cfg.Sinks.ClickHouse.Queue = queue
 			rate := runIPFIXBenchParts(b, cfg, false, parts, pairs, func(*runningAggregator) int {
 				out, err := ch.Query("SELECT count() FROM " + table + " WHERE correlation = 'correlated'")
 				if err != nil {
@@ -132,7 +136,7 @@ func BenchmarkIPFIXToClickHouse(b *testing.B) {
 
 // runIPFIXBench sends recs from two agents and returns records per second
 // until done reports them all out of the pipeline.
-func runIPFIXBench(b *testing.B, cfg *Config, captureOnly bool, recs []flow.Record, done func(*runningAggregator) int) float64 {
+func runIPFIXBench(b *testing.B, cfg *aggregatorconfig.Config, captureOnly bool, recs []flow.Record, done func(*runningAggregator) int) float64 {
 	b.Helper()
 	half := len(recs) / 2
 	return runIPFIXBenchParts(b, cfg, captureOnly, [2][]flow.Record{recs[:half], recs[half:]}, len(recs), done)
@@ -140,7 +144,7 @@ func runIPFIXBench(b *testing.B, cfg *Config, captureOnly bool, recs []flow.Reco
 
 // runIPFIXBenchParts sends parts[i] from agent i and returns input records
 // per second until done reports want outputs.
-func runIPFIXBenchParts(b *testing.B, cfg *Config, captureOnly bool, parts [2][]flow.Record, want int, done func(*runningAggregator) int) float64 {
+func runIPFIXBenchParts(b *testing.B, cfg *aggregatorconfig.Config, captureOnly bool, parts [2][]flow.Record, want int, done func(*runningAggregator) int) float64 {
 	b.Helper()
 	cfg.Correlation.MaxConnections = 2 * (len(parts[0]) + len(parts[1]))
 	ra := newTestAggregator(b, cfg)

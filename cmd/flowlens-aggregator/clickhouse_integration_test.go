@@ -8,19 +8,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowlens/flowlens/pkg/aggregatorconfig"
 	"github.com/flowlens/flowlens/pkg/ipfixexport"
+	"github.com/flowlens/flowlens/pkg/sink"
 	"github.com/flowlens/flowlens/test/clickhousetest"
 )
 
-func clickhouseConfig(t *testing.T, chAddr string, listen ...string) *Config {
+func clickhouseConfig(t *testing.T, chAddr string, listen ...string) *aggregatorconfig.Config {
 	cfg := testConfig(t, listen...)
-	cfg.Sinks.JSONL = nil
-	cfg.Sinks.ClickHouse = &ClickHouseSink{Enabled: true, Addr: chAddr, Queue: Queue{
-		CommitInterval: Duration(200 * time.Millisecond),
-		RetryMin:       Duration(100 * time.Millisecond),
-		RetryMax:       Duration(2 * time.Second),
-		FlushTimeout:   Duration(60 * time.Second),
-	}}
+	cfg.Sinks.JSONL.Enabled = false
+	cfg.Sinks.ClickHouse.Enabled, cfg.Sinks.ClickHouse.Addr = true, chAddr
+	cfg.Sinks.ClickHouse.Queue = aggregatorconfig.Queue{
+		QueueRecords:   sink.DefaultQueueRecords,
+		MaxBatch:       sink.DefaultMaxBatch,
+		CommitInterval: aggregatorconfig.Duration(200 * time.Millisecond),
+		RetryMin:       aggregatorconfig.Duration(100 * time.Millisecond),
+		RetryMax:       aggregatorconfig.Duration(2 * time.Second),
+		FlushTimeout:   aggregatorconfig.Duration(60 * time.Second),
+	}
 	return cfg
 }
 

@@ -1,97 +1,117 @@
 package main
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/flowlens/flowlens/pkg/aggregatorconfig"
+	"github.com/flowlens/flowlens/pkg/cli"
 	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/sink"
-	"github.com/flowlens/flowlens/pkg/sink/jsonl"
 )
 
-func TestExampleConfigLoadsWithDocumentedDefaults(t *testing.T) {
-	c, err := LoadConfig("../../docs/examples/aggregator.yaml")
+// The example's values reach the packages unchanged, and the packages
+// accept them.
+func TestExampleConfigMapsOntoThePackages(t *testing.T) {
+	c, err := aggregatorconfig.Load("../../docs/examples/aggregator.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Validate(); err != nil {
-		t.Fatalf("example config does not validate: %v", err)
+	cc := correlateConfig(&c)
+	if err := cc.Validate(); err != nil {
+		t.Errorf("correlate rejects the example: %v", err)
 	}
-	cc := c.correlateConfig(nil)
-	// The example states each default; they must be the code's.
+	sc := sinkConfig(&c, "clickhouse", nopWriter{}, c.Sinks.ClickHouse.Queue)
+	if err := sc.Validate(); err != nil {
+		t.Errorf("sink rejects the example: %v", err)
+	}
 	for _, tc := range []struct {
 		name      string
 		got, want any
 	}{
 		{"correlationWait", cc.CorrelationWait, correlate.DefaultCorrelationWait},
-		{"startWindow", cc.StartWindow, correlate.DefaultStartWindow},
-		{"activeTimeout", cc.ActiveTimeout, correlate.DefaultActiveTimeout},
 		{"inactiveTimeout", cc.InactiveTimeout, correlate.DefaultInactiveTimeout},
 		{"maxConnections", cc.MaxConnections, correlate.DefaultMaxConnections},
-		{"inputQueue", c.InputQueue, defaultInputQueue},
-		{"shutdownTimeout", c.ShutdownTimeout.D(), defaultShutdownTimeout},
-		{"metricsAddress", c.MetricsAddress, defaultMetricsAddress},
-		{"clickhouse.queueRecords", c.Sinks.ClickHouse.QueueRecords, sink.DefaultQueueRecords},
-		{"clickhouse.maxBatch", c.Sinks.ClickHouse.MaxBatch, sink.DefaultMaxBatch},
-		{"clickhouse.commitInterval", c.Sinks.ClickHouse.CommitInterval.D(), sink.DefaultCommitInterval},
-		{"clickhouse.retryMin", c.Sinks.ClickHouse.RetryMin.D(), sink.DefaultRetryMin},
-		{"clickhouse.retryMax", c.Sinks.ClickHouse.RetryMax.D(), sink.DefaultRetryMax},
-		{"clickhouse.flushTimeout", c.Sinks.ClickHouse.FlushTimeout.D(), sink.DefaultFlushTimeout},
-		{"clickhouse.dialTimeout", c.Sinks.ClickHouse.DialTimeout.D(), 5 * time.Second},
-		{"jsonl.maxBytes", c.Sinks.JSONL.MaxBytes, int64(jsonl.DefaultMaxBytes)},
-		{"jsonl.maxFiles", c.Sinks.JSONL.MaxFiles, jsonl.DefaultMaxFiles},
-		{"ipfix.queueRecords", c.Sinks.IPFIX.QueueRecords, sink.DefaultQueueRecords},
+		{"queueRecords", sc.QueueRecords, sink.DefaultQueueRecords},
+		{"retryMax", sc.RetryMax, sink.DefaultRetryMax},
+		{"health.sinkFailureTimeout", sc.UnhealthyAfter, time.Minute},
 	} {
 		if tc.got != tc.want {
-			t.Errorf("%s = %v (%T), documented default is %v (%T)", tc.name, tc.got, tc.got, tc.want, tc.want)
+			t.Errorf("%s = %v, documented default is %v", tc.name, tc.got, tc.want)
 		}
 	}
-	if len(c.Listen) != 2 || c.Sinks.ClickHouse.Addr != "127.0.0.1:9000" || c.AggregatorID != "aggregator-1" {
-		t.Errorf("config = %+v", c)
+	if ec := exportConfig(aggregatorconfig.IPFIXSink{Address: "h:1", Transport: "udp"}); ec.Address != "h:1" || ec.Transport != "udp" {
+		t.Errorf("ipfix export config = %+v", ec)
 	}
 }
 
-func TestConfigValidationNamesTheBadField(t *testing.T) {
-	base := "sinks:\n  jsonl:\n    enabled: true\n"
-	for _, tc := range []struct {
-		name, yaml, want string
-	}{
-		{"listen without scheme", "listen: [\"127.0.0.1:4739\"]\n" + base, "listen[0]"},
-		{"listen with unknown scheme", "listen: [\"sctp://127.0.0.1:4739\"]\n" + base, "listen[0]"},
-		{"listen twice", "listen: [\"tcp://127.0.0.1:1\", \"tcp://127.0.0.1:1\"]\n" + base, "listen[1]"},
-		{"tls listener without certificate", "listen: [\"tls://127.0.0.1:4739\"]\n" + base, "tls.certFile"},
-		{"negative correlation wait", "correlation:\n  correlationWait: -1s\n" + base, "correlation.correlationWait"},
-		{"unparsable duration", "correlation:\n  activeTimeout: soon\n" + base, "duration"},
-		{"unknown key", "lisen: []\n" + base, "lisen"},
-		{"no sink enabled", "listen: [\"tcp://127.0.0.1:4739\"]\n", "sinks"},
-		{"clickhouse without addr", "sinks:\n  clickhouse:\n    enabled: true\n", "sinks.clickhouse.addr"},
-		{"batch larger than queue", "sinks:\n  clickhouse:\n    enabled: true\n    addr: x:1\n    queueRecords: 10\n    maxBatch: 100\n", "sinks.clickhouse.maxBatch"},
-		{"negative rotation size", "sinks:\n  jsonl:\n    enabled: true\n    maxBytes: -1\n", "sinks.jsonl.maxBytes"},
-		{"ipfix bad transport", "sinks:\n  ipfix:\n    enabled: true\n    address: x:1\n    transport: sctp\n", "sinks.ipfix.transport"},
-		{"negative input queue", "inputQueue: -5\n" + base, "inputQueue"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c, err := ParseConfig([]byte(tc.yaml))
-			if err == nil {
-				err = c.Validate()
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error = %v, want one naming %q", err, tc.want)
-			}
-		})
+func TestFlagsOverrideTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "aggregator.yaml")
+	if err := os.WriteFile(path, []byte("aggregatorID: file\nmetricsAddress: \"\"\nsinks:\n  jsonl:\n    enabled: true\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-}
-
-func TestMinimalConfigIsValid(t *testing.T) {
-	c, err := ParseConfig([]byte("sinks:\n  jsonl:\n    enabled: true\n"))
+	var out bytes.Buffer
+	cfg, err := configure([]string{"--config", path, "--aggregator-id", "flag", "--listen", "udp://127.0.0.1:0",
+		"--listen", "tcp://127.0.0.1:0", "--clickhouse-addr", "db:9000"}, &out)
+	if err != nil {
+		t.Fatalf("configure: %v\n%s", err, out.String())
+	}
+	if cfg.AggregatorID != "flag" || len(cfg.Listen) != 2 || cfg.Listen[0] != "udp://127.0.0.1:0" ||
+		!cfg.Sinks.ClickHouse.Enabled || cfg.Sinks.ClickHouse.Addr != "db:9000" || !cfg.Sinks.JSONL.Enabled || cfg.MetricsAddress != "" {
+		t.Errorf("config = %+v", cfg)
+	}
+	// Without a file: the defaults plus the flags.
+	cfg, err = configure([]string{"--jsonl", "-"}, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Validate(); err != nil {
-		t.Fatalf("Validate: %v", err)
+	if cfg.MetricsAddress != aggregatorconfig.Default().MetricsAddress || !cfg.Sinks.JSONL.Enabled {
+		t.Errorf("config = %+v", cfg)
 	}
-	if len(c.Listen) != 1 || c.Listen[0] != defaultListen {
-		t.Errorf("Listen = %v, want the default", c.Listen)
+}
+
+func TestHelpExitsZeroWithOwnFlagsFirst(t *testing.T) {
+	for _, arg := range []string{"-h", "--help"} {
+		var out bytes.Buffer
+		code := runMain([]string{arg}, &out)
+		text := out.String()
+		if code != 0 {
+			t.Errorf("%s: exit %d, want 0", arg, code)
+		}
+		own, klogHeading, v := strings.Index(text, "-clickhouse-addr"), strings.Index(text, "Logging flags (klog):"), strings.Index(text, "\n  -v value")
+		if own < 0 || klogHeading < own || v < klogHeading || !strings.Contains(text, "-config") {
+			t.Errorf("%s: want the aggregator's flags, then klog's under a heading:\n%s", arg, text)
+		}
+	}
+}
+
+func TestBadCommandLineExitsTwoWithUsage(t *testing.T) {
+	for _, args := range [][]string{{"--no-such-flag"}, {"--jsonl"}, {"--jsonl", "-", "extra"}} {
+		var out bytes.Buffer
+		code := runMain(args, &out)
+		if code != cli.ExitUsage {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+		if !strings.Contains(out.String(), "flowlens-aggregator") || !strings.Contains(out.String(), "--help") && !strings.Contains(out.String(), "-clickhouse-addr") {
+			t.Errorf("%q: no usage or hint printed:\n%s", args, out.String())
+		}
+	}
+}
+
+func TestInvalidConfigExitsTwo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "aggregator.yaml")
+	if err := os.WriteFile(path, []byte("correlation:\n  inactiveTimeout: 60\nsinks:\n  jsonl:\n    enabled: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if code := runMain([]string{"--config", path}, &out); code != cli.ExitUsage {
+		t.Errorf("exit %d, want 2", code)
+	}
+	if !strings.Contains(out.String(), "correlation.inactiveTimeout: want a duration") {
+		t.Errorf("output does not name correlation.inactiveTimeout:\n%s", out.String())
 	}
 }

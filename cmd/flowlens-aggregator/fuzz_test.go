@@ -4,6 +4,9 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/flowlens/flowlens/pkg/aggregatorconfig"
+	"github.com/flowlens/flowlens/pkg/sink"
 )
 
 // FuzzIPFIXMessage feeds arbitrary bytes to a running aggregator, as a UDP
@@ -28,12 +31,10 @@ func FuzzIPFIXMessage(f *testing.F) {
 	f.Add(append(append([]byte{}, withdraw...), data...))
 	f.Add([]byte{0, 10, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 
-	cfg := &Config{
-		AggregatorID: "fuzz",
-		Listen:       []string{"tcp://127.0.0.1:0", "udp://127.0.0.1:0"},
-		Correlation:  Correlation{CorrelationWait: Duration(50 * time.Millisecond)},
-		Sinks:        Sinks{JSONL: &JSONLSink{Enabled: true, Path: f.TempDir() + "/flows.jsonl"}},
-	}
+	cfg := testConfig(f, "tcp://127.0.0.1:0", "udp://127.0.0.1:0")
+	cfg.AggregatorID = "fuzz"
+	cfg.Correlation.CorrelationWait = aggregatorconfig.Duration(50 * time.Millisecond)
+	cfg.Sinks.JSONL.CommitInterval = aggregatorconfig.Duration(sink.DefaultCommitInterval)
 	ra := startAggregator(f, cfg)
 	tcpAddr, udpAddr := ra.addr(f, "tcp"), ra.addr(f, "udp")
 	udp, err := net.Dial("udp", udpAddr)

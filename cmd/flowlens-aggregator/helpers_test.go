@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flowlens/flowlens/pkg/aggregatorconfig"
 	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/ipfixexport"
@@ -65,7 +66,7 @@ type runningAggregator struct {
 	err     error
 }
 
-func startAggregator(t testing.TB, cfg *Config) *runningAggregator {
+func startAggregator(t testing.TB, cfg *aggregatorconfig.Config) *runningAggregator {
 	t.Helper()
 	ra := newTestAggregator(t, cfg)
 	ra.start(t)
@@ -74,10 +75,9 @@ func startAggregator(t testing.TB, cfg *Config) *runningAggregator {
 
 // newTestAggregator builds an aggregator with a capturing sink added; the
 // test may adjust its stages before start.
-func newTestAggregator(t testing.TB, cfg *Config) *runningAggregator {
+func newTestAggregator(t testing.TB, cfg *aggregatorconfig.Config) *runningAggregator {
 	t.Helper()
-	cfg.setDefaults()
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.Finish(); err != nil {
 		t.Fatalf("config: %v", err)
 	}
 	a, err := newAggregator(cfg, prometheus.NewRegistry())
@@ -86,7 +86,7 @@ func newTestAggregator(t testing.TB, cfg *Config) *runningAggregator {
 	}
 	capture := &captureWriter{}
 	s, err := sink.New(sink.Config{Name: "capture", Writer: capture, CommitInterval: 20 * time.Millisecond,
-		QueueRecords: 1 << 20, MaxBatch: 1 << 16})
+		QueueRecords: 1 << 20, MaxBatch: 1 << 16}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,3 +285,9 @@ func dial(t *testing.T, network, addr string) net.Conn {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// nopWriter accepts every batch.
+type nopWriter struct{}
+
+func (nopWriter) Write(_ context.Context, b *sink.Batch) (int, error) { return len(b.Records), nil }
+func (nopWriter) Close() error                                        { return nil }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"io"
 	"math/big"
 	"net"
@@ -18,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowlens/flowlens/pkg/aggregatorconfig"
 	"github.com/flowlens/flowlens/pkg/ipfixexport"
+	"github.com/flowlens/flowlens/pkg/sink"
 )
 
 func TestTemplateWithdrawalAndReconnectWithNewTemplates(t *testing.T) {
@@ -123,7 +126,7 @@ func TestMutualTLS(t *testing.T) {
 	leaf(t, dir, "client", ca, caKey, false)
 
 	cfg := testConfig(t, "tls://127.0.0.1:0")
-	cfg.TLS = ListenTLS{CertFile: filepath.Join(dir, "server.crt"), KeyFile: filepath.Join(dir, "server.key"), ClientCAFile: filepath.Join(dir, "ca.crt")}
+	cfg.TLS = aggregatorconfig.ListenTLS{CertFile: filepath.Join(dir, "server.crt"), KeyFile: filepath.Join(dir, "server.key"), ClientCAFile: filepath.Join(dir, "ca.crt")}
 	ra := startAggregator(t, cfg)
 	addr := ra.addr(t, "tcp")
 
@@ -220,4 +223,129 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// getHealth returns /healthz's status and body, retrying until the server
+// answers.
+func getHealth(t *testing.T, addr string) (int, string) {
+	t.Helper()
+	var err error
+	for i := 0; i < 50; i++ {
+		var resp *http.Response
+		if resp, err = http.Get("http://" + addr + "/healthz"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode, string(b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("GET /healthz: %v", err)
+	return 0, ""
+}
+
+// waitHealth polls /healthz until it answers status, and returns the body.
+func waitHealth(t *testing.T, addr string, status int, within time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		code, body := getHealth(t, addr)
+		if code == status {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz still %d %q after %s, want %d", code, body, within, status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// stopExpectingError stops ra and returns what run returned, for tests
+// where run must report a failure.
+func stopExpectingError(ra *runningAggregator) error {
+	var err error
+	ra.once.Do(func() {
+		ra.cancel()
+		select {
+		case err = <-ra.done:
+		case <-time.After(90 * time.Second):
+			ra.err = errors.New("aggregator did not stop within 90s")
+		}
+	})
+	return err
+}
+
+func TestHealthzReportsAStoppedListener(t *testing.T) {
+	cfg := testConfig(t, "tcp://127.0.0.1:0", "udp://127.0.0.1:0")
+	cfg.MetricsAddress = freeAddr(t)
+	ra := startAggregator(t, cfg)
+	if code, body := getHealth(t, cfg.MetricsAddress); code != http.StatusOK || strings.TrimSpace(body) != "ok" {
+		t.Fatalf("/healthz = %d %q before any failure", code, body)
+	}
+	// The TCP listener's socket goes away under it (as a fatal accept
+	// error would do it); the UDP one goes on.
+	if err := ra.collectors[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	body := waitHealth(t, cfg.MetricsAddress, http.StatusServiceUnavailable, 5*time.Second)
+	if !strings.Contains(body, "listener tcp://127.0.0.1:0 stopped") || strings.Contains(body, "udp://") {
+		t.Errorf("/healthz body %q does not name the stopped listener (only)", body)
+	}
+	if err := stopExpectingError(ra); err == nil || !strings.Contains(err.Error(), "accept") {
+		t.Errorf("run returned %v, want the listener's accept error", err)
+	}
+}
+
+// failingWriter fails every write, as a ClickHouse that is down does.
+type failingWriter struct{}
+
+func (failingWriter) Write(context.Context, *sink.Batch) (int, error) {
+	return 0, errors.New("connection refused")
+}
+func (failingWriter) Close() error { return nil }
+
+func TestHealthzReportsASinkFailingLongerThanTheTimeout(t *testing.T) {
+	cfg := testConfig(t, "tcp://127.0.0.1:0")
+	cfg.MetricsAddress = freeAddr(t)
+	cfg.Health.SinkFailureTimeout = aggregatorconfig.Duration(300 * time.Millisecond)
+	ra := newTestAggregator(t, cfg)
+	q := aggregatorconfig.DefaultQueue()
+	q.CommitInterval, q.RetryMin, q.RetryMax = aggregatorconfig.Duration(10*time.Millisecond), aggregatorconfig.Duration(10*time.Millisecond), aggregatorconfig.Duration(50*time.Millisecond)
+	q.FlushTimeout = aggregatorconfig.Duration(100 * time.Millisecond)
+	// Built the way buildSinks builds the configured sinks, so the
+	// timeout comes from health.sinkFailureTimeout.
+	s, err := sink.New(sinkConfig(cfg, "down", failingWriter{}, q), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ra.sinks = append(ra.sinks, s)
+	ra.start(t)
+	if code, _ := getHealth(t, cfg.MetricsAddress); code != http.StatusOK {
+		t.Fatalf("/healthz = %d before any write failed", code)
+	}
+	start := time.Now()
+	a := startAgent(t, ra.addr(t, "tcp"), ipfixexport.TCP, 1)
+	a.export(t, intraNode(1, time.Now()))
+	body := waitHealth(t, cfg.MetricsAddress, http.StatusServiceUnavailable, 10*time.Second)
+	if elapsed := time.Since(start); elapsed < 300*time.Millisecond {
+		t.Errorf("unhealthy after %s, before health.sinkFailureTimeout (300ms)", elapsed)
+	}
+	if !strings.Contains(body, "sink down") || !strings.Contains(body, "connection refused") {
+		t.Errorf("/healthz body %q does not name the failing sink and its error", body)
+	}
+	// The healthy sink still delivered: only the failing one is reported.
+	ra.capture.waitFor(t, 1, 5*time.Second)
+	if strings.Contains(body, "capture") || strings.Contains(body, "jsonl") {
+		t.Errorf("/healthz blames a healthy sink: %q", body)
+	}
+	_ = stopExpectingError(ra) // the failing sink's record is dropped at stop
 }

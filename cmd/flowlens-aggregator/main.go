@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -29,6 +30,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
 
+	"github.com/flowlens/flowlens/pkg/aggregatorconfig"
+	"github.com/flowlens/flowlens/pkg/cli"
 	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/ipfixcollect"
@@ -44,56 +47,24 @@ func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 func main() {
-	fs := flag.NewFlagSet("flowlens-aggregator", flag.ExitOnError)
-	klog.InitFlags(fs)
-	configPath := fs.String("config", "", "YAML configuration file (docs/examples/aggregator.yaml)")
-	var listen listFlag
-	fs.Var(&listen, "listen", "collector endpoint scheme://host:port (tcp, udp, tls); repeatable; replaces the file's list")
-	metricsAddr := fs.String("metrics-address", "", "address for /metrics and /healthz (overrides the file)")
-	aggID := fs.String("aggregator-id", "", "identity stored with every row (overrides the file; default hostname)")
-	chAddr := fs.String("clickhouse-addr", "", "enable the ClickHouse sink at this native-protocol host:port (overrides the file)")
-	jsonlPath := fs.String("jsonl", "", "enable the JSON lines sink writing to this file, - for stdout (overrides the file)")
-	_ = fs.Parse(os.Args[1:])
+	code := runMain(os.Args[1:], os.Stderr)
+	klog.Flush()
+	os.Exit(code)
+}
 
-	cfg := &Config{}
-	if *configPath != "" {
-		var err error
-		if cfg, err = LoadConfig(*configPath); err != nil {
-			klog.ErrorS(err, "Cannot load configuration", "path", *configPath)
-			os.Exit(2)
+// runMain is main with its exit status: 0 (also for --help), 2 for a bad
+// command line or configuration, 1 when the aggregator fails.
+func runMain(args []string, stderr io.Writer) int {
+	cfg, err := configure(args, stderr)
+	if err != nil {
+		if cli.ExitCode(err) == cli.ExitFailure {
+			// One bad field per line, as a person fixing the file reads
+			// them (a log line would quote them into one).
+			fmt.Fprintf(stderr, "flowlens-aggregator: invalid configuration:\n  %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  "))
+			return cli.ExitUsage
 		}
-	} else {
-		cfg.setDefaults()
+		return cli.ExitCode(err)
 	}
-	if len(listen) > 0 {
-		cfg.Listen = listen
-	}
-	if *metricsAddr != "" {
-		cfg.MetricsAddress = *metricsAddr
-	}
-	if *aggID != "" {
-		cfg.AggregatorID = *aggID
-	}
-	if *chAddr != "" {
-		if cfg.Sinks.ClickHouse == nil {
-			cfg.Sinks.ClickHouse = &ClickHouseSink{}
-		}
-		cfg.Sinks.ClickHouse.Enabled, cfg.Sinks.ClickHouse.Addr = true, *chAddr
-	}
-	if *jsonlPath != "" {
-		if cfg.Sinks.JSONL == nil {
-			cfg.Sinks.JSONL = &JSONLSink{}
-		}
-		cfg.Sinks.JSONL.Enabled, cfg.Sinks.JSONL.Path = true, *jsonlPath
-	}
-	if cfg.MetricsAddress == "" && *configPath == "" {
-		cfg.MetricsAddress = defaultMetricsAddress
-	}
-	if err := cfg.Validate(); err != nil {
-		klog.ErrorS(err, "Invalid configuration")
-		os.Exit(2)
-	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	reg := prometheus.NewRegistry()
@@ -101,14 +72,56 @@ func main() {
 	a, err := newAggregator(cfg, reg)
 	if err != nil {
 		klog.ErrorS(err, "Cannot start")
-		os.Exit(1)
+		return cli.ExitFailure
 	}
 	if err := a.run(ctx); err != nil {
 		klog.ErrorS(err, "Aggregator failed")
-		klog.Flush()
-		os.Exit(1)
+		return cli.ExitFailure
 	}
-	klog.Flush()
+	return cli.ExitOK
+}
+
+// configure parses the command line (help and usage errors are printed to
+// out and returned as pkg/cli errors), reads the file and applies the
+// flags over it.
+func configure(args []string, out io.Writer) (*aggregatorconfig.Config, error) {
+	fs := flag.NewFlagSet("flowlens-aggregator", flag.ContinueOnError)
+	fs.SetOutput(out)
+	configPath := fs.String("config", "", "YAML configuration file (every option and default: docs/examples/aggregator.yaml)")
+	var listen listFlag
+	fs.Var(&listen, "listen", "collector endpoint scheme://host:port (tcp, udp, tls); repeatable; replaces the file's list")
+	metricsAddr := fs.String("metrics-address", "", "address for /metrics and /healthz (overrides the file)")
+	aggID := fs.String("aggregator-id", "", "identity stored with every row (overrides the file; default hostname)")
+	chAddr := fs.String("clickhouse-addr", "", "enable the ClickHouse sink at this native-protocol host:port (overrides the file)")
+	jsonlPath := fs.String("jsonl", "", "enable the JSON lines sink writing to this file, - for stdout (overrides the file)")
+	if err := cli.Parse(fs, args, true); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, cli.Usagef(fs, "unexpected arguments %q", fs.Args())
+	}
+
+	cfg, err := aggregatorconfig.LoadWith(*configPath, func(cfg *aggregatorconfig.Config) {
+		if len(listen) > 0 {
+			cfg.Listen = listen
+		}
+		if *metricsAddr != "" {
+			cfg.MetricsAddress = *metricsAddr
+		}
+		if *aggID != "" {
+			cfg.AggregatorID = *aggID
+		}
+		if *chAddr != "" {
+			cfg.Sinks.ClickHouse.Enabled, cfg.Sinks.ClickHouse.Addr = true, *chAddr
+		}
+		if *jsonlPath != "" {
+			cfg.Sinks.JSONL.Enabled, cfg.Sinks.JSONL.Path = true, *jsonlPath
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &cfg, nil
 }
 
 type inputMetrics struct {
@@ -147,7 +160,7 @@ func newInputMetrics(reg prometheus.Registerer) (*inputMetrics, error) {
 
 // aggregator holds the stages built from the configuration.
 type aggregator struct {
-	cfg        *Config
+	cfg        *aggregatorconfig.Config
 	reg        *prometheus.Registry
 	collectors []*ipfixcollect.Collector
 	correlator *correlate.Correlator
@@ -156,28 +169,25 @@ type aggregator struct {
 	metrics    *inputMetrics
 	httpLn     net.Listener
 	in         chan correlate.Input
+	health     *health
+	wal        *walStage // nil when wal.enabled is false
 }
 
 // newAggregator builds every stage and binds every socket, so errors
 // (ports in use, bad certificates) surface before anything runs.
-func newAggregator(cfg *Config, reg *prometheus.Registry) (*aggregator, error) {
-	a := &aggregator{cfg: cfg, reg: reg, in: make(chan correlate.Input, cfg.InputQueue)}
+func newAggregator(cfg *aggregatorconfig.Config, reg *prometheus.Registry) (*aggregator, error) {
+	a := &aggregator{cfg: cfg, reg: reg, in: make(chan correlate.Input, cfg.InputQueue), health: newHealth()}
 	var err error
 	if a.metrics, err = newInputMetrics(reg); err != nil {
 		return nil, err
 	}
-	cm, err := correlate.NewMetrics(reg)
-	if err != nil {
+	if a.correlator, err = correlate.New(correlateConfig(cfg), reg); err != nil {
 		return nil, err
 	}
-	if a.correlator, err = correlate.New(cfg.correlateConfig(cm)); err != nil {
+	if a.wal, err = newWALStage(cfg, reg); err != nil {
 		return nil, err
 	}
-	sm, err := sink.NewMetrics(reg)
-	if err != nil {
-		return nil, err
-	}
-	if err := a.buildSinks(sm); err != nil {
+	if err := a.buildSinks(); err != nil {
 		a.close()
 		return nil, err
 	}
@@ -208,16 +218,17 @@ func newAggregator(cfg *Config, reg *prometheus.Registry) (*aggregator, error) {
 	return a, nil
 }
 
-func (a *aggregator) buildSinks(sm *sink.Metrics) error {
-	add := func(name string, w sink.Writer, q Queue) error {
-		s, err := sink.New(q.sinkConfig(name, w, sm))
+func (a *aggregator) buildSinks() error {
+	add := func(name string, w sink.Writer, q aggregatorconfig.Queue) error {
+		w = a.wal.wrap(name, w, len(a.sinks))
+		s, err := sink.New(sinkConfig(a.cfg, name, w, q), a.reg)
 		if err != nil {
 			return fmt.Errorf("sinks.%s: %w", name, err)
 		}
 		a.sinks = append(a.sinks, s)
 		return nil
 	}
-	if s := a.cfg.Sinks.ClickHouse; s != nil && s.Enabled {
+	if s := a.cfg.Sinks.ClickHouse; s.Enabled {
 		pw, err := readSecret(s.PasswordFile)
 		if err != nil {
 			return fmt.Errorf("sinks.clickhouse.passwordFile: %w", err)
@@ -241,8 +252,9 @@ func (a *aggregator) buildSinks(sm *sink.Metrics) error {
 			return err
 		}
 	}
-	if s := a.cfg.Sinks.JSONL; s != nil && s.Enabled {
-		w, err := jsonl.New(jsonl.Config{Path: s.Path, MaxBytes: s.MaxBytes, MaxFiles: s.MaxFiles})
+	if s := a.cfg.Sinks.JSONL; s.Enabled {
+		w, err := jsonl.New(jsonl.Config{Path: s.Path, MaxBytes: s.MaxBytes, MaxFiles: s.MaxFiles,
+			FileMode: s.Mode(), Aggregator: a.cfg.AggregatorID})
 		if err != nil {
 			return fmt.Errorf("sinks.jsonl: %w", err)
 		}
@@ -250,8 +262,8 @@ func (a *aggregator) buildSinks(sm *sink.Metrics) error {
 			return err
 		}
 	}
-	if s := a.cfg.Sinks.IPFIX; s != nil && s.Enabled {
-		w, err := ipfix.New(s.exportConfig(), a.reg)
+	if s := a.cfg.Sinks.IPFIX; s.Enabled {
+		w, err := ipfix.New(exportConfig(s), a.reg)
 		if err != nil {
 			return fmt.Errorf("sinks.ipfix: %w", err)
 		}
@@ -271,6 +283,7 @@ func (a *aggregator) close() {
 	if a.httpLn != nil {
 		_ = a.httpLn.Close()
 	}
+	_ = a.wal.close()
 }
 
 // collectorAddrs are the bound listen addresses (port 0 resolved).
@@ -293,7 +306,7 @@ func (a *aggregator) run(ctx context.Context) error {
 	defer stopExport()
 
 	var sinkWG, exportWG sync.WaitGroup
-	errs := make(chan error, len(a.sinks)+len(a.collectors)+3)
+	errs := make(chan error, len(a.sinks)+len(a.collectors)+4)
 	for _, s := range a.sinks {
 		sinkWG.Add(1)
 		go func() {
@@ -313,6 +326,13 @@ func (a *aggregator) run(ctx context.Context) error {
 		}()
 	}
 
+	// Before the correlator's goroutine owns it: what a crash left
+	// uncommitted goes through it first (the sinks already run).
+	if err := a.wal.replay(a.correlator, a.sinks, correlateConfig(a.cfg)); err != nil {
+		// Not fatal: what was not replayed stays in the log for the next
+		// start, and new records must not wait.
+		klog.ErrorS(err, "WAL replay incomplete")
+	}
 	corrDone := make(chan struct{})
 	go func() {
 		defer close(corrDone)
@@ -323,6 +343,7 @@ func (a *aggregator) run(ctx context.Context) error {
 		}
 	}()
 
+	a.health.watchSinks(a.sinks)
 	var srv *http.Server
 	var httpWG sync.WaitGroup
 	if a.httpLn != nil {
@@ -337,11 +358,21 @@ func (a *aggregator) run(ctx context.Context) error {
 	}
 
 	var collWG sync.WaitGroup
-	for _, c := range a.collectors {
+	for i, c := range a.collectors {
 		collWG.Add(1)
 		go func() {
 			defer collWG.Done()
-			if err := c.Run(ctx, a.handler()); err != nil {
+			err := c.Run(ctx, a.handler())
+			if ctx.Err() == nil {
+				// The other listeners go on, but agents sending here are
+				// lost: /healthz says so until a restart.
+				if err == nil {
+					err = errors.New("stopped")
+				}
+				a.health.listenerStopped(a.cfg.Listen[i], err)
+				klog.ErrorS(err, "IPFIX listener stopped; /healthz reports unhealthy", "listen", a.cfg.Listen[i])
+			}
+			if err != nil {
 				errs <- fmt.Errorf("collector %s: %w", c.Addr(), err)
 			}
 		}()
@@ -367,6 +398,11 @@ func (a *aggregator) run(ctx context.Context) error {
 	<-corrDone
 	stopSinks()
 	sinkWG.Wait()
+	// Every sink has committed what it wrote: closing removes what all of
+	// them committed and keeps the rest for the next start.
+	if err := a.wal.close(); err != nil {
+		errs <- fmt.Errorf("wal close: %w", err)
+	}
 	stopExport()
 	exportWG.Wait()
 	if srv != nil {
@@ -417,26 +453,28 @@ func (a *aggregator) handler() func(ipfixcollect.Record) {
 			}
 		}
 		a.metrics.decoded.Inc()
-		select {
-		case a.in <- in:
-		default:
-			a.metrics.waited.Inc()
-			a.in <- in
+		if a.wal != nil {
+			a.wal.send(in, a.queue)
+			return
 		}
+		a.queue(in)
+	}
+}
+
+// queue hands in to the correlator, waiting (counted) while its queue is
+// full.
+func (a *aggregator) queue(in correlate.Input) {
+	select {
+	case a.in <- in:
+	default:
+		a.metrics.waited.Inc()
+		a.in <- in
 	}
 }
 
 func (a *aggregator) httpServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprintln(w, "ok")
-	})
+	mux.Handle("/healthz", a.health)
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 }
-
-type nopWriter struct{}
-
-func (nopWriter) Write(_ context.Context, b *sink.Batch) (int, error) { return len(b.Records), nil }
-func (nopWriter) Close() error                                        { return nil }

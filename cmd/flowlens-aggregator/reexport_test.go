@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowlens/flowlens/pkg/aggregatorconfig"
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/ipfixcollect"
 	"github.com/flowlens/flowlens/pkg/ipfixexport"
@@ -35,7 +36,8 @@ func TestReexportSendsMergedRecordsToAnotherCollector(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 
 	cfg := testConfig(t, "tcp://127.0.0.1:0")
-	cfg.Sinks.IPFIX = &IPFIXSink{Enabled: true, Address: down.Addr().String(), Queue: Queue{CommitInterval: Duration(20 * time.Millisecond)}}
+	cfg.Sinks.IPFIX.Enabled, cfg.Sinks.IPFIX.Address = true, down.Addr().String()
+	cfg.Sinks.IPFIX.CommitInterval = aggregatorconfig.Duration(20 * time.Millisecond)
 	ra := startAggregator(t, cfg)
 	nodeA := startAgent(t, ra.addr(t, "tcp"), ipfixexport.TCP, 1)
 	nodeB := startAgent(t, ra.addr(t, "tcp"), ipfixexport.TCP, 2)

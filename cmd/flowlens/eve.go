@@ -34,6 +34,7 @@ func runEveCheck(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	asJSON := fs.Bool("json", false, "print one JSON object per parsed record, keyed by the IPFIX IE names the agent exports; counts go to stderr")
 	maxLine := fs.Int("max-line-bytes", eve.DefaultMaxLineBytes, "lines longer than this are rejected as oversize")
 	keepQuery := fs.Bool("keep-query", false, "with --json, keep URL query strings (the agent drops them by default)")
+	keepParams := fs.Bool("keep-path-params", false, "with --json, keep URL path parameters such as ;jsessionid= (the agent drops them by default)")
 	dropURL := fs.Bool("drop-url", false, "with --json, drop URLs")
 	dropUA := fs.Bool("drop-user-agent", false, "with --json, drop User-Agents")
 	fs.Usage = func() {
@@ -51,7 +52,7 @@ func runEveCheck(ctx context.Context, args []string, stdin io.Reader, stdout, st
 			if errors.Is(err, flag.ErrHelp) {
 				return errHelp
 			}
-			return usagef("%v", err)
+			return flagError(err)
 		}
 		if fs.NArg() == 0 {
 			break
@@ -65,7 +66,7 @@ func runEveCheck(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	if *maxLine <= 0 {
 		return usagef("--max-line-bytes must be positive")
 	}
-	privacy := l7.Privacy{KeepQuery: *keepQuery, DropURL: *dropURL, DropUserAgent: *dropUA}
+	privacy := l7.Privacy{KeepQuery: *keepQuery, KeepPathParams: *keepParams, DropURL: *dropURL, DropUserAgent: *dropUA}
 
 	out := bufio.NewWriter(stdout)
 	defer out.Flush()

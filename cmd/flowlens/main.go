@@ -9,7 +9,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"github.com/flowlens/flowlens/pkg/cli"
 )
 
 // command is one subcommand. run gets the arguments after the subcommand
@@ -26,7 +29,9 @@ var commands = []command{
 	{"eve", "check Suricata EVE files: eve check [--json] FILE...", runEve},
 }
 
-// usageError is an error in how the command was called (exit status 2).
+// usageError is an error in how the command was called that run prints
+// (exit status 2). A flag the flag package rejected comes back as a
+// *cli.UsageError instead: the flag package printed it with the usage.
 type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
@@ -36,7 +41,11 @@ func usagef(format string, args ...any) error {
 }
 
 // errHelp reports that -h was asked for: usage printed, exit status 0.
-var errHelp = errors.New("help requested")
+var errHelp = cli.ErrHelp
+
+// flagError wraps an error of fs.Parse other than help, which the flag
+// package has already printed together with the command's usage.
+func flagError(err error) error { return &cli.UsageError{Err: err} }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -46,12 +55,18 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr)
 		if len(args) == 0 {
-			return 2
+			return cli.ExitUsage
 		}
-		return 0
+		return cli.ExitOK
+	}
+	if strings.HasPrefix(args[0], "-") {
+		// flowlens itself has no flags; they belong after a command.
+		fmt.Fprintf(stderr, "flowlens: unknown flag %q (flags go after the command)\n\n", args[0])
+		usage(stderr)
+		return cli.ExitUsage
 	}
 	for _, c := range commands {
 		if c.name != args[0] {
@@ -60,15 +75,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err := c.run(ctx, args[1:], stdout, stderr)
 		var ue *usageError
 		switch {
-		case err == nil, errors.Is(err, errHelp):
-			return 0
 		case errors.As(err, &ue):
 			fmt.Fprintf(stderr, "flowlens %s: %v\n", c.name, err)
-			return 2
-		default:
+			return cli.ExitUsage
+		case cli.ExitCode(err) == cli.ExitFailure:
 			fmt.Fprintf(stderr, "flowlens %s: %v\n", c.name, err)
-			return 1
 		}
+		// Help (0) and flag errors (2) are printed already.
+		return cli.ExitCode(err)
 	}
 	fmt.Fprintf(stderr, "flowlens: unknown command %q\n\n", args[0])
 	usage(stderr)

@@ -119,21 +119,23 @@ func checkRow(t *testing.T, e expected, r *row, l7 bool) {
 		return
 	}
 	if !r.ended() {
-		t.Errorf("%s: latest row ends %q, want a final one", e.What, r.FlowEndReason)
+		t.Errorf("%s: latest row ends %q, want a final one", e.What, endName(r))
 	}
-	if r.dst() != e.Dst() || r.DestinationServiceIP != e.Service.VIP.String() || r.DestinationServicePort != e.Service.Port {
-		t.Errorf("%s: row goes to %s via %s:%d, want %s via %s", e.What, r.dst(), r.DestinationServiceIP, r.DestinationServicePort, e.Dst(), e.Service.Addr())
+	if r.dst() != e.Dst() || r.Str("destinationServiceIP") != e.Service.VIP.String() || r.Num("destinationServicePort") != uint64(e.Service.Port) {
+		t.Errorf("%s: row goes to %s via %s, want %s via %s", e.What, r.dst(), service(r), e.Dst(), e.Service.Addr())
 	}
-	if r.SourcePodName != "client" || r.DestinationPodName != e.Service.Backend.Name {
-		t.Errorf("%s: pods %q -> %q, want client -> %s", e.What, r.SourcePodName, r.DestinationPodName, e.Service.Backend.Name)
+	if r.Str("sourcePodName") != "client" || r.Str("destinationPodName") != e.Service.Backend.Name {
+		t.Errorf("%s: pods %q -> %q, want client -> %s", e.What, r.Str("sourcePodName"), r.Str("destinationPodName"), e.Service.Backend.Name)
 	}
-	if r.Correlation != "not-required" || r.FlowType != flow.FlowTypeIntraNode.String() {
-		t.Errorf("%s: correlation %q, flow type %q; one node saw both ends", e.What, r.Correlation, r.FlowType)
+	if r.Str("correlation") != "not-required" || flow.FlowType(r.Num("flowType")) != flow.FlowTypeIntraNode {
+		t.Errorf("%s: correlation %q, flow type %s; one node saw both ends", e.What, r.Str("correlation"), flow.FlowType(r.Num("flowType")))
 	}
 	// Byte counts include IP and transport headers: at least the payload.
-	if r.OctetTotalCount < uint64(e.Sent) || r.ReverseOctetTotalCount < uint64(e.Received) || r.PacketTotalCount == 0 || r.ReversePacketTotalCount == 0 {
+	up, upPkts := r.Num("octetTotalCount"), r.Num("packetTotalCount")
+	down, downPkts := r.Num("reverseOctetTotalCount"), r.Num("reversePacketTotalCount")
+	if up < uint64(e.Sent) || down < uint64(e.Received) || upPkts == 0 || downPkts == 0 {
 		t.Errorf("%s: %d bytes/%d packets up, %d/%d down; the client sent %d and received %d payload bytes",
-			e.What, r.OctetTotalCount, r.PacketTotalCount, r.ReverseOctetTotalCount, r.ReversePacketTotalCount, e.Sent, e.Received)
+			e.What, up, upPkts, down, downPkts, e.Sent, e.Received)
 	}
 	if !l7 {
 		return
@@ -142,8 +144,8 @@ func checkRow(t *testing.T, e expected, r *row, l7 bool) {
 	if e.Service.Backend.Name != "web" || want == "" {
 		return
 	}
-	if r.AppProtocolName != want {
-		t.Errorf("%s: appProtocolName %q, want %q (L7 column %q)", e.What, r.AppProtocolName, want, l7Summary(r))
+	if r.Str("appProtocolName") != want {
+		t.Errorf("%s: appProtocolName %q, want %q (L7 column %q)", e.What, r.Str("appProtocolName"), want, l7Summary(r))
 	}
 	if want == "http" && !strings.Contains(l7Summary(r), "GET ") {
 		t.Errorf("%s: no HTTP transaction in the row: %q", e.What, l7Summary(r))

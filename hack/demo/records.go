@@ -5,30 +5,38 @@ import (
 	"net/netip"
 
 	"github.com/flowlens/flowlens/pkg/flow"
-	"github.com/flowlens/flowlens/pkg/sink/jsonl"
+	"github.com/flowlens/flowlens/pkg/sink"
 )
 
 // row is one row the aggregator stored, whichever sink it came from: the
-// JSON lines sink's shape, whose field names are also the ClickHouse
-// table's columns, so both readers fill the same type.
-type row jsonl.Row
+// columns of pkg/sink's one table, which the ClickHouse table and the JSON
+// lines share by name and type, so both readers fill the same type.
+type row struct{ sink.Row }
 
-func (r *row) src() netip.AddrPort { return addrPort(r.SourceIP, r.SourcePort) }
+func (r *row) src() netip.AddrPort {
+	return addrPort(r.Str("sourceIP"), r.Num("sourceTransportPort"))
+}
 
 // dst is the endpoint the connection reached: for a Service connection the
-// backend pod, with the VIP in DestinationServiceIP.
-func (r *row) dst() netip.AddrPort { return addrPort(r.DestinationIP, r.DestinationPort) }
+// backend pod, with the VIP in destinationServiceIP.
+func (r *row) dst() netip.AddrPort {
+	return addrPort(r.Str("destinationIP"), r.Num("destinationTransportPort"))
+}
 
-func addrPort(ip string, port uint16) netip.AddrPort {
+func addrPort(ip string, port uint64) netip.AddrPort {
 	a, err := netip.ParseAddr(ip)
 	if err != nil {
 		return netip.AddrPort{}
 	}
-	return netip.AddrPortFrom(a.Unmap(), port)
+	return netip.AddrPortFrom(a.Unmap(), uint16(port))
 }
 
+func (r *row) proto() uint8 { return uint8(r.Num("protocolIdentifier")) }
+
+func (r *row) endReason() flow.EndReason { return flow.EndReason(r.Num("flowEndReason")) }
+
 // key identifies the connection a row belongs to.
-func (r *row) key() flowKey { return flowKey{proto: r.Protocol, src: r.src()} }
+func (r *row) key() flowKey { return flowKey{proto: r.proto(), src: r.src()} }
 
 // flowKey is what the demo knows of each of its connections before any
 // record arrives: protocol and the client's address and port (unique while
@@ -44,14 +52,14 @@ func (e expected) key() flowKey { return flowKey{proto: e.Proto, src: e.Src} }
 // writes end-of-flow, idle (its inactive timeout) or forced (its shutdown)
 // once and then forgets the connection.
 func (r *row) ended() bool {
-	switch r.FlowEndReason {
-	case flow.EndOfFlow.String(), flow.EndIdleTimeout.String(), flow.EndForced.String():
+	switch r.endReason() {
+	case flow.EndOfFlow, flow.EndIdleTimeout, flow.EndForced:
 		return true
 	}
 	return false
 }
 
-func (r *row) packets() uint64 { return r.PacketTotalCount + r.ReversePacketTotalCount }
+func (r *row) packets() uint64 { return r.Num("packetTotalCount") + r.Num("reversePacketTotalCount") }
 
 // sinkView is what the demo made of the sink's rows: the latest row per
 // connection, and how many rows each connection has.
@@ -85,30 +93,26 @@ func summarize(rows []row) sinkView {
 	return v
 }
 
+// l7Columns are the L7 columns inheritL7 carries over, httpVals aside.
+var l7Columns = []string{"appProtocolName", "dnsQueryName", "dnsQueryType", "dnsResponseCode", "dnsAnswers", "tlsServerName", "tlsVersion"}
+
 // inheritL7 gives dst the L7 fields that only src of the same connection
 // carries (a connection the aggregator forgot and saw again starts with
 // none); HTTP transactions of both are merged by id.
 func inheritL7(dst, src *row) {
-	for _, f := range []struct{ d, s *string }{
-		{&dst.AppProtocolName, &src.AppProtocolName},
-		{&dst.DNSQueryName, &src.DNSQueryName},
-		{&dst.DNSQueryType, &src.DNSQueryType},
-		{&dst.DNSResponseCode, &src.DNSResponseCode},
-		{&dst.DNSAnswers, &src.DNSAnswers},
-		{&dst.TLSServerName, &src.TLSServerName},
-		{&dst.TLSVersion, &src.TLSVersion},
-	} {
-		if *f.d == "" {
-			*f.d = *f.s
+	for _, c := range l7Columns {
+		if dst.Str(c) == "" && src.Str(c) != "" {
+			_ = dst.SetStr(c, src.Str(c))
 		}
 	}
+	d, s := dst.Str("httpVals"), src.Str("httpVals")
 	switch {
-	case len(src.HTTPVals) == 0:
-	case len(dst.HTTPVals) == 0:
-		dst.HTTPVals = src.HTTPVals
+	case s == "":
+	case d == "":
+		_ = dst.SetStr("httpVals", s)
 	default:
 		var a, b map[string]json.RawMessage
-		if json.Unmarshal(dst.HTTPVals, &a) != nil || json.Unmarshal(src.HTTPVals, &b) != nil {
+		if json.Unmarshal([]byte(d), &a) != nil || json.Unmarshal([]byte(s), &b) != nil {
 			return
 		}
 		for id, v := range b {
@@ -117,7 +121,7 @@ func inheritL7(dst, src *row) {
 			}
 		}
 		if m, err := json.Marshal(a); err == nil {
-			dst.HTTPVals = m
+			_ = dst.SetStr("httpVals", string(m))
 		}
 	}
 }

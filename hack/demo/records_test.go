@@ -15,7 +15,6 @@ import (
 	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/sink"
-	"github.com/flowlens/flowlens/pkg/sink/clickhouse"
 	"github.com/flowlens/flowlens/pkg/sink/jsonl"
 	"github.com/flowlens/flowlens/test/netnstest"
 )
@@ -97,20 +96,6 @@ func TestChooseSink(t *testing.T) {
 	}
 }
 
-// The reader selects columns by name: they must be columns the
-// aggregator's ClickHouse sink writes.
-func TestClickHouseColumnsAreTheSinksColumns(t *testing.T) {
-	have := map[string]bool{}
-	for _, c := range clickhouse.ColumnNames() {
-		have[c] = true
-	}
-	for _, c := range append(chColumns, "batchId") {
-		if !have[c] {
-			t.Errorf("the flows table has no column %q", c)
-		}
-	}
-}
-
 // rowsOf parses JSON lines the way the JSON lines reader does.
 func rowsOf(t *testing.T, lines ...string) []row {
 	t.Helper()
@@ -121,23 +106,36 @@ func rowsOf(t *testing.T, lines ...string) []row {
 	return rows
 }
 
+// lineOf is the JSON line the sink writes for the demo's TCP transfer
+// after edit changed its record.
+func lineOf(edit func(r *correlate.Record)) string {
+	r := &correlate.Record{Correlation: correlate.StatusNotRequired}
+	r.Tuple = flow.NewTuple(netip.MustParseAddr("10.244.0.2"), netip.MustParseAddr("10.244.0.4"), 40000, 9000, flow.ProtoTCP)
+	r.OrigDstIP, r.OrigDstPort = netip.MustParseAddr("10.96.0.2").As16(), 9000
+	r.FlowType = flow.FlowTypeIntraNode
+	edit(r)
+	return string(sink.AppendJSON(nil, r, &sink.Meta{Aggregator: "demo", BatchID: 1}))
+}
+
 func TestL7ColumnSummarisesEachProtocol(t *testing.T) {
 	for _, tc := range []struct {
-		name, line, want string
+		name string
+		l7   flow.L7
+		want string
 	}{
 		{"http transactions in id order, query already dropped by the agent",
-			`{"sourceIP":"10.244.0.2","appProtocolName":"http","httpVals":{"10":{"http_method":"GET","hostname":"10.96.0.0","url":"/b","status":200},"2":{"http_method":"GET","hostname":"10.96.0.0","url":"/status/404","status":404}}}`,
+			flow.L7{AppProtocolName: "http", HTTPVals: `{"10":{"http_method":"GET","hostname":"10.96.0.0","url":"/b","status":200},"2":{"http_method":"GET","hostname":"10.96.0.0","url":"/status/404","status":404}}`},
 			"http GET 10.96.0.0/status/404 404 GET 10.96.0.0/b 200"},
 		{"dns question and answer",
-			`{"sourceIP":"10.244.0.2","appProtocolName":"dns","dnsQueryName":"web.demo.test","dnsQueryType":"A","dnsResponseCode":"NOERROR","dnsAnswers":"10.96.0.1"}`,
+			flow.L7{AppProtocolName: "dns", DNSQueryName: "web.demo.test", DNSQueryType: "A", DNSResponseCode: "NOERROR", DNSAnswers: "10.96.0.1"},
 			"dns A web.demo.test NOERROR 10.96.0.1"},
 		{"tls server name and version",
-			`{"sourceIP":"10.244.0.2","appProtocolName":"tls","tlsServerName":"secure.demo.test","tlsVersion":"TLS 1.3"}`,
+			flow.L7{AppProtocolName: "tls", TLSServerName: "secure.demo.test", TLSVersion: "TLS 1.3"},
 			"tls secure.demo.test TLS 1.3"},
-		{"no L7", `{"sourceIP":"10.244.0.2","protocolIdentifier":6}`, "-"},
+		{"no L7", flow.L7{}, "-"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rows := rowsOf(t, tc.line)
+			rows := rowsOf(t, lineOf(func(r *correlate.Record) { r.L7 = tc.l7 }))
 			if got := l7Summary(&rows[0]); got != tc.want {
 				t.Errorf("l7Summary = %q, want %q", got, tc.want)
 			}
@@ -149,8 +147,15 @@ func TestL7FieldsOfEarlierRowsStayWithTheConnection(t *testing.T) {
 	// The active-timeout row carried the transaction; the final row of a
 	// connection the aggregator saw again does not, but the table shows
 	// the final one.
-	active := strings.Replace(activeLine, `"flowEndReason":"active"`, `"flowEndReason":"active","appProtocolName":"http","httpVals":{"0":{"http_method":"GET","hostname":"h","url":"/","status":200}}`, 1)
-	v := summarize(rowsOf(t, active, strings.Replace(endLine, `,"appProtocolName":"http"`, "", 1)))
+	active := lineOf(func(r *correlate.Record) {
+		activeRecord(r)
+		r.L7 = flow.L7{AppProtocolName: "http", HTTPVals: `{"0":{"http_method":"GET","hostname":"h","url":"/","status":200}}`}
+	})
+	final := lineOf(func(r *correlate.Record) {
+		endRecord(r)
+		r.L7 = flow.L7{}
+	})
+	v := summarize(rowsOf(t, active, final))
 	r := v.latest[demoFlow().key()]
 	if r == nil || !r.ended() || l7Summary(r) != "http GET h/ 200" {
 		t.Fatalf("final row %+v, L7 column %q", r, l7Summary(r))
@@ -167,9 +172,19 @@ func demoFlow() expected {
 	}
 }
 
-// Rows as the JSON lines sink writes them (abridged).
-const activeLine = `{"flowEndReason":"active","sourceIP":"10.244.0.2","destinationIP":"10.244.0.4","sourceTransportPort":40000,"destinationTransportPort":9000,"protocolIdentifier":6,"packetTotalCount":10,"octetTotalCount":5000,"reversePacketTotalCount":5,"reverseOctetTotalCount":300,"destinationServiceIP":"10.96.0.2","destinationServicePort":9000,"flowType":"intra-node","correlation":"not-required"}`
-const endLine = `{"flowEndReason":"end-of-flow","sourceIP":"10.244.0.2","destinationIP":"10.244.0.4","sourceTransportPort":40000,"destinationTransportPort":9000,"protocolIdentifier":6,"packetTotalCount":40,"octetTotalCount":1050000,"reversePacketTotalCount":30,"reverseOctetTotalCount":67000,"sourcePodName":"client","destinationServiceIP":"10.96.0.2","destinationServicePort":9000,"destinationServicePortName":"default/echo:tcp-9000","flowType":"intra-node","correlation":"not-required","appProtocolName":"http"}`
+// activeRecord and endRecord make an active-timeout and the final record
+// of the demo's TCP transfer.
+func activeRecord(r *correlate.Record) {
+	r.EndReason = flow.EndActiveTimeout
+	r.Fwd, r.Rev = flow.Counters{Packets: 10, Bytes: 5000}, flow.Counters{Packets: 5, Bytes: 300}
+}
+
+func endRecord(r *correlate.Record) {
+	r.EndReason = flow.EndOfFlow
+	r.Fwd, r.Rev = flow.Counters{Packets: 40, Bytes: 1050000}, flow.Counters{Packets: 30, Bytes: 67000}
+	r.Source.PodName, r.ServicePortName = "client", "default/echo:tcp-9000"
+	r.L7.AppProtocolName = "http"
+}
 
 // The JSON lines sink's own encoding must read back as the same row.
 func TestJSONLSinkRowsReadBack(t *testing.T) {
@@ -198,7 +213,7 @@ func TestJSONLSinkRowsReadBack(t *testing.T) {
 	}
 	r := &rows[0]
 	if r.key() != demoFlow().key() || !r.ended() || r.dst() != demoFlow().Dst() || service(r) != "10.96.0.2:9000" ||
-		l7Summary(r) != "GET h/ 200" || r.Correlation != "not-required" {
+		l7Summary(r) != "GET h/ 200" || r.Str("correlation") != "not-required" {
 		t.Fatalf("row read back as %+v", r)
 	}
 }
@@ -206,16 +221,17 @@ func TestJSONLSinkRowsReadBack(t *testing.T) {
 func TestSummarizeKeepsTheLatestRowPerConnection(t *testing.T) {
 	// The end row is stored before a stale active one (a retried batch):
 	// the table must still show the final totals.
-	rows, bad := parseJSONL([]byte(endLine + "\nnot json\n" + activeLine + "\n[]\n"))
-	if len(rows) != 2 || bad != 2 {
-		t.Fatalf("%d rows, %d bad, want 2 and 2", len(rows), bad)
+	rows, bad := parseJSONL([]byte(lineOf(endRecord) + "\nnot json\n" + lineOf(activeRecord) + "\n[]\n" +
+		`{"sourceIP":"10.244.0.2","flowEndReason":"end-of-flow"}` + "\n"))
+	if len(rows) != 2 || bad != 3 {
+		t.Fatalf("%d rows, %d bad, want 2 and 3 (not JSON, not an object, a column of the wrong type)", len(rows), bad)
 	}
 	v := summarize(rows)
 	r, ok := v.latest[demoFlow().key()]
 	if !ok {
 		t.Fatalf("row not matched to the demo's connection; have %v", v.latest)
 	}
-	if r.OctetTotalCount != 1050000 || !r.ended() || r.FlowEndReason != "end-of-flow" || v.rows[demoFlow().key()] != 2 || v.total != 2 {
+	if r.Num("octetTotalCount") != 1050000 || !r.ended() || endName(r) != "end-of-flow" || v.rows[demoFlow().key()] != 2 || v.total != 2 {
 		t.Fatalf("latest row is %+v (view %+v)", r, v)
 	}
 	if seen, ended := progress([]expected{demoFlow()}, v.latest); seen != 1 || ended != 1 {
@@ -224,7 +240,7 @@ func TestSummarizeKeepsTheLatestRowPerConnection(t *testing.T) {
 }
 
 func TestTableShowsServiceCountersAndMissingFlows(t *testing.T) {
-	v := summarize(rowsOf(t, activeLine, endLine))
+	v := summarize(rowsOf(t, lineOf(activeRecord), lineOf(endRecord)))
 	other := demoFlow()
 	other.Src = netip.MustParseAddrPort("10.244.0.2:40001")
 	other.What = "lost one"

@@ -3,19 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/sink"
+	"github.com/flowlens/flowlens/pkg/sink/clickhouse"
 	"github.com/flowlens/flowlens/test/clickhousetest"
 )
 
@@ -91,15 +90,6 @@ type sinkReader interface {
 	close() error
 }
 
-// chColumns are the flows table's columns the demo reads, in scan order.
-var chColumns = []string{
-	"flowStartSeconds", "flowEndSeconds", "flowEndReason", "sourceIP", "destinationIP", "sourceTransportPort", "destinationTransportPort", "protocolIdentifier",
-	"packetTotalCount", "octetTotalCount", "reversePacketTotalCount", "reverseOctetTotalCount",
-	"sourcePodName", "destinationPodName", "destinationServiceIP", "destinationServicePort", "destinationServicePortName",
-	"destinationClusterIP", "flowType", "tcpState", "correlation",
-	"appProtocolName", "httpVals", "dnsQueryName", "dnsQueryType", "dnsResponseCode", "dnsAnswers", "tlsServerName", "tlsVersion",
-}
-
 // chReader queries the flows table over the native protocol, the one
 // clickhouse-go speaks to Debian's 18.16 (its HTTP mode does not).
 type chReader struct {
@@ -117,10 +107,9 @@ func newCHReader(addr string) (*chReader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open clickhouse %s: %w", addr, err)
 	}
-	// Insertion order, so that among rows with equal totals the later
-	// one is taken as the connection's latest.
-	q := fmt.Sprintf("SELECT %s FROM %s.%s ORDER BY timeInserted, batchId", strings.Join(chColumns, ", "), chDatabase, chTable)
-	return &chReader{conn: conn, query: q}, nil
+	// Every output column, in insertion order, so that among rows with
+	// equal totals the later one is taken as the connection's latest.
+	return &chReader{conn: conn, query: clickhouse.SelectSQL(chDatabase, chTable, "ORDER BY timeInserted, batchId")}, nil
 }
 
 func (c *chReader) read(ctx context.Context) ([]row, error) {
@@ -133,28 +122,11 @@ func (c *chReader) read(ctx context.Context) ([]row, error) {
 	defer rows.Close()
 	var out []row
 	for rows.Next() {
-		var (
-			r                row
-			endReason, fType uint8
-			clusterIP, http  string
-		)
-		if err := rows.Scan(&r.FlowStart, &r.FlowEnd, &endReason, &r.SourceIP, &r.DestinationIP, &r.SourcePort, &r.DestinationPort, &r.Protocol,
-			&r.PacketTotalCount, &r.OctetTotalCount, &r.ReversePacketTotalCount, &r.ReverseOctetTotalCount,
-			&r.SourcePodName, &r.DestinationPodName, &r.DestinationServiceIP, &r.DestinationServicePort, &r.DestinationServicePortName,
-			&clusterIP, &fType, &r.TCPState, &r.Correlation,
-			&r.AppProtocolName, &http, &r.DNSQueryName, &r.DNSQueryType, &r.DNSResponseCode, &r.DNSAnswers, &r.TLSServerName, &r.TLSVersion,
-		); err != nil {
+		r, err := clickhouse.ScanRow(rows)
+		if err != nil {
 			return nil, fmt.Errorf("read %s.%s: %w", chDatabase, chTable, err)
 		}
-		r.FlowEndReason = flow.EndReason(endReason).String()
-		r.FlowType = flow.FlowType(fType).String()
-		r.ClusterIP = clusterIP != ""
-		// The table stores httpVals as a string holding JSON; the JSON
-		// lines sink embeds it. Only a valid object is kept either way.
-		if http != "" && json.Valid([]byte(http)) {
-			r.HTTPVals = json.RawMessage(http)
-		}
-		out = append(out, r)
+		out = append(out, row{r})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read %s.%s: %w", chDatabase, chTable, err)
@@ -194,19 +166,20 @@ func (j *jsonlReader) read(context.Context) ([]row, error) {
 
 func (j *jsonlReader) close() error { return nil }
 
-// parseJSONL decodes one row per line; a line that is not a JSON object
-// is counted and skipped, never fatal.
+// parseJSONL decodes one row per line; a line that is not a row (not a
+// JSON object, a column of the wrong type, no source address) is counted
+// and skipped, never fatal.
 func parseJSONL(b []byte) (rows []row, bad int) {
 	for _, line := range bytes.Split(b, []byte("\n")) {
 		if len(bytes.TrimSpace(line)) == 0 {
 			continue
 		}
-		var r row
-		if err := json.Unmarshal(line, &r); err != nil || r.SourceIP == "" {
+		r, err := sink.ParseJSONRow(line)
+		if err != nil || r.Str("sourceIP") == "" {
 			bad++
 			continue
 		}
-		rows = append(rows, r)
+		rows = append(rows, row{r})
 	}
 	return rows, bad
 }

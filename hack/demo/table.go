@@ -38,12 +38,12 @@ func printTable(w io.Writer, want []expected, view *sinkView, podName func(netip
 			continue
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%d\t%s\n",
-			e.What, flow.ProtoName(r.Protocol),
-			recordEndpoint(r.src(), r.SourcePodName, podName),
-			recordEndpoint(r.dst(), r.DestinationPodName, podName),
-			service(r), size(int64(r.OctetTotalCount)), r.PacketTotalCount,
-			size(int64(r.ReverseOctetTotalCount)), r.ReversePacketTotalCount,
-			orDash(r.FlowEndReason), l7Summary(r), orDash(r.Correlation), view.rows[e.key()], payload)
+			e.What, flow.ProtoName(r.proto()),
+			recordEndpoint(r.src(), r.Str("sourcePodName"), podName),
+			recordEndpoint(r.dst(), r.Str("destinationPodName"), podName),
+			service(r), size(int64(r.Num("octetTotalCount"))), r.Num("packetTotalCount"),
+			size(int64(r.Num("reverseOctetTotalCount"))), r.Num("reversePacketTotalCount"),
+			endName(r), l7Summary(r), orDash(r.Str("correlation")), view.rows[e.key()], payload)
 	}
 	tw.Flush()
 	if view == nil {
@@ -56,15 +56,15 @@ func printTable(w io.Writer, want []expected, view *sinkView, podName func(netip
 // HTTP transaction "METHOD host+URL status", the DNS question, rcode and
 // answer, or the TLS server name and version; "-" when the row has none.
 func l7Summary(r *row) string {
-	parts := []string{r.AppProtocolName}
-	if len(r.HTTPVals) > 0 {
+	parts := []string{r.Str("appProtocolName")}
+	if http := r.Str("httpVals"); http != "" {
 		var vals map[string]struct {
 			Method string `json:"http_method"`
 			Host   string `json:"hostname"`
 			URL    string `json:"url"`
 			Status int    `json:"status"`
 		}
-		if err := json.Unmarshal(r.HTTPVals, &vals); err != nil {
+		if err := json.Unmarshal([]byte(http), &vals); err != nil {
 			parts = append(parts, "httpVals: "+err.Error())
 		}
 		ids := make([]string, 0, len(vals))
@@ -80,10 +80,10 @@ func l7Summary(r *row) string {
 			parts = append(parts, fmt.Sprintf("%s %s%s %d", v.Method, v.Host, v.URL, v.Status))
 		}
 	}
-	if r.DNSQueryName != "" {
-		parts = append(parts, r.DNSQueryType, r.DNSQueryName, r.DNSResponseCode, r.DNSAnswers)
+	if r.Str("dnsQueryName") != "" {
+		parts = append(parts, r.Str("dnsQueryType"), r.Str("dnsQueryName"), r.Str("dnsResponseCode"), r.Str("dnsAnswers"))
 	}
-	parts = append(parts, r.TLSServerName, r.TLSVersion)
+	parts = append(parts, r.Str("tlsServerName"), r.Str("tlsVersion"))
 	var kept []string
 	for _, p := range parts {
 		if p != "" {
@@ -97,15 +97,23 @@ func l7Summary(r *row) string {
 // DNATed destination there), with the Service port name when the agent
 // knew it; "-" for none.
 func service(r *row) string {
-	vip, err := netip.ParseAddr(r.DestinationServiceIP)
+	vip, err := netip.ParseAddr(r.Str("destinationServiceIP"))
 	if err != nil || vip.IsUnspecified() {
 		return "-"
 	}
-	s := netip.AddrPortFrom(vip.Unmap(), r.DestinationServicePort).String()
-	if r.DestinationServicePortName != "" {
-		s += " (" + r.DestinationServicePortName + ")"
+	s := netip.AddrPortFrom(vip.Unmap(), uint16(r.Num("destinationServicePort"))).String()
+	if name := r.Str("destinationServicePortName"); name != "" {
+		s += " (" + name + ")"
 	}
 	return s
+}
+
+// endName is the END column: the aggregator's export reason by name.
+func endName(r *row) string {
+	if !r.Has("flowEndReason") {
+		return "-"
+	}
+	return r.endReason().String()
 }
 
 // recordEndpoint shows an address with the pod name the agent exported,

@@ -4,15 +4,12 @@
 package agentconfig
 
 import (
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
+	"github.com/flowlens/flowlens/pkg/confutil"
 	"github.com/flowlens/flowlens/pkg/flow"
 )
 
@@ -22,147 +19,156 @@ type Config struct {
 	// NodeName identifies this node in exported records; defaults to the
 	// NODE_NAME environment variable (set from the downward API), else the
 	// host name.
-	NodeName    string      `json:"nodeName,omitempty"`
-	Conntrack   Conntrack   `json:"conntrack"`
-	Connections Connections `json:"connections"`
-	Export      Export      `json:"export"`
-	Server      Server      `json:"server"`
-	Kubernetes  Kubernetes  `json:"kubernetes"`
-	Inventory   Inventory   `json:"inventory"`
-	L7          L7          `json:"l7"`
+	NodeName    string      `yaml:"nodeName"`
+	Conntrack   Conntrack   `yaml:"conntrack"`
+	Connections Connections `yaml:"connections"`
+	Export      Export      `yaml:"export"`
+	Server      Server      `yaml:"server"`
+	Kubernetes  Kubernetes  `yaml:"kubernetes"`
+	Inventory   Inventory   `yaml:"inventory"`
+	L7          L7          `yaml:"l7"`
 }
 
 // Kubernetes enables enrichment from the API server.
 type Kubernetes struct {
-	Enabled bool `json:"enabled,omitempty"`
+	Enabled bool `yaml:"enabled"`
 	// Kubeconfig is a kubeconfig path; empty means in-cluster config.
-	Kubeconfig string `json:"kubeconfig,omitempty"`
+	Kubeconfig string `yaml:"kubeconfig"`
 	// OwnNodeOnly caches full pods of this node only; remote pods are known
 	// through EndpointSlices (a remote pod no Service selects looks external).
-	OwnNodeOnly bool `json:"ownNodeOnly,omitempty"`
+	OwnNodeOnly bool `yaml:"ownNodeOnly"`
 	// GracePeriod is how long a deleted pod's IP still names it for
 	// connections that started while it lived.
-	GracePeriod Duration `json:"gracePeriod,omitempty"`
+	GracePeriod Duration `yaml:"gracePeriod"`
 }
 
 // Inventory enables enrichment from a watched YAML file, for hosts without
 // Kubernetes (VMs, bare metal, the demo).
 type Inventory struct {
-	File string `json:"file,omitempty"`
+	File string `yaml:"file"`
 }
 
 // L7 configures enrichment from Suricata EVE events.
 type L7 struct {
 	// EVE is where Suricata's eve-log goes; an empty source turns L7 off.
-	EVE EVE `json:"eve"`
+	EVE EVE `yaml:"eve"`
 	// MaxTransactions and MaxHTTPValsBytes bound httpVals per record.
-	MaxTransactions  int `json:"maxTransactions,omitempty"`
-	MaxHTTPValsBytes int `json:"maxHTTPValsBytes,omitempty"`
+	MaxTransactions  int `yaml:"maxTransactions"`
+	MaxHTTPValsBytes int `yaml:"maxHTTPValsBytes"`
 	// PendingEvents and PendingMaxAge bound events that arrive before
 	// conntrack reports their connection.
-	PendingEvents int      `json:"pendingEvents,omitempty"`
-	PendingMaxAge Duration `json:"pendingMaxAge,omitempty"`
+	PendingEvents int      `yaml:"pendingEvents"`
+	PendingMaxAge Duration `yaml:"pendingMaxAge"`
 	// CloseDelay holds a closed connection's final record back this long:
 	// Suricata logs a transaction when it sees the connection end, which
 	// can be after conntrack reported the close.
-	CloseDelay Duration `json:"closeDelay,omitempty"`
+	CloseDelay Duration `yaml:"closeDelay"`
 	// Privacy is what of an HTTP transaction may leave the node: Default
 	// for every namespace, Namespaces overriding it per namespace.
-	Privacy L7Privacy `json:"privacy"`
+	Privacy L7Privacy `yaml:"privacy"`
 }
 
 // EVE is the input of Suricata's eve-log.
 type EVE struct {
 	// Source is unix_stream (the agent listens, Suricata connects),
 	// unix_dgram, or file (tail eve.json); empty disables L7.
-	Source string `json:"source,omitempty"`
-	Path   string `json:"path,omitempty"`
+	Source string `yaml:"source"`
+	Path   string `yaml:"path"`
 	// FromStart reads a file source from its beginning instead of its end.
-	FromStart bool `json:"fromStart,omitempty"`
+	FromStart bool `yaml:"fromStart"`
 	// MaxLineBytes bounds one EVE record; longer ones are counted and skipped.
-	MaxLineBytes int `json:"maxLineBytes,omitempty"`
+	MaxLineBytes int `yaml:"maxLineBytes"`
+	// MaxClients bounds the clients of a unix_stream socket; more are
+	// refused and counted (eve.Config.MaxClients).
+	MaxClients int `yaml:"maxClients"`
+	// MaxBufferedBytes bounds the bytes of unfinished lines over all
+	// clients of a unix_stream socket (eve.Config.MaxBufferedBytes).
+	MaxBufferedBytes int `yaml:"maxBufferedBytes"`
 }
 
 // L7Privacy holds the default and per-namespace privacy settings.
 type L7Privacy struct {
-	Default    Privacy            `json:"default"`
-	Namespaces map[string]Privacy `json:"namespaces,omitempty"`
+	Default    Privacy            `yaml:"default"`
+	Namespaces map[string]Privacy `yaml:"namespaces"`
 }
 
-// Privacy: the zero value drops query strings and keeps the rest.
+// Privacy: the zero value drops query strings and path parameters and
+// keeps the rest (userinfo is always dropped; see l7.Privacy). It converts
+// to l7.Privacy, so the fields must stay the same.
 type Privacy struct {
-	KeepQuery     bool `json:"keepQuery,omitempty"`
-	DropURL       bool `json:"dropURL,omitempty"`
-	DropUserAgent bool `json:"dropUserAgent,omitempty"`
+	KeepQuery      bool `yaml:"keepQuery"`
+	DropURL        bool `yaml:"dropURL"`
+	DropUserAgent  bool `yaml:"dropUserAgent"`
+	KeepPathParams bool `yaml:"keepPathParams"`
 }
 
 // Conntrack says where and how connections are read from the kernel.
 type Conntrack struct {
 	// NetNS is the path of the network namespace whose conntrack table is
 	// read; empty means the agent's own (hostNetwork: the node's).
-	NetNS string `json:"netns,omitempty"`
+	NetNS string `yaml:"netns"`
 	// Zones limits the dump to these conntrack zones; empty means all.
-	Zones []uint16 `json:"zones,omitempty"`
+	Zones []uint16 `yaml:"zones"`
 	// Mark and MarkMask keep only entries with (mark & MarkMask) == Mark;
 	// MarkMask 0 disables the filter.
-	Mark     uint32 `json:"mark,omitempty"`
-	MarkMask uint32 `json:"markMask,omitempty"`
+	Mark     uint32 `yaml:"mark"`
+	MarkMask uint32 `yaml:"markMask"`
 	// PollInterval is how often the whole table is dumped; events make
 	// closes visible sooner, the dump keeps counters current.
-	PollInterval Duration `json:"pollInterval,omitempty"`
+	PollInterval Duration `yaml:"pollInterval"`
 	// Events enables the NEW/DESTROY listener.
-	Events *bool `json:"events,omitempty"`
+	Events *bool `yaml:"events"`
 	// EnableAccounting turns on nf_conntrack_acct and nf_conntrack_timestamp
 	// in the namespace; without them there are no counters or start times.
-	EnableAccounting *bool `json:"enableAccounting,omitempty"`
+	EnableAccounting *bool `yaml:"enableAccounting"`
 }
 
 // Connections bounds the store and sets the export cadence.
 type Connections struct {
-	MaxConnections int      `json:"maxConnections,omitempty"`
-	ActiveTimeout  Duration `json:"activeTimeout,omitempty"`
-	IdleTimeout    Duration `json:"idleTimeout,omitempty"`
+	MaxConnections int      `yaml:"maxConnections"`
+	ActiveTimeout  Duration `yaml:"activeTimeout"`
+	IdleTimeout    Duration `yaml:"idleTimeout"`
 	// TickInterval is how often due connections are exported.
-	TickInterval Duration `json:"tickInterval,omitempty"`
+	TickInterval Duration `yaml:"tickInterval"`
 }
 
 // Export describes the IPFIX collector.
 type Export struct {
-	Collector string `json:"collector,omitempty"`
-	Transport string `json:"transport,omitempty"` // tcp, udp or tls
-	TLS       TLS    `json:"tls,omitempty"`
+	Collector string `yaml:"collector"`
+	Transport string `yaml:"transport"` // tcp, udp or tls
+	TLS       TLS    `yaml:"tls"`
 	// ObservationDomainID defaults to a hash of the node name so that
 	// a collector can tell agents apart.
-	ObservationDomainID uint32 `json:"observationDomainID,omitempty"`
+	ObservationDomainID uint32 `yaml:"observationDomainID"`
 	// PathMTU bounds UDP messages; TCP and TLS messages stay within the
 	// 65535-byte IPFIX length limit.
-	PathMTU int `json:"pathMTU,omitempty"`
+	PathMTU int `yaml:"pathMTU"`
 	// BufferRecords bounds what is kept while the collector is away;
 	// records beyond it are dropped and counted.
-	BufferRecords int `json:"bufferRecords,omitempty"`
+	BufferRecords int `yaml:"bufferRecords"`
 	// FlushInterval is the longest a record waits for a fuller message.
-	FlushInterval Duration `json:"flushInterval,omitempty"`
+	FlushInterval Duration `yaml:"flushInterval"`
 	// TemplateRefresh resends templates over UDP, where a collector that
 	// restarts cannot ask for them.
-	TemplateRefresh Duration `json:"templateRefresh,omitempty"`
+	TemplateRefresh Duration `yaml:"templateRefresh"`
 	// L7DetailElements exports flow.L7's DNS/TLS details as nine extra
 	// enterprise-32473 IEs (ipfixexport.Config.L7DetailElements). Off by
 	// default: a go-ipfix collector in Strict mode, such as Antrea's Flow
 	// Aggregator, rejects templates holding IEs it does not know.
-	L7DetailElements bool `json:"l7DetailElements,omitempty"`
+	L7DetailElements bool `yaml:"l7DetailElements"`
 }
 
 // TLS configures the tls transport.
 type TLS struct {
-	CAFile     string `json:"caFile,omitempty"`
-	CertFile   string `json:"certFile,omitempty"`
-	KeyFile    string `json:"keyFile,omitempty"`
-	ServerName string `json:"serverName,omitempty"`
+	CAFile     string `yaml:"caFile"`
+	CertFile   string `yaml:"certFile"`
+	KeyFile    string `yaml:"keyFile"`
+	ServerName string `yaml:"serverName"`
 }
 
 // Server is the agent's HTTP endpoint for /metrics and /healthz.
 type Server struct {
-	Listen string `json:"listen,omitempty"`
+	Listen string `yaml:"listen"`
 }
 
 // Default returns the configuration used for every field a file leaves out.
@@ -193,7 +199,7 @@ func Default() Config {
 			GracePeriod: Duration(5 * time.Minute),
 		},
 		L7: L7{
-			EVE:              EVE{Path: "/run/flowlens/eve.sock", MaxLineBytes: 16 << 20},
+			EVE:              EVE{Path: "/run/flowlens/eve.sock", MaxLineBytes: 16 << 20, MaxClients: 16, MaxBufferedBytes: 64 << 20},
 			MaxTransactions:  32,
 			MaxHTTPValsBytes: 16 << 10,
 			PendingEvents:    4096,
@@ -215,10 +221,15 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
 	}
-	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
-		return Config{}, fmt.Errorf("parse config %s: %w", path, err)
+	_, err = confutil.Decode(data, &cfg)
+	if err != nil && len(confutil.Fields(err)) == 0 {
+		return Config{}, fmt.Errorf("config %s: %w", path, err) // not YAML
 	}
-	if err := cfg.fillAndValidate(); err != nil {
+	// What could be read is validated too: every problem in one run.
+	var p confutil.Problems
+	p.AddErr(err)
+	p.AddErr(cfg.fillAndValidate())
+	if err := p.Err(); err != nil {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil
@@ -245,116 +256,99 @@ func (c *Config) fillAndValidate() error {
 	return c.validate()
 }
 
+// Upper bounds of the size and count options, stated in the errors and in
+// docs/examples/agent.yaml: past them a typo becomes an out-of-memory kill
+// (export.bufferRecords: 2000000000 did, issue 9 item 11) instead of an
+// error naming the option.
+const (
+	// MaxConnections: ~250 bytes per tracked connection.
+	MaxConnections = 1 << 24
+	// MaxBufferRecords: the export buffer is allocated at start, 512 bytes
+	// a record (512 MiB at the bound).
+	MaxBufferRecords = 1_000_000
+	// MaxEVELineBytes bounds the memory one EVE record can take.
+	MaxEVELineBytes = 1 << 28
+	// MaxEVEClients and MaxEVEBufferedBytes bound the EVE socket's memory.
+	MaxEVEClients       = 1024
+	MaxEVEBufferedBytes = 1 << 30
+	// MaxHTTPValsBytes: httpVals is one IPFIX variable-length field.
+	MaxHTTPValsBytes = 65535
+	MaxTransactions  = 4096
+	MaxPendingEvents = 1 << 20
+)
+
 func (c *Config) validate() error {
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
-	}
-	positive := func(field string, d Duration) {
-		if d <= 0 {
-			bad(field, "must be a positive duration, got %q", d.D().String())
-		}
-	}
-	if c.Conntrack.NetNS != "" {
-		if _, err := os.Stat(c.Conntrack.NetNS); err != nil {
-			bad("conntrack.netns", "%v", err)
-		}
-	}
+	var p confutil.Problems
+	p.FileExists("conntrack.netns", c.Conntrack.NetNS)
 	if c.Conntrack.Mark&^c.Conntrack.MarkMask != 0 {
-		bad("conntrack.mark", "0x%x has bits outside conntrack.markMask 0x%x, so nothing would match", c.Conntrack.Mark, c.Conntrack.MarkMask)
+		p.Addf("conntrack.mark", "0x%x has bits outside conntrack.markMask 0x%x, so nothing would match", c.Conntrack.Mark, c.Conntrack.MarkMask)
 	}
-	positive("conntrack.pollInterval", c.Conntrack.PollInterval)
-	if c.Connections.MaxConnections <= 0 {
-		bad("connections.maxConnections", "must be > 0, got %d", c.Connections.MaxConnections)
-	}
-	positive("connections.activeTimeout", c.Connections.ActiveTimeout)
-	positive("connections.idleTimeout", c.Connections.IdleTimeout)
-	positive("connections.tickInterval", c.Connections.TickInterval)
+	p.PositiveDuration("conntrack.pollInterval", c.Conntrack.PollInterval)
+	confutil.Range(&p, "connections.maxConnections", c.Connections.MaxConnections, 1, MaxConnections)
+	p.PositiveDuration("connections.activeTimeout", c.Connections.ActiveTimeout)
+	p.PositiveDuration("connections.idleTimeout", c.Connections.IdleTimeout)
+	p.PositiveDuration("connections.tickInterval", c.Connections.TickInterval)
 	if c.Connections.TickInterval > c.Connections.ActiveTimeout {
-		bad("connections.tickInterval", "%s is longer than connections.activeTimeout %s", c.Connections.TickInterval.D(), c.Connections.ActiveTimeout.D())
+		p.Addf("connections.tickInterval", "%s is longer than connections.activeTimeout %s", c.Connections.TickInterval, c.Connections.ActiveTimeout)
 	}
-	if _, _, err := net.SplitHostPort(c.Export.Collector); err != nil {
-		bad("export.collector", "want host:port, got %q", c.Export.Collector)
-	}
+	p.HostPort("export.collector", c.Export.Collector, false)
 	switch strings.ToLower(c.Export.Transport) {
 	case "tcp", "udp":
 		if c.Export.TLS != (TLS{}) {
-			bad("export.tls", "set, but export.transport is %q (want \"tls\")", c.Export.Transport)
+			p.Addf("export.tls", "set, but export.transport is %q (want \"tls\")", c.Export.Transport)
 		}
 	case "tls":
 		if (c.Export.TLS.CertFile == "") != (c.Export.TLS.KeyFile == "") {
-			bad("export.tls.certFile", "certFile and keyFile go together")
+			p.Addf("export.tls.certFile", "certFile and keyFile go together")
 		}
-		for _, f := range []struct{ field, path string }{
-			{"export.tls.caFile", c.Export.TLS.CAFile},
-			{"export.tls.certFile", c.Export.TLS.CertFile},
-			{"export.tls.keyFile", c.Export.TLS.KeyFile},
-		} {
-			if f.path == "" {
-				continue
-			}
-			if _, err := os.Stat(f.path); err != nil {
-				bad(f.field, "%v", err)
-			}
-		}
+		p.FileExists("export.tls.caFile", c.Export.TLS.CAFile)
+		p.FileExists("export.tls.certFile", c.Export.TLS.CertFile)
+		p.FileExists("export.tls.keyFile", c.Export.TLS.KeyFile)
 	default:
-		bad("export.transport", "want tcp, udp or tls, got %q", c.Export.Transport)
+		p.Addf("export.transport", "want tcp, udp or tls, got %q", c.Export.Transport)
 	}
 	c.Export.Transport = strings.ToLower(c.Export.Transport)
 	// 576 is the minimum IPv4 datagram every host must accept; below it a
 	// record with long names may not fit at all.
-	if c.Export.PathMTU < 576 || c.Export.PathMTU > 65535 {
-		bad("export.pathMTU", "must be within 576..65535, got %d", c.Export.PathMTU)
-	}
-	if c.Export.BufferRecords <= 0 {
-		bad("export.bufferRecords", "must be > 0, got %d", c.Export.BufferRecords)
-	}
-	positive("export.flushInterval", c.Export.FlushInterval)
-	positive("export.templateRefresh", c.Export.TemplateRefresh)
-	if _, _, err := net.SplitHostPort(c.Server.Listen); err != nil {
-		bad("server.listen", "want host:port, got %q", c.Server.Listen)
-	}
+	confutil.Range(&p, "export.pathMTU", c.Export.PathMTU, 576, 65535)
+	confutil.Range(&p, "export.bufferRecords", c.Export.BufferRecords, 1, MaxBufferRecords)
+	p.PositiveDuration("export.flushInterval", c.Export.FlushInterval)
+	p.PositiveDuration("export.templateRefresh", c.Export.TemplateRefresh)
+	p.HostPort("server.listen", c.Server.Listen, true)
 	if c.Kubernetes.Enabled && c.Inventory.File != "" {
-		bad("inventory.file", "set together with kubernetes.enabled; choose one source of context")
+		p.Addf("inventory.file", "set together with kubernetes.enabled; choose one source of context")
 	}
-	positive("kubernetes.gracePeriod", c.Kubernetes.GracePeriod)
-	if c.Inventory.File != "" {
-		if _, err := os.Stat(c.Inventory.File); err != nil {
-			bad("inventory.file", "%v", err)
-		}
-	}
+	p.PositiveDuration("kubernetes.gracePeriod", c.Kubernetes.GracePeriod)
+	p.FileExists("inventory.file", c.Inventory.File)
 	switch c.L7.EVE.Source {
 	case "":
 	case "unix_stream", "unix_dgram", "file":
 		if c.L7.EVE.Path == "" {
-			bad("l7.eve.path", "empty")
+			p.Addf("l7.eve.path", "empty")
 		}
 		// The opt-in annotation lives on pods and namespaces: without a
 		// source of context no connection can be opted in.
 		if !c.Kubernetes.Enabled && c.Inventory.File == "" {
-			bad("l7.eve.source", "%q needs kubernetes.enabled or inventory.file for the visibility.antrea.io/l7-export opt-in", c.L7.EVE.Source)
+			p.Addf("l7.eve.source", "%q needs kubernetes.enabled or inventory.file for the visibility.antrea.io/l7-export opt-in", c.L7.EVE.Source)
 		}
 	default:
-		bad("l7.eve.source", "want unix_stream, unix_dgram, file or empty, got %q", c.L7.EVE.Source)
+		p.Addf("l7.eve.source", "want unix_stream, unix_dgram, file or empty, got %q", c.L7.EVE.Source)
 	}
-	if c.L7.EVE.MaxLineBytes < 4096 {
-		bad("l7.eve.maxLineBytes", "must be >= 4096, got %d", c.L7.EVE.MaxLineBytes)
+	confutil.Range(&p, "l7.eve.maxLineBytes", c.L7.EVE.MaxLineBytes, 4096, MaxEVELineBytes)
+	confutil.Range(&p, "l7.eve.maxClients", c.L7.EVE.MaxClients, 1, MaxEVEClients)
+	if c.L7.EVE.MaxBufferedBytes < c.L7.EVE.MaxLineBytes {
+		p.Addf("l7.eve.maxBufferedBytes", "must be at least l7.eve.maxLineBytes (%d), got %d", c.L7.EVE.MaxLineBytes, c.L7.EVE.MaxBufferedBytes)
+	} else {
+		confutil.Range(&p, "l7.eve.maxBufferedBytes", c.L7.EVE.MaxBufferedBytes, 4096, MaxEVEBufferedBytes)
 	}
-	for _, f := range []struct {
-		field string
-		v     int
-	}{
-		{"l7.maxTransactions", c.L7.MaxTransactions},
-		{"l7.maxHTTPValsBytes", c.L7.MaxHTTPValsBytes},
-		{"l7.pendingEvents", c.L7.PendingEvents},
-	} {
-		if f.v <= 0 {
-			bad(f.field, "must be > 0, got %d", f.v)
-		}
+	confutil.Range(&p, "l7.maxTransactions", c.L7.MaxTransactions, 1, MaxTransactions)
+	// pkg/l7 checks this bound too, but names its Go field; the user wrote
+	// l7.maxHTTPValsBytes.
+	confutil.Range(&p, "l7.maxHTTPValsBytes", c.L7.MaxHTTPValsBytes, 1, MaxHTTPValsBytes)
+	confutil.Range(&p, "l7.pendingEvents", c.L7.PendingEvents, 1, MaxPendingEvents)
+	p.PositiveDuration("l7.pendingMaxAge", c.L7.PendingMaxAge)
+	if c.L7.CloseDelay < 0 || c.L7.CloseDelay > c.Connections.IdleTimeout {
+		p.Addf("l7.closeDelay", "must be within 0..connections.idleTimeout, got %s", c.L7.CloseDelay)
 	}
-	positive("l7.pendingMaxAge", c.L7.PendingMaxAge)
-	if c.L7.CloseDelay < 0 || c.L7.CloseDelay.D() > c.Connections.IdleTimeout.D() {
-		bad("l7.closeDelay", "must be within 0..connections.idleTimeout, got %s", c.L7.CloseDelay.D())
-	}
-	return errors.Join(errs...)
+	return p.Err()
 }

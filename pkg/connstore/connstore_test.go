@@ -153,7 +153,7 @@ func wantLen(n int) func(*harness) {
 func wantFound(c flow.Conn, found bool) func(*harness) {
 	return func(h *harness) {
 		h.t.Helper()
-		if _, ok := h.store.Lookup(c.Tuple); ok != found {
+		if _, ok := h.store.LookupConn(c.Tuple); ok != found {
 			h.t.Fatalf("Lookup(port %d) found = %v, want %v", c.Tuple.SrcPort, ok, found)
 		}
 	}
@@ -450,37 +450,17 @@ func TestStaleCloseSetsStopTime(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-func TestRecordCarriesConnAndL7Once(t *testing.T) {
+func TestRecordCarriesTheConnection(t *testing.T) {
 	h := newHarness(t, 0)
 	c := conn(1, 9, 4, 2)
 	c.StartNanos = t0.UnixNano()
 	h.store.Upsert(&c, t0)
-	l7 := flow.L7{AppProtocolName: "http", HTTPVals: `{"0":{"hostname":"svc"}}`}
-	vipForm := flow.NewTuple(client, vip, 1, 80, flow.ProtoTCP)
-	if !h.store.SetL7(vipForm, l7) {
-		t.Fatal("SetL7 by the client-side VIP tuple found no connection")
-	}
-	if got, ok := h.store.L7(c.Tuple); !ok || got != l7 {
-		t.Fatalf("L7() = %+v, %v; want %+v", got, ok, l7)
-	}
 	h.tick(5 * sec)
-	h.store.Upsert(ptr(conn(1, 9, 5, 2)), t0.Add(6*sec))
-	h.tick(10 * sec)
-	if len(h.full) != 2 {
-		t.Fatalf("got %d records, want 2", len(h.full))
+	if len(h.full) != 1 {
+		t.Fatalf("got %d records, want 1", len(h.full))
 	}
-	first := h.full[0]
-	if first.Conn != c || first.L7 != l7 || first.ExportNanos != t0.Add(5*sec).UnixNano() {
-		t.Errorf("first record = %+v, want conn %+v with L7 %+v at 5s", first, c, l7)
-	}
-	if h.full[1].L7 != (flow.L7{}) {
-		t.Errorf("second record L7 = %+v, want it cleared after the first export", h.full[1].L7)
-	}
-	if _, ok := h.store.L7(c.Tuple); ok {
-		t.Error("L7 still pending after export")
-	}
-	if len(h.store.l7) != 0 {
-		t.Errorf("side map holds %d entries after export, want 0", len(h.store.l7))
+	if r := h.full[0]; r.Conn != c || r.ExportNanos != t0.Add(5*sec).UnixNano() {
+		t.Errorf("record = %+v, want conn %+v at 5s", r, c)
 	}
 }
 
@@ -515,7 +495,7 @@ func TestLookup(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, ok := h.store.Lookup(tt.tuple)
+			c, ok := h.store.LookupConn(tt.tuple)
 			switch {
 			case tt.wantID == 0 && ok:
 				t.Fatalf("Lookup found id %d, want nothing", c.ID)
@@ -551,7 +531,7 @@ func TestIndexStaysConsistentUnderChurn(t *testing.T) {
 			t.Fatalf("round %d: store holds %d, model %d", round, h.store.Len(), len(live))
 		}
 		for p := uint16(1); p <= 20000; p++ {
-			c, ok := h.store.Lookup(conn(p, 0, 0, 0).Tuple)
+			c, ok := h.store.LookupConn(conn(p, 0, 0, 0).Tuple)
 			if ok != live[p] || (ok && c.ID != uint32(p)) {
 				t.Fatalf("round %d: Lookup(port %d) = %v, model says %v", round, p, ok, live[p])
 			}
@@ -605,6 +585,7 @@ func TestNewValidatesConfig(t *testing.T) {
 		{"MaxConnections above the limit is named", Config{MaxConnections: MaxMaxConnections + 1, Scheduler: q, Emit: emit}, "MaxConnections"},
 		{"missing Scheduler is named", Config{MaxConnections: 1, Emit: emit}, "Scheduler"},
 		{"missing Emit is named", Config{MaxConnections: 1, Scheduler: q}, "Emit"},
+		{"negative TombstoneMaxAge is named", Config{Scheduler: q, Emit: emit, TombstoneMaxAge: -sec}, "TombstoneMaxAge"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -613,8 +594,9 @@ func TestNewValidatesConfig(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if s.max != DefaultMaxConnections {
-					t.Fatalf("max = %d, want default %d", s.max, DefaultMaxConnections)
+				if s.max != DefaultMaxConnections || s.tombMaxAge != int64(DefaultTombstoneMaxAge) {
+					t.Fatalf("max = %d, tombstone max age %s; want defaults %d, %s",
+						s.max, time.Duration(s.tombMaxAge), DefaultMaxConnections, DefaultTombstoneMaxAge)
 				}
 				return
 			}
@@ -713,54 +695,11 @@ func pointerPath(typ reflect.Type) string {
 	return typ.Kind().String()
 }
 
-func TestLookupFromOtherGoroutinesWhileRunLoopWrites(t *testing.T) {
-	h := newHarness(t, 500)
-	stop := make(chan struct{})
-	done := make(chan int)
-	for g := 0; g < 2; g++ {
-		go func() {
-			found := 0
-			for {
-				select {
-				case <-stop:
-					done <- found
-					return
-				default:
-				}
-				for p := uint16(1); p <= 1000; p += 7 {
-					if c, ok := h.store.Lookup(flow.NewTuple(client, vip, p, 80, flow.ProtoTCP)); ok {
-						if c.Tuple.SrcPort != p {
-							t.Errorf("Lookup(port %d) returned port %d", p, c.Tuple.SrcPort)
-						}
-						found++
-					}
-				}
-			}
-		}()
-	}
-	for i := 0; i < 5_000; i++ {
-		p := uint16(i%1000 + 1)
-		c := conn(p, uint32(i/1000+1), uint64(i), uint64(i))
-		if i%3 == 0 {
-			h.store.Close(&c, t0.Add(time.Duration(i)*time.Millisecond))
-		} else {
-			h.store.Upsert(&c, t0.Add(time.Duration(i)*time.Millisecond))
-		}
-		if i%100 == 0 {
-			h.tick(time.Duration(i) * time.Millisecond)
-		}
-	}
-	close(stop)
-	if found := <-done + <-done; found == 0 {
-		t.Error("readers never found a connection; the test exercised nothing")
-	}
-}
-
 func TestEmitMayLookUpTheStore(t *testing.T) {
 	var s *Store
 	var seen []bool
 	emit := func(r *flow.Record) {
-		_, ok := s.Lookup(r.Tuple) // would deadlock if records went out under the lock
+		_, ok := s.LookupConn(r.Tuple) // records go out once the store is consistent
 		seen = append(seen, ok)
 	}
 	q, err := expirequeue.New(expirequeue.Config{}, nil)

@@ -51,7 +51,7 @@ func BenchmarkPendingCorrelationMemory(b *testing.B) {
 	b.Run("correlator", func(b *testing.B) {
 		for range b.N {
 			before := heap()
-			c, _ := New(Config{CorrelationWait: time.Hour})
+			c, _ := New(Config{CorrelationWait: time.Hour}, nil)
 			for i := range src {
 				c.Add(&src[i], t0, func(*Record) {})
 			}
@@ -87,7 +87,7 @@ func BenchmarkCorrelateHalves(b *testing.B) {
 	b.Run("correlator", func(b *testing.B) {
 		b.ReportAllocs()
 		for range b.N {
-			c, _ := New(Config{})
+			c, _ := New(Config{}, nil)
 			out := 0
 			emit := func(*Record) { out++ }
 			start := time.Now()

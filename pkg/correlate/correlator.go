@@ -42,8 +42,6 @@ type Config struct {
 	MaxConnections int
 	// TickInterval is how often Run checks deadlines.
 	TickInterval time.Duration
-	// Metrics (nil: unregistered metrics).
-	Metrics *Metrics
 }
 
 func (c *Config) setDefaults() {
@@ -110,6 +108,8 @@ type entry struct {
 	deadline   time.Time
 	index      int
 	next       *entry
+	// seqs are the inputs folded in since the last export.
+	seqs []uint64
 }
 
 func (e *entry) side(s side) *Side {
@@ -123,7 +123,7 @@ func (e *entry) side(s side) *Side {
 // safe for concurrent use: one goroutine (Run, or a test) owns it.
 type Correlator struct {
 	cfg Config
-	m   *Metrics
+	m   *metrics
 	// Children of the labelled counters, resolved once: label hashing per
 	// record showed in profiles.
 	received [5]prometheus.Counter
@@ -133,18 +133,16 @@ type Correlator struct {
 	entries  int
 }
 
-// New validates cfg and returns an empty Correlator.
-func New(cfg Config) (*Correlator, error) {
+// New validates cfg and returns an empty Correlator whose metrics are
+// registered on reg (nil: counted, not registered).
+func New(cfg Config, reg prometheus.Registerer) (*Correlator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("correlate config: %w", err)
 	}
 	cfg.setDefaults()
-	m := cfg.Metrics
-	if m == nil {
-		var err error
-		if m, err = NewMetrics(nil); err != nil {
-			return nil, err
-		}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
 	}
 	c := &Correlator{cfg: cfg, m: m, table: make(map[flow.Tuple]*entry)}
 	for i := range c.received {
@@ -202,12 +200,18 @@ func (c *Correlator) Add(in *Input, now time.Time, emit func(*Record)) {
 		sd = sideSource
 	}
 	c.apply(e, r, sd, in.Exporter, now)
+	if in.Seq != 0 {
+		e.seqs = append(e.seqs, in.Seq)
+	}
 	c.schedule(e, now, false)
 }
 
 func (c *Correlator) newEntry(in *Input, sd side, now time.Time) *entry {
 	r := &in.Record
 	e := &entry{needsPeer: r.FlowType == flow.FlowTypeInterNode, lastUpdate: now, activeFrom: now, index: -1, dirty: true}
+	if in.Seq != 0 {
+		e.seqs = []uint64{in.Seq}
+	}
 	e.rec.Record = *r
 	e.rec.L7 = flow.L7{}
 	if err := mergeL7(&e.rec.L7, &r.L7); err != nil {
@@ -509,6 +513,9 @@ func (c *Correlator) remove(e *entry, emit func(*Record), reason flow.EndReason)
 func (c *Correlator) passThrough(in *Input) *Record {
 	r := &in.Record
 	out := &Record{Record: *r, Correlation: StatusNotRequired}
+	if in.Seq != 0 {
+		out.Seqs = []uint64{in.Seq}
+	}
 	out.L7 = flow.L7{}
 	if err := mergeL7(&out.L7, &r.L7); err != nil {
 		c.m.L7Errors.Inc()
@@ -543,15 +550,17 @@ func fillThroughput(s *Side, prevEnd int64) {
 // export builds the record handed to the sinks and starts a new delta
 // interval.
 func (c *Correlator) export(e *entry, reason flow.EndReason) *Record {
-	if !e.needsPeer {
-		e.rec.FromDestination = e.rec.FromSource
-		e.prevEnd[sideDestination] = e.prevEnd[sideSource]
-	}
 	fillThroughput(&e.rec.FromSource, e.prevEnd[sideSource])
 	fillThroughput(&e.rec.FromDestination, e.prevEnd[sideDestination])
 	out := new(Record)
 	*out = e.rec
 	out.EndReason = reason
+	if !e.needsPeer {
+		// One node reported the whole connection: it speaks for both
+		// sides of the row. The entry keeps its destination side unseen,
+		// or ended() would wait for an end-of-flow that never comes.
+		out.FromDestination = out.FromSource
+	}
 	primary := &out.FromSource
 	if !primary.Seen {
 		primary = &out.FromDestination
@@ -568,6 +577,8 @@ func (c *Correlator) export(e *entry, reason flow.EndReason) *Record {
 		out.Correlation = StatusUnmatched
 	}
 	e.dirty = false
+	out.Seqs, e.seqs = e.seqs, nil
+	resetTransactions(&e.rec.L7)
 	for i, s := range []*Side{&e.rec.FromSource, &e.rec.FromDestination} {
 		s.FwdDelta, s.RevDelta = flow.Counters{}, flow.Counters{}
 		if s.Seen {

@@ -52,7 +52,7 @@ func dstHalf(reason flow.EndReason) Input {
 
 func newTestCorrelator(t *testing.T, cfg Config) *Correlator {
 	t.Helper()
-	c, err := New(cfg)
+	c, err := New(cfg, nil)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -338,7 +338,7 @@ func TestConfigValidationNamesTheField(t *testing.T) {
 		{Config{MaxConnections: -1}, "maxConnections"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
-			_, err := New(tc.cfg)
+			_, err := New(tc.cfg, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("New error = %v, want one naming %s", err, tc.want)
 			}

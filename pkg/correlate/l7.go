@@ -152,3 +152,38 @@ var l7Plain = func() []int {
 	}
 	return idx
 }()
+
+// l7ConnectionFields are the flow.L7 fields that describe the connection
+// rather than one transaction: they stay on every row of the connection,
+// as the agent keeps them (pkg/l7). Every other field is exported once.
+var l7ConnectionFields = map[string]struct{}{
+	"AppProtocolName": {},
+	"TLSServerName":   {},
+	"TLSVersion":      {},
+	"TLSJA3":          {},
+	"TLSJA3S":         {},
+	"TLSJA4":          {},
+}
+
+// resetTransactions clears the per-transaction fields once an export has
+// delivered them, so each transaction is in exactly one row.
+func resetTransactions(l *flow.L7) {
+	v := reflect.ValueOf(l).Elem()
+	for _, i := range l7Transaction {
+		v.Field(i).SetZero()
+	}
+}
+
+// l7Transaction are the indexes of flow.L7's exported fields not in
+// l7ConnectionFields, computed once.
+var l7Transaction = func() []int {
+	var idx []int
+	t := reflect.TypeOf(flow.L7{})
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if _, conn := l7ConnectionFields[f.Name]; f.IsExported() && !conn {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}()

@@ -6,8 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are the correlator's counters. One Metrics serves one Correlator.
-type Metrics struct {
+// metrics are the correlator's counters. One metrics serves one Correlator.
+type metrics struct {
 	Received   *prometheus.CounterVec // by flow_type
 	Correlated prometheus.Counter
 	Unmatched  prometheus.Counter
@@ -17,10 +17,10 @@ type Metrics struct {
 	Pending    prometheus.Gauge
 }
 
-// NewMetrics creates the correlator's metrics and registers them on reg
-// (nil: not registered, for tests).
-func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
-	m := &Metrics{
+// newMetrics creates the correlator's metrics and registers them on reg
+// (nil: counted but not registered).
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
 		Received: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flowlens_aggregator_records_received_total",
 			Help: "Records handed to the correlator, by flow type.",

@@ -41,6 +41,10 @@ type Input struct {
 	// could tell it (see flow.DefaultObservationDomainID); it decides which
 	// side a half is when the half names both pods.
 	ExporterNode string
+	// Seq is the record's number in the aggregator's write-ahead log, 0
+	// when it has none. The row that includes the record names it in
+	// Record.Seqs, so the log learns when every sink has written it.
+	Seq uint64
 }
 
 // Status says how a record was correlated.
@@ -100,4 +104,7 @@ type Record struct {
 	// Throughput and ReverseThroughput (bits/s) go with the main counters.
 	Throughput, ReverseThroughput uint64
 	Correlation                   Status
+	// Seqs are the Input.Seq of every input whose counters this row is
+	// the first to carry; each numbered input is in exactly one row.
+	Seqs []uint64
 }

@@ -100,8 +100,11 @@ type Reason string
 
 // Rejection reasons; they are metric label values, so the set is closed.
 const (
-	ReasonEmpty            Reason = "empty"
-	ReasonOversize         Reason = "oversize"
+	ReasonEmpty    Reason = "empty"
+	ReasonOversize Reason = "oversize"
+	// ReasonBufferFull: a stream socket's line did not fit in what is left
+	// of MaxBufferedBytes, shared by all clients.
+	ReasonBufferFull       Reason = "buffer_full"
 	ReasonInvalidJSON      Reason = "invalid_json"
 	ReasonNoEventType      Reason = "no_event_type"
 	ReasonUnknownEventType Reason = "unknown_event_type"
@@ -112,7 +115,7 @@ const (
 // AllReasons lists every Reason, for pre-creating metric series.
 func AllReasons() []Reason {
 	return []Reason{
-		ReasonEmpty, ReasonOversize, ReasonInvalidJSON, ReasonNoEventType,
+		ReasonEmpty, ReasonOversize, ReasonBufferFull, ReasonInvalidJSON, ReasonNoEventType,
 		ReasonUnknownEventType, ReasonNoTuple, ReasonBadTimestamp,
 	}
 }
@@ -201,15 +204,22 @@ var otherTypes = map[string]bool{
 	"verdict":  true,
 }
 
-// eventTypeNames maps every known event type to itself, so the scanner can
-// reuse these strings rather than allocate one per line.
-var eventTypeNames = func() map[string]string {
-	m := make(map[string]string, len(appLayerTypes)+len(otherTypes))
-	for t := range appLayerTypes {
-		m[t] = t
+// knownNames maps the strings the fields tagged eve:"intern" usually hold
+// (event types, app_proto values, protocol names) to themselves, so the
+// scanner can reuse these strings rather than allocate one per line.
+var knownNames = func() map[string]string {
+	m := map[string]string{}
+	for t, p := range appLayerTypes {
+		m[t], m[p] = t, p
 	}
 	for t := range otherTypes {
 		m[t] = t
+	}
+	for n := range protoNumbers {
+		m[n] = n
+	}
+	for _, n := range []string{"failed", "unknown"} {
+		m[n] = n
 	}
 	return m
 }()

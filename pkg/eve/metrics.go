@@ -15,27 +15,31 @@ type Observer interface {
 	Rejected(r Reason)
 }
 
-// Metrics counts lines by outcome on Prometheus collectors; it is the
-// Observer the agent uses.
-type Metrics struct {
-	events      *prometheus.CounterVec
-	rejected    map[Reason]prometheus.Counter
-	connections prometheus.Counter
-	readErrors  prometheus.Counter
+// metrics counts lines by outcome, connections and errors on Prometheus
+// collectors; it is the Observer every Reader uses.
+type metrics struct {
+	events          *prometheus.CounterVec
+	rejected        map[Reason]prometheus.Counter
+	connections     prometheus.Counter
+	readErrors      prometheus.Counter
+	clients         prometheus.Gauge
+	clientsRefused  prometheus.Counter
+	socketRecreated prometheus.Counter
+	socketReady     prometheus.Gauge
 }
 
-// NewMetrics creates the collectors and registers them on reg; a nil reg
-// leaves them unregistered.
-func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+// newMetrics creates the collectors and registers them on reg; a nil reg
+// leaves them unregistered. budget is reported as the buffered bytes.
+func newMetrics(reg prometheus.Registerer, budget *byteBudget) (*metrics, error) {
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flowlens_eve_events_total",
 		Help: "EVE records parsed, by event_type (only known types are counted, so the label set is bounded).",
 	}, []string{"event_type"})
 	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flowlens_eve_lines_rejected_total",
-		Help: "EVE lines skipped, by reason (oversize, invalid_json, no_event_type, unknown_event_type, no_tuple, bad_timestamp, empty).",
+		Help: "EVE lines skipped, by reason (oversize, buffer_full, invalid_json, no_event_type, unknown_event_type, no_tuple, bad_timestamp, empty).",
 	}, []string{"reason"})
-	m := &Metrics{
+	m := &metrics{
 		events:   events,
 		rejected: map[Reason]prometheus.Counter{},
 		connections: prometheus.NewCounter(prometheus.CounterOpts{
@@ -46,14 +50,35 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "flowlens_eve_read_errors_total",
 			Help: "Read errors on an EVE source (connection reset, file vanished); the reader recovers.",
 		}),
+		clients: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flowlens_eve_clients",
+			Help: "Clients connected to the EVE unix stream socket.",
+		}),
+		clientsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_eve_clients_refused_total",
+			Help: "Clients of the EVE unix stream socket closed at once because MaxClients were connected.",
+		}),
+		socketRecreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_eve_socket_recreated_total",
+			Help: "Times the EVE socket file was found removed and created again.",
+		}),
+		socketReady: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flowlens_eve_socket_ready",
+			Help: "1 while the EVE socket file is in place and ours (Suricata can connect), else 0; always 1 for a file source.",
+		}),
 	}
+	m.socketReady.Set(1)
+	buffered := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "flowlens_eve_buffered_bytes",
+		Help: "Bytes held in EVE lines not yet complete, over all stream clients (bounded by MaxBufferedBytes).",
+	}, func() float64 { return float64(budget.held()) })
 	for _, r := range AllReasons() {
 		m.rejected[r] = rejected.WithLabelValues(string(r))
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{events, rejected, m.connections, m.readErrors} {
+	for _, c := range []prometheus.Collector{events, rejected, m.connections, m.readErrors, m.clients, m.clientsRefused, m.socketRecreated, m.socketReady, buffered} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register eve metrics: %w", err)
 		}
@@ -62,26 +87,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 // Parsed implements Observer.
-func (m *Metrics) Parsed(ev *Event) { m.events.WithLabelValues(ev.Type).Inc() }
+func (m *metrics) Parsed(ev *Event) { m.events.WithLabelValues(ev.Type).Inc() }
 
 // Rejected implements Observer.
-func (m *Metrics) Rejected(r Reason) {
+func (m *metrics) Rejected(r Reason) {
 	if c, ok := m.rejected[r]; ok {
 		c.Inc()
 	}
 }
 
-func (m *Metrics) connection() {
-	if m != nil {
-		m.connections.Inc()
-	}
-}
-
-func (m *Metrics) readError() {
-	if m != nil {
-		m.readErrors.Inc()
-	}
-}
+func (m *metrics) readError() { m.readErrors.Inc() }
 
 // Tally is an Observer that keeps counts in memory, for `flowlens eve
 // check` and tests.

@@ -9,7 +9,7 @@ import (
 
 func TestMetricsCountEventsByTypeAndRejectedLinesByReason(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg)
+	m, err := newMetrics(reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestMetricsCountEventsByTypeAndRejectedLinesByReason(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, got[k], v)
 		}
 	}
-	if _, err := NewMetrics(reg); err == nil {
+	if _, err := newMetrics(reg, nil); err == nil {
 		t.Error("registering twice on one registry did not fail")
 	}
 }

@@ -10,27 +10,31 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/flowlens/flowlens/pkg/flow"
 )
 
-// rawRecord is the subset of an EVE record the parser reads (decodeRecord
-// fills it; the json tags document the keys and let the tests decode with
-// encoding/json for comparison). Fields whose JSON type is wrong (a string
-// port, an object where a string was expected) are left zero rather than
-// rejecting the line: Suricata's schema drifts between versions and one odd
-// field must not cost the rest.
+// rawRecord is the subset of an EVE record the parser reads. Its json tags
+// (and those of the types it holds) are the one declaration of the keys:
+// the scanner derives its tables from them (fields.go), and the tests
+// decode with encoding/json through the same tags for comparison. The tag
+// eve:"intern" marks strings from a small known set (knownNames), which
+// the scanner reuses instead of allocating. Fields whose JSON type is
+// wrong (a string port, an object where a string was expected) are left
+// zero rather than rejecting the line: Suricata's schema drifts between
+// versions and one odd field must not cost the rest.
 type rawRecord struct {
 	Timestamp string   `json:"timestamp"`
 	FlowID    flexUint `json:"flow_id"`
-	EventType string   `json:"event_type"`
+	EventType string   `json:"event_type" eve:"intern"`
 	SrcIP     string   `json:"src_ip"`
 	SrcPort   flexUint `json:"src_port"`
 	DestIP    string   `json:"dest_ip"`
 	DestPort  flexUint `json:"dest_port"`
-	Proto     string   `json:"proto"`
+	Proto     string   `json:"proto" eve:"intern"`
 	TxID      flexUint `json:"tx_id"`
-	AppProto  string   `json:"app_proto"`
+	AppProto  string   `json:"app_proto" eve:"intern"`
 	HTTP      *rawHTTP `json:"http"`
 	DNS       *rawDNS  `json:"dns"`
 	TLS       *rawTLS  `json:"tls"`
@@ -244,15 +248,6 @@ var protoNumbers = map[string]uint8{
 	"UDPLite":   136,
 }
 
-// protoNames maps the names in protoNumbers to themselves (see
-// eventTypeNames).
-var protoNames = func() map[string]string {
-	m := make(map[string]string, len(protoNumbers))
-	for n := range protoNumbers {
-		m[n] = n
-	}
-	return m
-}()
 
 func tupleOf(raw *rawRecord) (flow.Tuple, error) {
 	if raw.SrcIP == "" || raw.DestIP == "" {
@@ -353,7 +348,7 @@ func headersOf(sp span) []rawHeader {
 	// The span was validated with the line, so this cannot fail midway.
 	var hs []rawHeader
 	s := scanner{b: sp}
-	_ = sliceField(&s, &hs)
+	_ = headersDecoder(&s, unsafe.Pointer(&hs))
 	return hs
 }
 

@@ -68,10 +68,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // stops it and returns Run's error.
 func startReader(t *testing.T, cfg Config) (stop func() error) {
 	t.Helper()
-	r, err := New(cfg)
+	r, err := New(cfg, nil)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	return runReader(t, r)
+}
+
+// runReader runs r until the test ends and returns a func that stops it and
+// returns Run's error.
+func runReader(t *testing.T, r *Reader) (stop func() error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -121,12 +128,12 @@ func TestLineReaderSplitsLinesOfAnyLengthAndSkipsOversizeOnes(t *testing.T) {
 				if oneByte {
 					src = iotest.OneByteReader(src)
 				}
-				lr := newLineReader(src, tt.max)
+				lr := newLineReader(src, tt.max, nil)
 				var got []string
 				oversize := 0
 				for {
-					line, over, err := lr.next()
-					if over {
+					line, reject, err := lr.next()
+					if reject == ReasonOversize {
 						oversize++
 						continue
 					}
@@ -165,10 +172,12 @@ func TestNewRejectsBadConfigNamingTheField(t *testing.T) {
 		{"negative max line", Config{Source: SourceFile, Path: "/x", Handler: h, MaxLineBytes: -1}, "MaxLineBytes"},
 		{"world-accessible socket", Config{Source: SourceUnixStream, Path: "/x", Handler: h, SocketMode: 0o666}, "SocketMode"},
 		{"negative poll interval", Config{Source: SourceFile, Path: "/x", Handler: h, PollInterval: -time.Second}, "PollInterval"},
+		{"negative max clients", Config{Source: SourceUnixStream, Path: "/x", Handler: h, MaxClients: -1}, "MaxClients"},
+		{"buffer smaller than a line", Config{Source: SourceUnixStream, Path: "/x", Handler: h, MaxLineBytes: 1 << 20, MaxBufferedBytes: 1 << 10}, "MaxBufferedBytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(tt.cfg)
+			_, err := New(tt.cfg, nil)
 			if err == nil || !strings.Contains(err.Error(), tt.field) {
 				t.Fatalf("New = %v, want an error naming %s", err, tt.field)
 			}
@@ -309,7 +318,7 @@ func TestExistingSocketPath(t *testing.T) {
 		if err := os.WriteFile(path, []byte("keep me"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		r, err := New(Config{Source: SourceUnixStream, Path: path, Handler: func(Event) {}})
+		r, err := New(Config{Source: SourceUnixStream, Path: path, Handler: func(Event) {}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -328,7 +337,7 @@ func TestExistingSocketPath(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		r, err := New(Config{Source: SourceUnixStream, Path: path, Handler: func(Event) {}})
+		r, err := New(Config{Source: SourceUnixStream, Path: path, Handler: func(Event) {}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

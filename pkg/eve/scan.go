@@ -4,6 +4,7 @@ import (
 	"errors"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // A hand-written single-pass decoder for the fields of rawRecord.
@@ -152,9 +153,9 @@ func (s *scanner) skip() ([]byte, error) {
 	case c == '"':
 		_, _, err = s.str()
 	case c == '{':
-		err = s.object(skipper{})
+		err = scanObject(s, skipper{})
 	case c == '[':
-		err = s.array(skipper{})
+		err = scanArray(s, skipper{})
 	case c == 't':
 		err = s.literal("true")
 	case c == 'f':
@@ -173,8 +174,9 @@ func (s *scanner) skip() ([]byte, error) {
 }
 
 // fielder decodes one object member; field is called positioned at the
-// value and must consume it. Methods rather than closures keep the scanner
-// from allocating one closure per object.
+// value and must consume it. scanObject and scanArray are generic over it
+// rather than taking an interface, so a fielder that is a small struct
+// (objectDecoder) is passed by value and never allocated.
 type fielder interface {
 	field(s *scanner, key []byte) error
 }
@@ -190,9 +192,9 @@ type skipper struct{}
 func (skipper) field(s *scanner, _ []byte) error { _, err := s.skip(); return err }
 func (skipper) element(s *scanner) error         { _, err := s.skip(); return err }
 
-// object scans an object starting at '{', calling f with each key
+// scanObject scans an object starting at '{', calling f with each key
 // (unescaped).
-func (s *scanner) object(f fielder) error {
+func scanObject[F fielder](s *scanner, f F) error {
 	if s.depth++; s.depth > maxDepth {
 		return errSyntax
 	}
@@ -237,8 +239,8 @@ func (s *scanner) object(f fielder) error {
 	}
 }
 
-// array scans an array starting at '[', calling e at each element.
-func (s *scanner) array(e elementer) error {
+// scanArray scans an array starting at '[', calling e at each element.
+func scanArray[E elementer](s *scanner, e E) error {
 	if s.depth++; s.depth > maxDepth {
 		return errSyntax
 	}
@@ -318,101 +320,6 @@ func (s *scanner) spanField(dst *span) error {
 	}
 	*dst = raw
 	return nil
-}
-
-// structField decodes an object into f; null and other types leave it.
-func (s *scanner) structField(f fielder) error {
-	if s.peek() != '{' {
-		_, err := s.skip()
-		return err
-	}
-	return s.object(f)
-}
-
-// ptrField decodes into *p (allocating it) when the value is an object and
-// sets it to nil for null, as encoding/json does for pointers.
-func ptrField[T any, PT interface {
-	*T
-	fielder
-}](s *scanner, p **T) error {
-	switch s.peek() {
-	case '{':
-		if *p == nil {
-			*p = new(T)
-		}
-		return s.object(PT(*p))
-	case 'n':
-		if err := s.literal("null"); err != nil {
-			return err
-		}
-		*p = nil
-		return nil
-	}
-	_, err := s.skip()
-	return err
-}
-
-// sliceAppender appends one decoded element per array element; elements
-// that are not objects are appended as zero values, as encoding/json does.
-type sliceAppender[T any, PT interface {
-	*T
-	fielder
-}] struct{ out []T }
-
-func (a *sliceAppender[T, PT]) element(s *scanner) error {
-	var v T
-	if s.peek() == '{' {
-		if err := s.object(PT(&v)); err != nil {
-			return err
-		}
-	} else if _, err := s.skip(); err != nil {
-		return err
-	}
-	a.out = append(a.out, v)
-	return nil
-}
-
-// sliceField decodes an array of objects into *p; null sets it to nil.
-func sliceField[T any, PT interface {
-	*T
-	fielder
-}](s *scanner, p *[]T) error {
-	switch s.peek() {
-	case '[':
-		a := sliceAppender[T, PT]{out: (*p)[:0]}
-		err := s.array(&a)
-		if a.out == nil {
-			a.out = []T{}
-		}
-		*p = a.out
-		return err
-	case 'n':
-		if err := s.literal("null"); err != nil {
-			return err
-		}
-		*p = nil
-		return nil
-	}
-	_, err := s.skip()
-	return err
-}
-
-func (s *scanner) spanMapField(p *map[string]span) error {
-	switch s.peek() {
-	case '{':
-		if *p == nil {
-			*p = map[string]span{}
-		}
-		return s.object(spanMap(*p))
-	case 'n':
-		if err := s.literal("null"); err != nil {
-			return err
-		}
-		*p = nil
-		return nil
-	}
-	_, err := s.skip()
-	return err
 }
 
 type spanMap map[string]span
@@ -505,7 +412,7 @@ func decodeRecord(line []byte, raw *rawRecord) error {
 	if s.peek() != '{' {
 		return errSyntax
 	}
-	if err := s.object(raw); err != nil {
+	if err := scanObject(&s, objectDecoder{rawRecordCodec, unsafe.Pointer(raw)}); err != nil {
 		return err
 	}
 	s.ws()
@@ -513,144 +420,4 @@ func decodeRecord(line []byte, raw *rawRecord) error {
 		return errSyntax // trailing data, e.g. two records on one line
 	}
 	return nil
-}
-
-func (r *rawRecord) field(s *scanner, key []byte) error {
-	switch string(key) {
-	case "timestamp":
-		return s.strField(&r.Timestamp)
-	case "flow_id":
-		return s.uintField(&r.FlowID)
-	case "event_type":
-		return s.strField(&r.EventType)
-	case "src_ip":
-		return s.strField(&r.SrcIP)
-	case "src_port":
-		return s.uintField(&r.SrcPort)
-	case "dest_ip":
-		return s.strField(&r.DestIP)
-	case "dest_port":
-		return s.uintField(&r.DestPort)
-	case "proto":
-		return s.strField(&r.Proto)
-	case "tx_id":
-		return s.uintField(&r.TxID)
-	case "app_proto":
-		return s.strField(&r.AppProto)
-	case "http":
-		return ptrField(s, &r.HTTP)
-	case "dns":
-		return ptrField(s, &r.DNS)
-	case "tls":
-		return ptrField(s, &r.TLS)
-	}
-	_, err := s.skip()
-	return err
-}
-
-func (h *rawHTTP) field(s *scanner, key []byte) error {
-	switch string(key) {
-	case "hostname":
-		return s.strField(&h.Hostname)
-	case "url":
-		return s.strField(&h.URL)
-	case "http_user_agent":
-		return s.strField(&h.UserAgent)
-	case "http_content_type":
-		return s.strField(&h.ContentType)
-	case "http_method":
-		return s.strField(&h.Method)
-	case "protocol":
-		return s.strField(&h.Protocol)
-	case "status":
-		return s.uintField(&h.Status)
-	case "length":
-		return s.uintField(&h.Length)
-	case "version":
-		return s.strField(&h.Version)
-	case "request_headers":
-		return s.spanField(&h.RequestHeaders)
-	case "response_headers":
-		return s.spanField(&h.ResponseHeaders)
-	}
-	_, err := s.skip()
-	return err
-}
-
-func (d *rawDNS) field(s *scanner, key []byte) error {
-	switch string(key) {
-	case "version":
-		return s.uintField(&d.Version)
-	case "type":
-		return s.strField(&d.Type)
-	case "id":
-		return s.uintField(&d.ID)
-	case "tx_id":
-		return s.uintField(&d.TxID)
-	case "rrname":
-		return s.strField(&d.RRName)
-	case "rrtype":
-		return s.strField(&d.RRType)
-	case "rcode":
-		return s.strField(&d.RCode)
-	case "rdata":
-		return s.strField(&d.RData)
-	case "queries":
-		return sliceField(s, &d.Queries)
-	case "answers":
-		return sliceField(s, &d.Answers)
-	case "grouped":
-		return s.spanMapField(&d.Grouped)
-	}
-	_, err := s.skip()
-	return err
-}
-
-func (q *rawDNSRecord) field(s *scanner, key []byte) error {
-	switch string(key) {
-	case "rrname":
-		return s.strField(&q.RRName)
-	case "rrtype":
-		return s.strField(&q.RRType)
-	case "rdata":
-		return s.strField(&q.RData)
-	}
-	_, err := s.skip()
-	return err
-}
-
-func (t *rawTLS) field(s *scanner, key []byte) error {
-	switch string(key) {
-	case "sni":
-		return s.strField(&t.SNI)
-	case "version":
-		return s.strField(&t.Version)
-	case "ja3":
-		return s.structField(&t.JA3)
-	case "ja3s":
-		return s.structField(&t.JA3S)
-	case "ja4":
-		return s.strField(&t.JA4)
-	}
-	_, err := s.skip()
-	return err
-}
-
-func (h *rawHash) field(s *scanner, key []byte) error {
-	if string(key) == "hash" {
-		return s.strField(&h.Hash)
-	}
-	_, err := s.skip()
-	return err
-}
-
-func (h *rawHeader) field(s *scanner, key []byte) error {
-	switch string(key) {
-	case "name":
-		return s.strField(&h.Name)
-	case "value":
-		return s.strField(&h.Value)
-	}
-	_, err := s.skip()
-	return err
 }

@@ -3,6 +3,7 @@ package eve
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -41,39 +42,47 @@ func prepareSocketPath(network, path string) error {
 }
 
 // bindPrivate binds a socket under a fresh 0700 directory beside path, sets
-// its mode and renames it into place, so the socket is never reachable with
-// the looser permissions the process umask would have given it.
-func bindPrivate(network, path string, mode os.FileMode, bind func(tmp string) (interface{ Close() error }, error)) (interface{ Close() error }, error) {
+// its mode and links it into place, so the socket is never reachable with
+// the looser permissions the process umask would have given it. It returns
+// the socket file's identity, to tell later whether path still names it.
+func bindPrivate(network, path string, mode os.FileMode, bind func(tmp string) (io.Closer, error)) (io.Closer, os.FileInfo, error) {
 	if len(path) > maxSocketPath {
-		return nil, fmt.Errorf("eve: socket path %s is %d bytes, longer than the %d a unix socket allows", path, len(path), maxSocketPath)
+		return nil, nil, fmt.Errorf("eve: socket path %s is %d bytes, longer than the %d a unix socket allows", path, len(path), maxSocketPath)
 	}
 	if err := prepareSocketPath(network, path); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// sun_path holds 107 bytes; keep the temporary name short.
 	dir, err := os.MkdirTemp(filepath.Dir(path), ".eve")
 	if err != nil {
-		return nil, fmt.Errorf("eve: create private dir for socket %s: %w", path, err)
+		return nil, nil, fmt.Errorf("eve: create private dir for socket %s: %w", path, err)
 	}
 	defer os.RemoveAll(dir)
 	tmp := filepath.Join(dir, "s")
 	s, err := bind(tmp)
 	if err != nil {
-		return nil, fmt.Errorf("eve: bind %s socket %s: %w", network, path, err)
+		return nil, nil, fmt.Errorf("eve: bind %s socket %s: %w", network, path, err)
 	}
 	if err := os.Chmod(tmp, mode); err != nil {
 		s.Close()
-		return nil, fmt.Errorf("eve: chmod socket %s: %w", path, err)
+		return nil, nil, fmt.Errorf("eve: chmod socket %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	id, err := os.Lstat(tmp)
+	if err != nil {
 		s.Close()
-		return nil, fmt.Errorf("eve: move socket into place at %s: %w", path, err)
+		return nil, nil, fmt.Errorf("eve: stat socket %s: %w", path, err)
 	}
-	return s, nil
+	// A link, not a rename: whatever appeared at path since it was
+	// checked is not ours to replace.
+	if err := os.Link(tmp, path); err != nil {
+		s.Close()
+		return nil, nil, fmt.Errorf("eve: move socket into place at %s: %w", path, err)
+	}
+	return s, id, nil
 }
 
-func listenUnix(path string, mode os.FileMode) (*net.UnixListener, error) {
-	s, err := bindPrivate("unix", path, mode, func(tmp string) (interface{ Close() error }, error) {
+func listenUnix(path string, mode os.FileMode) (*net.UnixListener, os.FileInfo, error) {
+	s, id, err := bindPrivate("unix", path, mode, func(tmp string) (io.Closer, error) {
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 		if err != nil {
 			return nil, err
@@ -83,25 +92,25 @@ func listenUnix(path string, mode os.FileMode) (*net.UnixListener, error) {
 		return ln, nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return s.(*net.UnixListener), nil
+	return s.(*net.UnixListener), id, nil
 }
 
-func listenUnixgram(path string, mode os.FileMode) (*net.UnixConn, error) {
-	s, err := bindPrivate("unixgram", path, mode, func(tmp string) (interface{ Close() error }, error) {
+func listenUnixgram(path string, mode os.FileMode) (*net.UnixConn, os.FileInfo, error) {
+	s, id, err := bindPrivate("unixgram", path, mode, func(tmp string) (io.Closer, error) {
 		return net.ListenUnixgram("unixgram", &net.UnixAddr{Name: tmp, Net: "unixgram"})
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return s.(*net.UnixConn), nil
+	return s.(*net.UnixConn), id, nil
 }
 
-// removeSocket removes the socket file on shutdown, unless something else
-// has replaced it with a non-socket meanwhile.
-func removeSocket(path string) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+// removeSocket removes the socket file on shutdown if it is still ours,
+// not something that replaced it meanwhile.
+func removeSocket(path string, id os.FileInfo) {
+	if fi, err := os.Lstat(path); err == nil && os.SameFile(fi, id) {
 		_ = os.Remove(path)
 	}
 }

@@ -20,7 +20,7 @@ import (
 func (r *Reader) runFile(ctx context.Context) error {
 	var (
 		f        *os.File
-		lr       = newLineReader(nil, r.cfg.MaxLineBytes)
+		lr       = newLineReader(nil, r.cfg.MaxLineBytes, nil)
 		draining bool // path was rotated: finish the old file first
 		waited   bool // logged that the file is missing
 	)
@@ -42,7 +42,7 @@ func (r *Reader) runFile(ctx context.Context) error {
 		if !fromStart {
 			if _, err := nf.Seek(0, io.SeekEnd); err != nil {
 				nf.Close()
-				r.cfg.Metrics.readError()
+				r.m.readError()
 				return false
 			}
 		}
@@ -72,17 +72,17 @@ func (r *Reader) runFile(ctx context.Context) error {
 		}
 		// Read everything available.
 		for ctx.Err() == nil {
-			line, oversize, err := lr.next()
-			if oversize {
-				r.cfg.Observer.Rejected(ReasonOversize)
+			line, reject, err := lr.next()
+			if reject != "" {
+				r.obs.Rejected(reject)
 				continue
 			}
 			if err == nil {
-				handleLine(line, r.cfg.Observer, r.cfg.Handler)
+				handleLine(line, r.obs, r.cfg.Handler)
 				continue
 			}
 			if !errors.Is(err, io.EOF) {
-				r.cfg.Metrics.readError()
+				r.m.readError()
 				klog.ErrorS(err, "Read EVE file failed", "path", r.cfg.Path)
 			}
 			break
@@ -94,7 +94,7 @@ func (r *Reader) runFile(ctx context.Context) error {
 			// The old file is done; its unterminated tail will never
 			// be completed.
 			if rest := lr.rest(); len(rest) > 0 {
-				handleLine(rest, r.cfg.Observer, r.cfg.Handler)
+				handleLine(rest, r.obs, r.cfg.Handler)
 			}
 			draining = false
 			f.Close()
@@ -107,7 +107,7 @@ func (r *Reader) runFile(ctx context.Context) error {
 		} else if truncated {
 			klog.InfoS("EVE file truncated, reading from the start", "path", r.cfg.Path)
 			if _, err := f.Seek(0, io.SeekStart); err != nil {
-				r.cfg.Metrics.readError()
+				r.m.readError()
 				f.Close()
 				f = nil
 				continue

@@ -6,8 +6,7 @@ import (
 	"os"
 	"strings"
 
-	"sigs.k8s.io/yaml"
-
+	"github.com/flowlens/flowlens/pkg/confutil"
 	"github.com/flowlens/flowlens/pkg/ipindex"
 )
 
@@ -32,47 +31,47 @@ import (
 //	    ips: [10.96.0.10]
 //	    ports: [{name: http, port: 80, protocol: TCP}]
 type File struct {
-	Groups   []Group   `json:"groups,omitempty"`
-	Nodes    []Node    `json:"nodes,omitempty"`
-	Entries  []Entry   `json:"entries,omitempty"`
-	Services []Service `json:"services,omitempty"`
+	Groups   []Group   `yaml:"groups"`
+	Nodes    []Node    `yaml:"nodes"`
+	Entries  []Entry   `yaml:"entries"`
+	Services []Service `yaml:"services"`
 }
 
 // Group is a namespace-like grouping of entries.
 type Group struct {
-	Name        string            `json:"name"`
-	Annotations map[string]string `json:"annotations,omitempty"`
+	Name        string            `yaml:"name"`
+	Annotations map[string]string `yaml:"annotations"`
 }
 
 // Node is a host whose addresses map to it.
 type Node struct {
-	Name string   `json:"name"`
-	IPs  []string `json:"ips"`
+	Name string   `yaml:"name"`
+	IPs  []string `yaml:"ips"`
 }
 
 // Entry is one workload.
 type Entry struct {
-	Name        string            `json:"name"`
-	Group       string            `json:"group,omitempty"`
-	IPs         []string          `json:"ips"`
-	Node        string            `json:"node,omitempty"`
-	Labels      map[string]string `json:"labels,omitempty"`
-	Annotations map[string]string `json:"annotations,omitempty"`
+	Name        string            `yaml:"name"`
+	Group       string            `yaml:"group"`
+	IPs         []string          `yaml:"ips"`
+	Node        string            `yaml:"node"`
+	Labels      map[string]string `yaml:"labels"`
+	Annotations map[string]string `yaml:"annotations"`
 }
 
 // Service is a virtual IP with named ports.
 type Service struct {
-	Name  string        `json:"name"`
-	Group string        `json:"group,omitempty"`
-	IPs   []string      `json:"ips"`
-	Ports []ServicePort `json:"ports"`
+	Name  string        `yaml:"name"`
+	Group string        `yaml:"group"`
+	IPs   []string      `yaml:"ips"`
+	Ports []ServicePort `yaml:"ports"`
 }
 
 // ServicePort is one port of a Service.
 type ServicePort struct {
-	Name     string `json:"name,omitempty"`
-	Port     uint16 `json:"port"`
-	Protocol string `json:"protocol,omitempty"` // TCP (default), UDP, SCTP
+	Name     string `yaml:"name"`
+	Port     uint16 `yaml:"port"`
+	Protocol string `yaml:"protocol"` // TCP (default), UDP, SCTP
 }
 
 // parsed is a validated File ready to apply to an index.
@@ -98,8 +97,10 @@ func load(path, localNode string) (*parsed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read inventory: %w", err)
 	}
+	// Strings keep their literal text: a label `version: 1.10` stays
+	// "1.10" and a name `no` stays "no" (YAML 1.1 made them 1.1 and false).
 	var f File
-	if err := yaml.UnmarshalStrict(b, &f); err != nil {
+	if _, err := confutil.Decode(b, &f); err != nil {
 		return nil, fmt.Errorf("parse inventory %s: %w", path, err)
 	}
 	p, err := validate(&f, localNode)

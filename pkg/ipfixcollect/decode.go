@@ -23,8 +23,23 @@ const (
 // UDP source address) announced: its templates, by observation domain.
 type session struct {
 	exporter  netip.AddrPort
+	lim       sessionLimits
 	templates map[templateKey]*template
-	rec       Record // reused for every record
+	// templateFields is the number of field specifiers over all templates:
+	// what the templates cost in memory.
+	templateFields int
+	// fieldsLeft is what the message being decoded may still decode.
+	fieldsLeft int
+	rec        Record // reused for every record
+}
+
+// sessionLimits bound what one peer can make a session hold or decode
+// (Config.MaxTemplatesPerSession, MaxTemplateFieldsPerSession,
+// MaxFieldsPerMessage).
+type sessionLimits struct {
+	maxTemplates      int
+	maxTemplateFields int
+	maxFields         int
 }
 
 type templateKey struct {
@@ -37,8 +52,8 @@ type template struct {
 	minLen int
 }
 
-func newSession(exporter netip.AddrPort) *session {
-	return &session{exporter: exporter, templates: map[templateKey]*template{}}
+func newSession(exporter netip.AddrPort, lim sessionLimits) *session {
+	return &session{exporter: exporter, lim: lim, templates: map[templateKey]*template{}}
 }
 
 // decodeError names what was wrong, for the error counter's reason label.
@@ -50,14 +65,28 @@ type decodeError struct {
 func (e *decodeError) Error() string { return e.reason + ": " + e.err.Error() }
 
 func malformed(format string, args ...any) error {
-	return &decodeError{reason: "malformed", err: fmt.Errorf(format, args...)}
+	return &decodeError{reason: reasonMalformed, err: fmt.Errorf(format, args...)}
 }
+
+// Reasons a message is not decoded to its end (the error counter's label).
+const (
+	reasonMalformed  = "malformed"
+	reasonFieldLimit = "field_limit"
+)
 
 // stats counts what decoding one message skipped without failing.
 type stats struct {
 	records          int
 	unknownTemplates int
 	unknownSets      int
+	// zeroLength counts templates rejected for a fixed-length field of
+	// length 0.
+	zeroLength int
+	// templatesRefused and templateFieldsRefused count templates not kept
+	// because the session is at MaxTemplatesPerSession or would exceed
+	// MaxTemplateFieldsPerSession.
+	templatesRefused      int
+	templateFieldsRefused int
 }
 
 // message decodes one IPFIX message, calling emit for each data record. A
@@ -79,6 +108,7 @@ func (s *session) message(msg []byte, emit func(*Record)) (stats, error) {
 	s.rec.SequenceNumber = binary.BigEndian.Uint32(msg[8:])
 	domain := binary.BigEndian.Uint32(msg[12:])
 	s.rec.ObservationDomainID = domain
+	s.fieldsLeft = s.lim.maxFields
 	p := msg[headerLen:]
 	for len(p) > 0 {
 		if len(p) < 4 {
@@ -93,7 +123,7 @@ func (s *session) message(msg []byte, emit func(*Record)) (stats, error) {
 		var err error
 		switch {
 		case id == templateSetID || id == optionsSetID:
-			err = s.templateSet(domain, id, body)
+			err = s.templateSet(domain, id, body, &st)
 		case id >= minDataSetID:
 			t, ok := s.templates[templateKey{domain, id}]
 			if !ok {
@@ -114,7 +144,7 @@ func (s *session) message(msg []byte, emit func(*Record)) (stats, error) {
 	return st, nil
 }
 
-func (s *session) templateSet(domain uint32, setID uint16, body []byte) error {
+func (s *session) templateSet(domain uint32, setID uint16, body []byte, st *stats) error {
 	// Fewer than 4 bytes left is padding (RFC 7011 section 3.3.1).
 	for len(body) >= 4 {
 		id, count := binary.BigEndian.Uint16(body), int(binary.BigEndian.Uint16(body[2:]))
@@ -132,7 +162,9 @@ func (s *session) templateSet(domain uint32, setID uint16, body []byte) error {
 			}
 			body = body[2:]
 		}
-		t := &template{elems: make([]ipfixie.Element, 0, count)}
+		// count is the peer's claim: size the slice by what the set holds.
+		t := &template{elems: make([]ipfixie.Element, 0, min(count, len(body)/4))}
+		zeroLength := false
 		for range count {
 			if len(body) < 4 {
 				return malformed("template %d: truncated field specifier", id)
@@ -148,37 +180,64 @@ func (s *session) templateSet(domain uint32, setID uint16, body []byte) error {
 				ent = binary.BigEndian.Uint32(body)
 				body = body[4:]
 			}
+			switch length {
+			case 0:
+				// A field that takes no bytes lets a record take (almost)
+				// none: one datagram would decode as tens of thousands of
+				// records of thousands of fields each.
+				zeroLength = true
+				continue
+			case ipfixie.VariableLength:
+				t.minLen++
+			default:
+				t.minLen += int(length)
+			}
+			if zeroLength {
+				continue // the template is dropped: only parse past it
+			}
 			e, ok := ipfixie.Lookup(ent, eid)
 			if !ok {
 				e = ipfixie.Unknown(ent, eid, length)
 			}
 			e.Length = length
-			if length == ipfixie.VariableLength {
-				t.minLen++
-			} else {
-				t.minLen += int(length)
-			}
 			t.elems = append(t.elems, e)
 		}
-		if t.minLen == 0 {
-			// Only zero-length fields: a data set of them would never end.
-			return malformed("template %d: records of zero length", id)
+		key := templateKey{domain, id}
+		// Whatever happens to the new definition, the old one is void:
+		// decoding later data with it would misread the exporter's records.
+		s.remove(key)
+		switch {
+		case zeroLength:
+			st.zeroLength++
+		case len(s.templates) >= s.lim.maxTemplates:
+			st.templatesRefused++
+		case s.templateFields+len(t.elems) > s.lim.maxTemplateFields:
+			st.templateFieldsRefused++
+		default:
+			s.templates[key] = t
+			s.templateFields += len(t.elems)
 		}
-		s.templates[templateKey{domain, id}] = t
 	}
 	return nil
+}
+
+func (s *session) remove(k templateKey) {
+	if t, ok := s.templates[k]; ok {
+		s.templateFields -= len(t.elems)
+		delete(s.templates, k)
+	}
 }
 
 // withdraw handles a template withdrawal; the set id as template id
 // withdraws all templates of that kind (RFC 7011 section 8.1).
 func (s *session) withdraw(domain uint32, setID, id uint16) {
 	if id != setID {
-		delete(s.templates, templateKey{domain, id})
+		s.remove(templateKey{domain, id})
 		return
 	}
 	for k := range s.templates {
 		if k.domain == domain {
-			delete(s.templates, k)
+			s.remove(k)
 		}
 	}
 }
@@ -187,6 +246,11 @@ func (s *session) dataSet(t *template, body []byte, emit func(*Record)) (int, er
 	n := 0
 	// Fewer bytes than the shortest record is padding.
 	for len(body) >= t.minLen {
+		if len(t.elems) > s.fieldsLeft {
+			return n, &decodeError{reason: reasonFieldLimit,
+				err: fmt.Errorf("template %d: more than MaxFieldsPerMessage (%d) fields in one message", s.rec.TemplateID, s.lim.maxFields)}
+		}
+		s.fieldsLeft -= len(t.elems)
 		fields := s.rec.Fields[:0]
 		for _, e := range t.elems {
 			l := int(e.Length)

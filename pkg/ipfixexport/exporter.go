@@ -221,10 +221,21 @@ func (e *Exporter) Run(ctx context.Context) error {
 	flushTick := time.NewTicker(e.cfg.FlushInterval)
 	defer flushTick.Stop()
 	backoff := e.cfg.ReconnectMin
+	var reach reachability
+	everConnected := false
 	for {
 		c, err := e.dial(ctx)
 		if err == nil {
-			klog.V(2).InfoS("Connected to IPFIX collector", "address", e.cfg.Address, "transport", e.cfg.Transport)
+			switch failures, downFor, logIt := reach.connected(time.Now()); {
+			case logIt:
+				klog.InfoS("Connected to IPFIX collector again", "address", e.cfg.Address, "transport", e.cfg.Transport,
+					"failedAttempts", failures, "unreachableFor", downFor.Round(time.Millisecond))
+			case !everConnected:
+				klog.InfoS("Connected to IPFIX collector", "address", e.cfg.Address, "transport", e.cfg.Transport)
+			default:
+				klog.V(2).InfoS("Connected to IPFIX collector", "address", e.cfg.Address, "transport", e.cfg.Transport)
+			}
+			everConnected = true
 			e.m.connected.Set(1)
 			start := time.Now()
 			e.serve(ctx, c, flushTick.C)
@@ -236,7 +247,13 @@ func (e *Exporter) Run(ctx context.Context) error {
 			}
 		} else if ctx.Err() == nil {
 			e.m.errDial.Inc()
-			klog.V(2).InfoS("Cannot connect to IPFIX collector", "address", e.cfg.Address, "err", err, "retryIn", backoff)
+			if reach.failed(time.Now()) {
+				klog.ErrorS(err, "Cannot connect to IPFIX collector; records are buffered and the connection retried "+
+					"(attempts counted in flowlens_ipfix_exporter_connection_errors_total{stage=\"dial\"}, logged with -v=2)",
+					"address", e.cfg.Address, "transport", e.cfg.Transport, "retryIn", backoff)
+			} else {
+				klog.V(2).InfoS("Cannot connect to IPFIX collector", "address", e.cfg.Address, "err", err, "retryIn", backoff)
+			}
 		}
 		if ctx.Err() != nil {
 			return nil

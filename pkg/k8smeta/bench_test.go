@@ -18,6 +18,8 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/flowlens/flowlens/pkg/flow"
 )
 
 // realisticPod looks like what an API server returns for a Deployment's pod:
@@ -35,9 +37,9 @@ func realisticPod(i int) *corev1.Pod {
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: fmt.Sprintf("app-%d-7d9c5", i/10), UID: "rs", Controller: &yes}},
 			ManagedFields: []metav1.ManagedFieldsEntry{
 				{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1",
-					FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{"f:labels":{".":{},"f:app":{}}},"f:spec":{"f:containers":{"k:{\"name\":\"main\"}":{".":{},"f:image":{},"f:env":{}}}}}`)}},
+					FieldsV1: metav1.NewFieldsV1(`{"f:metadata":{"f:labels":{".":{},"f:app":{}}},"f:spec":{"f:containers":{"k:{\"name\":\"main\"}":{".":{},"f:image":{},"f:env":{}}}}}`)},
 				{Manager: "kubelet", Operation: metav1.ManagedFieldsOperationUpdate, Subresource: "status", FieldsType: "FieldsV1",
-					FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{"f:conditions":{},"f:containerStatuses":{},"f:podIP":{},"f:podIPs":{}}}`)}},
+					FieldsV1: metav1.NewFieldsV1(`{"f:status":{"f:conditions":{},"f:containerStatuses":{},"f:podIP":{},"f:podIPs":{}}}`)},
 			},
 		},
 		Spec: corev1.PodSpec{
@@ -145,3 +147,43 @@ func BenchmarkInformerMemory(b *testing.B) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// BenchmarkAnnotationFlip measures how long a namespace's L7 annotation
+// change takes to reach L7Want through the informers (a fake API server, so
+// this is the agent's own share of the latency). The unit tests only bound
+// it generously; this is the figure to watch.
+func BenchmarkAnnotationFlip(b *testing.B) {
+	client := fake.NewClientset(namespace("shop", ""), pod("shop", "api", "10.244.0.3"))
+	m, err := New(Config{Client: client, NodeName: "node-a", Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); m.Wait() }()
+	if err := m.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	c := conn("10.244.0.2", "10.244.0.3", 1, 8080, time.Time{})
+	modes := []struct {
+		annotation string
+		want       flow.L7Want
+	}{{"ingress", flow.L7Destination}, {"", flow.L7None}}
+	var worst time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		mode := modes[i%len(modes)]
+		began := time.Now()
+		if _, err := client.CoreV1().Namespaces().Update(ctx, namespace("shop", mode.annotation), metav1.UpdateOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		for m.L7Want(&c) != mode.want {
+			if time.Since(began) > 10*time.Second {
+				b.Fatalf("annotation %q: L7Want = %b after 10s, want %b", mode.annotation, m.L7Want(&c), mode.want)
+			}
+			goruntime.Gosched()
+		}
+		worst = max(worst, time.Since(began))
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/flip")
+	b.ReportMetric(float64(worst.Microseconds()), "max-µs/flip")
+}

@@ -12,22 +12,22 @@ import (
 
 type oneConn struct{ c flow.Conn }
 
-func (o oneConn) Lookup(t flow.Tuple) (*flow.Conn, bool) {
+func (o oneConn) LookupConn(t flow.Tuple) (flow.Conn, bool) {
 	if t == o.c.Tuple || t == o.c.Tuple.Reverse() {
-		return &o.c, true
+		return o.c, true
 	}
-	return nil, false
+	return flow.Conn{}, false
 }
 
 type ingress struct{}
 
 func (ingress) L7Want(*flow.Conn) flow.L7Want { return flow.L7Destination }
 
-// The agent calls Ingest from the EVE reader and Enrich on each record just
+// The agent's loop calls Ingest for each EVE event and Enrich on each record just
 // before it is exported.
 func ExampleEnricher() {
 	t := flow.NewTuple(netip.MustParseAddr("10.0.1.5"), netip.MustParseAddr("10.0.2.7"), 40000, 80, flow.ProtoTCP)
-	e, err := l7.New(l7.Config{Connections: oneConn{flow.Conn{Tuple: t}}, Policy: ingress{}})
+	e, err := l7.New(l7.Config{Connections: oneConn{flow.Conn{Tuple: t}}, Policy: ingress{}}, nil)
 	if err != nil {
 		panic(err)
 	}

@@ -7,27 +7,32 @@
 // once.
 //
 // Events that arrive before conntrack reports their connection wait in a
-// bounded pending buffer and are retried by Tick (or Run).
+// bounded pending buffer and are retried by Tick.
+//
+// An Enricher is not safe for concurrent use. The agent calls Ingest, Tick
+// and Enrich from its loop goroutine, the one that owns the connection
+// store, so neither the store nor the Enricher needs a lock; the EVE reader
+// hands events to that goroutine over a bounded channel (pkg/agent).
 package l7
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
-	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flowlens/flowlens/pkg/eve"
 	"github.com/flowlens/flowlens/pkg/flow"
 )
 
-// Connections finds the connection an event belongs to. Lookup must accept
-// the tuple in either orientation and with the Service VIP as the server
-// (pkg/connstore does), and must be safe to call from the EVE reader's
-// goroutines. The returned Conn is copied before Lookup is called again.
+// Connections finds the connection an event belongs to. LookupConn must
+// accept the tuple in either orientation and with the Service VIP as the
+// server (pkg/connstore does). It is only called from Ingest and Tick, on
+// the caller's goroutine.
 type Connections interface {
-	Lookup(t flow.Tuple) (*flow.Conn, bool)
+	LookupConn(t flow.Tuple) (flow.Conn, bool)
 }
 
 // Policy says which ends of a connection opted into L7 export (the
@@ -46,7 +51,6 @@ const (
 	DefaultMaxHTTPBytes   = 16 << 10
 	DefaultMaxConnections = 65536
 	DefaultStateMaxAge    = 10 * time.Minute
-	DefaultRetryInterval  = 500 * time.Millisecond
 )
 
 // Config configures an Enricher.
@@ -77,20 +81,15 @@ type Config struct {
 	// StateMaxAge drops the state of a connection that neither received
 	// an event nor was exported for that long (its records stopped).
 	StateMaxAge time.Duration
-	// RetryInterval is how often Run retries pending events.
-	RetryInterval time.Duration
-	// Metrics is optional.
-	Metrics *Metrics
 }
 
 // Enricher matches EVE events to connections and fills records' L7 fields.
-// All methods are safe for concurrent use.
+// Its methods must be called from one goroutine (see the package comment).
 type Enricher struct {
 	cfg Config
 	lim limits
-	m   *Metrics
+	m   *metrics
 
-	mu        sync.Mutex
 	state     map[flow.Tuple]*connState
 	pending   []pendingEvent
 	lastSweep time.Time
@@ -101,8 +100,9 @@ type pendingEvent struct {
 	at time.Time
 }
 
-// New validates cfg and returns an Enricher.
-func New(cfg Config) (*Enricher, error) {
+// New validates cfg and returns an Enricher whose metrics are registered on
+// reg (nil: counted but not registered).
+func New(cfg Config, reg prometheus.Registerer) (*Enricher, error) {
 	if cfg.Connections == nil {
 		return nil, errors.New("l7: Connections is required")
 	}
@@ -137,7 +137,6 @@ func New(cfg Config) (*Enricher, error) {
 		defInt("MaxConnections", &cfg.MaxConnections, DefaultMaxConnections),
 		defDur("MaxPendingAge", &cfg.MaxPendingAge, DefaultMaxPendingAge),
 		defDur("StateMaxAge", &cfg.StateMaxAge, DefaultStateMaxAge),
-		defDur("RetryInterval", &cfg.RetryInterval, DefaultRetryInterval),
 	} {
 		if err != nil {
 			return nil, err
@@ -146,12 +145,9 @@ func New(cfg Config) (*Enricher, error) {
 	if cfg.MaxHTTPBytes > 65535 {
 		return nil, fmt.Errorf("l7: MaxHTTPBytes %d exceeds an IPFIX variable-length field (65535)", cfg.MaxHTTPBytes)
 	}
-	m := cfg.Metrics
-	if m == nil {
-		var err error
-		if m, err = NewMetrics(nil); err != nil {
-			return nil, err
-		}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
 	}
 	return &Enricher{
 		cfg:   cfg,
@@ -179,7 +175,6 @@ func (e *Enricher) Ingest(ev eve.Event, now time.Time) {
 		return
 	}
 	e.m.deferred.Inc()
-	e.mu.Lock()
 	if len(e.pending) >= e.cfg.MaxPending {
 		e.pending[0] = pendingEvent{} // release its strings now
 		e.pending = e.pending[1:]
@@ -187,15 +182,10 @@ func (e *Enricher) Ingest(ev eve.Event, now time.Time) {
 	}
 	e.pending = append(e.pending, pendingEvent{ev: ev, at: now})
 	e.m.pending.Set(float64(len(e.pending)))
-	e.mu.Unlock()
 }
 
 func (e *Enricher) lookup(t flow.Tuple) (flow.Conn, bool) {
-	c, ok := e.cfg.Connections.Lookup(t)
-	if !ok || c == nil {
-		return flow.Conn{}, false
-	}
-	return *c, true
+	return e.cfg.Connections.LookupConn(t)
 }
 
 // apply gates an event on the opt-in policy and accumulates it under the
@@ -207,8 +197,6 @@ func (e *Enricher) apply(c *flow.Conn, ev *eve.Event, now time.Time) {
 		return
 	}
 	p := e.privacyFor(c, want)
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	s := e.state[c.Tuple]
 	if s == nil {
 		if len(e.state) >= e.cfg.MaxConnections {
@@ -262,8 +250,6 @@ func (e *Enricher) privacyFor(c *flow.Conn, want flow.L7Want) Privacy {
 // a final record (any end reason but active timeout) drops all state.
 // Records of connections without L7 state are left untouched.
 func (e *Enricher) Enrich(r *flow.Record) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	s := e.state[r.Tuple]
 	if s == nil {
 		return
@@ -283,16 +269,10 @@ func (e *Enricher) Enrich(r *flow.Record) {
 // Tick retries pending events against the connection store, drops those
 // older than MaxPendingAge, and expires idle per-connection state.
 func (e *Enricher) Tick(now time.Time) {
-	e.mu.Lock()
-	batch := e.pending
-	e.pending = nil
-	e.mu.Unlock()
-
-	// Lookups run without the lock: the store may be slow and Ingest
-	// must not wait for it.
-	var keep []pendingEvent
-	for i := range batch {
-		p := &batch[i]
+	// Compact in place, keeping arrival order.
+	keep := e.pending[:0]
+	for i := range e.pending {
+		p := &e.pending[i]
 		if now.Sub(p.at) > e.cfg.MaxPendingAge {
 			e.m.dropped[dropUnmatched].Inc()
 			continue
@@ -303,15 +283,7 @@ func (e *Enricher) Tick(now time.Time) {
 		}
 		keep = append(keep, *p)
 	}
-
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	// Events that arrived meanwhile are newer; keep arrival order.
-	keep = append(keep, e.pending...)
-	if over := len(keep) - e.cfg.MaxPending; over > 0 {
-		keep = keep[over:]
-		e.m.dropped[dropPendingFull].Add(float64(over))
-	}
+	clear(e.pending[len(keep):]) // release the strings of events let go
 	e.pending = keep
 	e.m.pending.Set(float64(len(e.pending)))
 
@@ -330,26 +302,8 @@ func (e *Enricher) Tick(now time.Time) {
 	e.m.connections.Set(float64(len(e.state)))
 }
 
-// Run calls Tick every RetryInterval until ctx is done.
-func (e *Enricher) Run(ctx context.Context) error {
-	t := time.NewTicker(e.cfg.RetryInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case now := <-t.C:
-			e.Tick(now)
-		}
-	}
-}
-
 // Pending returns how many events wait for their connection.
-func (e *Enricher) Pending() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.pending)
-}
+func (e *Enricher) Pending() int { return len(e.pending) }
 
 // L7Of is what a record would carry for this one event alone, under
 // privacy policy p: what `flowlens eve check --json` prints.

@@ -1,13 +1,11 @@
 package l7
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,16 +16,13 @@ import (
 	"github.com/flowlens/flowlens/pkg/flow"
 )
 
-// fakeConns stands in for pkg/connstore: Lookup finds a connection from
-// either orientation and from the Service VIP form, as the store does.
+// fakeConns stands in for pkg/connstore: LookupConn finds a connection
+// from either orientation and from the Service VIP form, as the store does.
 type fakeConns struct {
-	mu sync.Mutex
-	m  map[flow.Tuple]flow.Conn
+	m map[flow.Tuple]flow.Conn
 }
 
 func (f *fakeConns) add(c flow.Conn) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.m == nil {
 		f.m = map[flow.Tuple]flow.Conn{}
 	}
@@ -41,14 +36,9 @@ func (f *fakeConns) add(c flow.Conn) {
 	}
 }
 
-func (f *fakeConns) Lookup(t flow.Tuple) (*flow.Conn, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+func (f *fakeConns) LookupConn(t flow.Tuple) (flow.Conn, bool) {
 	c, ok := f.m[t]
-	if !ok {
-		return nil, false
-	}
-	return &c, true
+	return c, ok
 }
 
 // fakePolicy answers per connection tuple; unknown connections want none.
@@ -80,23 +70,22 @@ type harness struct {
 	e     *Enricher
 	conns *fakeConns
 	pol   fakePolicy
-	m     *Metrics
+	m     *metrics
 }
 
 func newHarness(t *testing.T, mod func(*Config)) *harness {
 	t.Helper()
-	m, err := NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{conns: &fakeConns{}, pol: fakePolicy{}, m: m}
-	cfg := Config{Connections: h.conns, Policy: h.pol, Metrics: m}
+	h := &harness{conns: &fakeConns{}, pol: fakePolicy{}}
+	cfg := Config{Connections: h.conns, Policy: h.pol}
 	if mod != nil {
 		mod(&cfg)
 	}
-	if h.e, err = New(cfg); err != nil {
+	var err error
+	// A registry of its own checks that the metrics register.
+	if h.e, err = New(cfg, prometheus.NewRegistry()); err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	h.m = h.e.m
 	return h
 }
 
@@ -505,62 +494,10 @@ func TestNewRejectsBadConfigNamingTheField(t *testing.T) {
 		t.Run(tt.field, func(t *testing.T) {
 			cfg := ok
 			tt.mod(&cfg)
-			if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), tt.field) {
+			if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), tt.field) {
 				t.Errorf("New = %v, want an error naming %s", err, tt.field)
 			}
 		})
-	}
-}
-
-func TestIngestAndEnrichConcurrently(t *testing.T) {
-	h := newHarness(t, nil)
-	var cs []flow.Conn
-	for i := 0; i < 8; i++ {
-		c := conn(client, server, uint16(40000+i), 80)
-		h.conns.add(c)
-		h.pol[c.Tuple] = flow.L7Destination
-		cs = append(cs, c)
-	}
-	var wg sync.WaitGroup
-	const perReader = 500
-	for g := 0; g < 4; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < perReader; i++ {
-				c := cs[i%len(cs)]
-				h.e.Ingest(httpEvent(c.Tuple, uint64(g*perReader+i), "/"), t0)
-			}
-		}()
-	}
-	seen := 0
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	count := func() {
-		for _, c := range cs {
-			r := h.export(c, flow.EndActiveTimeout)
-			if r.L7.HTTPVals == "" {
-				continue
-			}
-			var vals map[string]any
-			if err := json.Unmarshal([]byte(r.L7.HTTPVals), &vals); err != nil {
-				t.Errorf("invalid httpVals under concurrency: %v", err)
-				return
-			}
-			seen += len(vals)
-		}
-	}
-	for loop := true; loop; {
-		select {
-		case <-done:
-			loop = false
-		default:
-		}
-		count()
-	}
-	count()
-	if want := 4 * perReader; seen+int(value(t, h.m.truncated["transactions"])+value(t, h.m.truncated["bytes"])) != want {
-		t.Errorf("exported %d transactions (+%v truncated), want %d in all", seen, value(t, h.m.truncated["transactions"]), want)
 	}
 }
 
@@ -590,36 +527,5 @@ func TestJSONStringEncodingIsAlwaysValid(t *testing.T) {
 		if back != tt.want {
 			t.Errorf("%q round-tripped to %q, want %q", tt.in, back, tt.want)
 		}
-	}
-}
-
-func TestRunRetriesPendingEventsUntilCancelled(t *testing.T) {
-	h := newHarness(t, func(cfg *Config) { cfg.RetryInterval = 5 * time.Millisecond })
-	c := conn(client, server, 40000, 80)
-	h.pol[c.Tuple] = flow.L7Destination
-	h.e.Ingest(httpEvent(c.Tuple, 0, "/late"), time.Now())
-	h.conns.add(c)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.e.Run(ctx) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for h.e.Pending() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("Run did not retry the pending event")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run = %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return after cancel")
-	}
-	if r := h.export(c, flow.EndOfFlow); !strings.Contains(r.L7.HTTPVals, "/late") {
-		t.Errorf("httpVals %q", r.L7.HTTPVals)
 	}
 }

@@ -15,8 +15,8 @@ const (
 	dropStateFull   = "state_full"   // MaxConnections connections already hold L7 state
 )
 
-// Metrics are the L7 matcher's Prometheus collectors.
-type Metrics struct {
+// metrics are the L7 matcher's Prometheus collectors.
+type metrics struct {
 	matched      prometheus.Counter
 	deferred     prometheus.Counter
 	dropped      map[string]prometheus.Counter
@@ -27,9 +27,9 @@ type Metrics struct {
 	connections  prometheus.Gauge
 }
 
-// NewMetrics creates the collectors and registers them on reg; a nil reg
+// newMetrics creates the collectors and registers them on reg; a nil reg
 // leaves them unregistered.
-func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flowlens_l7_events_dropped_total",
 		Help: "EVE events not attached to any record, by reason (no_l7, not_wanted, unmatched, pending_full, state_full).",
@@ -38,7 +38,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Name: "flowlens_l7_http_transactions_truncated_total",
 		Help: "HTTP transactions left out of httpVals because a record reached its bound, by limit (transactions, bytes).",
 	}, []string{"limit"})
-	m := &Metrics{
+	m := &metrics{
 		matched: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flowlens_l7_events_matched_total",
 			Help: "EVE events matched to a connection that wants L7 export.",

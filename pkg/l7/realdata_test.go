@@ -112,7 +112,7 @@ func BenchmarkParseAndMatchHTTP(b *testing.B) {
 	var tuples []flow.Tuple
 	for _, l := range lines {
 		ev := parse(b, l)
-		if _, ok := conns.Lookup(ev.Tuple); ok {
+		if _, ok := conns.LookupConn(ev.Tuple); ok {
 			continue
 		}
 		c := flow.Conn{Tuple: ev.Tuple, OrigDstIP: ev.Tuple.DstIP, OrigDstPort: ev.Tuple.DstPort}
@@ -120,7 +120,7 @@ func BenchmarkParseAndMatchHTTP(b *testing.B) {
 		pol[c.Tuple] = flow.L7Destination
 		tuples = append(tuples, c.Tuple)
 	}
-	e, err := New(Config{Connections: conns, Policy: pol})
+	e, err := New(Config{Connections: conns, Policy: pol}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -11,7 +11,12 @@ import (
 )
 
 // Privacy says what of an HTTP transaction may leave the node. The zero
-// value is the default policy: query strings are dropped, the rest kept.
+// value is the default policy. What can leave is exactly the httpVals
+// fields (appendHTTPEntry): hostname, url, user agent, content type,
+// method, protocol, status and length. Headers never do, whatever the
+// policy. Userinfo ("user:password@" of an absolute-form URL or of the
+// hostname) never does either; query strings and path parameters only when
+// the policy keeps them.
 type Privacy struct {
 	// KeepQuery exports URLs with their query string; by default
 	// everything from the first '?' or '#' is removed, since query strings
@@ -21,27 +26,117 @@ type Privacy struct {
 	DropURL bool
 	// DropUserAgent exports no User-Agent.
 	DropUserAgent bool
+	// KeepPathParams exports path parameters (";jsessionid=..." after a
+	// path segment); by default they are removed, since servlet containers
+	// and others carry session ids in them.
+	KeepPathParams bool
 }
 
 // stricter combines two policies so that whatever either drops is dropped.
 func (p Privacy) stricter(q Privacy) Privacy {
 	return Privacy{
-		KeepQuery:     p.KeepQuery && q.KeepQuery,
-		DropURL:       p.DropURL || q.DropURL,
-		DropUserAgent: p.DropUserAgent || q.DropUserAgent,
+		KeepQuery:      p.KeepQuery && q.KeepQuery,
+		DropURL:        p.DropURL || q.DropURL,
+		DropUserAgent:  p.DropUserAgent || q.DropUserAgent,
+		KeepPathParams: p.KeepPathParams && q.KeepPathParams,
 	}
 }
 
+// url returns what of the request target u may leave the node.
 func (p Privacy) url(u string) string {
 	if p.DropURL {
 		return ""
 	}
+	// The common case, an origin-form path with nothing to remove.
+	if strings.HasPrefix(u, "/") && !strings.HasPrefix(u, "//") &&
+		!strings.ContainsAny(u, ";?#") {
+		return u
+	}
+	authority, rest := splitAuthority(u)
+	path, query := rest, ""
+	if i := strings.IndexAny(rest, "?#"); i >= 0 {
+		path, query = rest[:i], rest[i:]
+	}
+	if !p.KeepPathParams {
+		path = stripPathParams(path)
+	}
 	if !p.KeepQuery {
-		if i := strings.IndexAny(u, "?#"); i >= 0 {
-			return u[:i]
+		query = ""
+	}
+	return authority + path + query
+}
+
+// splitAuthority splits a request target into its scheme and authority
+// without userinfo ("http://host:port", "//host" or, for the authority
+// form of CONNECT, "host:port") and the rest (path, query, fragment).
+func splitAuthority(u string) (authority, rest string) {
+	start := 0
+	switch {
+	case strings.HasPrefix(u, "/") && !strings.HasPrefix(u, "//"), u == "*":
+		return "", u // origin form, asterisk form
+	case strings.HasPrefix(u, "//"):
+		start = 2 // network-path reference
+	default:
+		if i := strings.Index(u, "://"); i > 0 && isScheme(u[:i]) {
+			start = i + 3
+		} // else the authority form: all of u up to a path is the authority
+	}
+	end := len(u)
+	if i := strings.IndexAny(u[start:], "/?#"); i >= 0 {
+		end = start + i
+	}
+	host := u[start:end]
+	// Userinfo cannot hold a raw '@'; cutting at the last one removes the
+	// most whatever a client sent.
+	if i := strings.LastIndexByte(host, '@'); i >= 0 {
+		host = host[i+1:]
+	}
+	return u[:start] + host, u[end:]
+}
+
+// isScheme reports whether s is an RFC 3986 scheme.
+func isScheme(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
 		}
 	}
-	return u
+	return s != ""
+}
+
+// stripPathParams removes each segment's parameters (";..." up to the next
+// '/') from a path without query.
+func stripPathParams(path string) string {
+	if strings.IndexByte(path, ';') < 0 {
+		return path
+	}
+	b := make([]byte, 0, len(path))
+	for i := 0; i < len(path); {
+		if path[i] != ';' {
+			b = append(b, path[i])
+			i++
+			continue
+		}
+		j := strings.IndexByte(path[i:], '/')
+		if j < 0 {
+			break
+		}
+		i += j
+	}
+	return string(b)
+}
+
+// hostWithoutUserinfo removes "user:password@" from a hostname: a Host
+// header (or HTTP/2 :authority) may carry one.
+func hostWithoutUserinfo(h string) string {
+	if i := strings.LastIndexByte(h, '@'); i >= 0 {
+		return h[i+1:]
+	}
+	return h
 }
 
 // Limits bound what one record can carry.
@@ -237,7 +332,7 @@ func appendHTTPEntry(b []byte, h *eve.HTTP, p Privacy) []byte {
 		ua = ""
 	}
 	b = append(b, `{"hostname":`...)
-	b = appendJSONString(b, h.Hostname)
+	b = appendJSONString(b, hostWithoutUserinfo(h.Hostname))
 	b = append(b, `,"url":`...)
 	b = appendJSONString(b, p.url(h.URL))
 	b = append(b, `,"http_user_agent":`...)

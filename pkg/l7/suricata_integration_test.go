@@ -30,16 +30,15 @@ type podConns struct {
 	vip            netip.AddrPort
 }
 
-func (p podConns) Lookup(t flow.Tuple) (*flow.Conn, bool) {
+func (p podConns) LookupConn(t flow.Tuple) (flow.Conn, bool) {
 	switch {
 	case t.Src() == p.client && t.Dst() == p.server:
 	case t.Src() == p.server && t.Dst() == p.client:
 		t = t.Reverse()
 	default:
-		return nil, false
+		return flow.Conn{}, false
 	}
-	c := &flow.Conn{Tuple: t, OrigDstIP: p.vip.Addr().As16(), OrigDstPort: p.vip.Port()}
-	return c, true
+	return flow.Conn{Tuple: t, OrigDstIP: p.vip.Addr().As16(), OrigDstPort: p.vip.Port()}, true
 }
 
 // ingressOf opts the server pod in with visibility.antrea.io/l7-export:
@@ -86,28 +85,28 @@ func TestRealSuricataHTTPEventReachesTheRecord(t *testing.T) {
 	enricher, err := l7.New(l7.Config{
 		Connections: podConns{client: client.IPv4, server: server.IPv4, vip: svc.Addr()},
 		Policy:      ingressOf(server.IPv4),
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As in the agent, the reader hands events to the one goroutine that
+	// uses the enricher: this one.
+	ctx, cancel := context.WithCancel(context.Background())
 	events := make(chan eve.Event, 1024)
 	reader, err := eve.New(eve.Config{
 		Source: eve.SourceUnixStream,
 		Path:   sock,
 		Handler: func(ev eve.Event) {
-			enricher.Ingest(ev, time.Now())
-			if ev.HTTP != nil {
-				select {
-				case events <- ev:
-				default:
-				}
+			select {
+			case events <- ev:
+			case <-ctx.Done():
 			}
 		},
-	})
+	}, nil)
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -145,7 +144,8 @@ wait:
 		for {
 			select {
 			case ev := <-events:
-				if sent[ev.HTTP.URL] {
+				enricher.Ingest(ev, time.Now())
+				if ev.HTTP != nil && sent[ev.HTTP.URL] {
 					got = ev
 					break wait
 				}
@@ -173,8 +173,8 @@ wait:
 	}
 
 	// The record of that connection carries the transaction, query dropped.
-	conn, _ := podConns{client: client.IPv4, server: server.IPv4, vip: svc.Addr()}.Lookup(got.Tuple)
-	rec := flow.Record{Conn: *conn, EndReason: flow.EndActiveTimeout}
+	conn, _ := podConns{client: client.IPv4, server: server.IPv4, vip: svc.Addr()}.LookupConn(got.Tuple)
+	rec := flow.Record{Conn: conn, EndReason: flow.EndActiveTimeout}
 	enricher.Enrich(&rec)
 	var vals map[string]map[string]any
 	if err := json.Unmarshal([]byte(rec.L7.HTTPVals), &vals); err != nil {

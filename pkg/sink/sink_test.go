@@ -3,6 +3,8 @@ package sink
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -70,7 +72,7 @@ func newSink(t *testing.T, w Writer, cfg Config) *Sink {
 	if cfg.RetryMin == 0 {
 		cfg.RetryMin, cfg.RetryMax = time.Millisecond, 5*time.Millisecond
 	}
-	s, err := New(cfg)
+	s, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +92,20 @@ func runUntil(t *testing.T, s *Sink, cond func() bool) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
+}
+
+// start runs s until the test ends.
+func start(t *testing.T, s *Sink) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
 }
 
 func TestSinkDelivery(t *testing.T) {
@@ -138,32 +154,30 @@ func TestSinkDelivery(t *testing.T) {
 	}
 }
 
-func TestFullQueueDropsAndCounts(t *testing.T) {
-	s := newSink(t, &fakeWriter{}, Config{QueueRecords: 3, MaxBatch: 3})
-	for _, r := range records(5) {
-		s.Put(r)
-	}
-	if s.Len() != 3 {
-		t.Errorf("Len = %d, want the bound 3", s.Len())
-	}
-	if got := counter(t, s.m.dropFull); got != 2 {
-		t.Errorf("dropped = %v, want 2", got)
-	}
-}
-
 func TestShutdownFlushesQueueAndCountsWhatItCannot(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		failures    int
+		spool       bool
 		wantWritten int
 		wantDropped float64
+		wantParked  int
+		// replay: a write-ahead log gives the sink its leftovers again.
+		replay     bool
+		wantReplay float64
 	}{
-		{"working destination gets everything", 0, 7, 0},
-		{"dead destination: rest counted as dropped after flush timeout", 1 << 30, 0, 7},
+		{"working destination gets everything", 0, false, 7, 0, 0, false, 0},
+		{"dead destination: rest counted as dropped after flush timeout", 1 << 30, false, 0, 7, 0, false, 0},
+		{"dead destination with a spool: rest parked after flush timeout", 1 << 30, true, 0, 0, 7, false, 0},
+		{"dead destination with a write-ahead log: rest left for replay, not parked twice", 1 << 30, true, 0, 0, 0, true, 7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := &fakeWriter{failures: tc.failures}
-			s := newSink(t, w, Config{MaxBatch: 100, CommitInterval: time.Hour, FlushTimeout: 100 * time.Millisecond})
+			cfg := Config{MaxBatch: 100, CommitInterval: time.Hour, FlushTimeout: 100 * time.Millisecond, LeaveForReplay: tc.replay}
+			if tc.spool {
+				cfg.Spool.Path = filepath.Join(t.TempDir(), "spool.jsonl")
+			}
+			s := newSink(t, w, cfg)
 			for _, r := range records(7) {
 				s.Put(r)
 			}
@@ -175,11 +189,26 @@ func TestShutdownFlushesQueueAndCountsWhatItCannot(t *testing.T) {
 			if got := len(w.delivered()); got != tc.wantWritten {
 				t.Errorf("delivered %d, want %d", got, tc.wantWritten)
 			}
-			if got := counter(t, s.m.dropShutdown); got != tc.wantDropped {
+			if got := counter(t, s.m.dropped[dropShutdown]); got != tc.wantDropped {
 				t.Errorf("dropped at shutdown = %v, want %v", got, tc.wantDropped)
 			}
 			if s.Len() != 0 {
 				t.Errorf("queue holds %d after Run returned", s.Len())
+			}
+			if got := counter(t, s.m.parked); got != float64(tc.wantParked) {
+				t.Errorf("parked = %v, want %d", got, tc.wantParked)
+			}
+			if got := counter(t, s.m.leftForReplay); got != tc.wantReplay {
+				t.Errorf("left for replay = %v, want %v", got, tc.wantReplay)
+			}
+			if tc.spool && tc.replay {
+				if _, err := os.Stat(cfg.Spool.Path); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("spool %s exists (err %v): leftovers the log replays must not be parked too", cfg.Spool.Path, err)
+				}
+			} else if tc.spool {
+				if n := len(spoolLines(t, cfg.Spool.Path)); n != tc.wantParked {
+					t.Errorf("spool has %d lines, want %d", n, tc.wantParked)
+				}
 			}
 		})
 	}
@@ -196,9 +225,13 @@ func TestConfigValidationNamesTheField(t *testing.T) {
 		{Config{Name: "x", Writer: w, QueueRecords: 10, MaxBatch: 20}, "maxBatch"},
 		{Config{Name: "x", Writer: w, RetryMin: time.Minute, RetryMax: time.Second}, "retryMin"},
 		{Config{Name: "x", Writer: w, CommitInterval: -1}, "commitInterval"},
+		{Config{Name: "x", Writer: w, MaxBlock: -1}, "maxBlock"},
+		{Config{Name: "x", Writer: w, UnhealthyAfter: -1}, "unhealthyAfter"},
+		{Config{Name: "x", Writer: w, Spool: SpoolConfig{Path: "p", MaxBytes: -1}}, "spool.maxBytes"},
+		{Config{Name: "x", Writer: w, Spool: SpoolConfig{Path: "p", FileMode: os.ModeDir | 0o600}}, "spool.fileMode"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
-			_, err := New(tc.cfg)
+			_, err := New(tc.cfg, nil)
 			if err == nil || !contains(err.Error(), tc.want) {
 				t.Errorf("err = %v, want one naming %s", err, tc.want)
 			}

@@ -131,6 +131,38 @@ func (c *Collector) RecordsOf(src netip.AddrPort, proto uint8) []Arrival {
 	return out
 }
 
+// Len returns how many flow records the collector has received.
+func (c *Collector) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.recs)
+}
+
+// WaitDelivered waits until every data record ag has sent so far is in c:
+// nothing is left in the agent's export buffer and c holds at least as many
+// records as the agent wrote. It is how a test that checks that something
+// was not exported knows there is nothing more on the way; it suits a
+// collector only ag exports to.
+func (c *Collector) WaitDelivered(t testing.TB, ag *Agent, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		buffered, _ := ag.Metric(t, "flowlens_ipfix_exporter_buffered_records")
+		sent, ok := ag.Metric(t, "flowlens_ipfix_exporter_records_sent_total")
+		if !ok {
+			t.Fatalf("agent has no flowlens_ipfix_exporter_records_sent_total metric")
+		}
+		got := c.Len()
+		if buffered == 0 && float64(got) >= sent {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s the agent has %v records buffered and sent %v; the collector received %d", within, buffered, sent, got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // WaitFor waits for a record of the connection from src with the given end
 // reason and returns the connection's records up to and including it.
 func (c *Collector) WaitFor(t testing.TB, src netip.AddrPort, proto uint8, reason flow.EndReason, within time.Duration) []Arrival {
@@ -166,10 +198,17 @@ var serverAddr = regexp.MustCompile(`"Serving metrics and health" address="([^"]
 
 // StartAgent runs bin with the YAML configuration cfg (its server.listen
 // should be 127.0.0.1:0) and waits until it serves /metrics, which it does
-// only after its context source synced. The agent gets SIGTERM when the
-// test ends and must exit cleanly; its log is shown when the test failed.
+// only after its context source synced, and, unless cfg turns conntrack
+// events off, until it is subscribed to them, so the NEW event of traffic
+// the test starts next is seen, not only the next dump. The agent gets
+// SIGTERM when the test ends and must exit cleanly; its log is shown when
+// the test failed.
 func StartAgent(t testing.TB, bin, cfg string) *Agent {
 	t.Helper()
+	watchNetns, events, err := parseEventWatch(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -212,14 +251,28 @@ func StartAgent(t testing.TB, bin, cfg string) *Agent {
 			}
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
+	began := time.Now()
+	deadline := began.Add(30 * time.Second)
+	var serving []byte
+	var subErr error // from the last look at the subscription
 	for {
 		b, _ := os.ReadFile(logPath)
-		if m := serverAddr.FindSubmatch(b); m != nil {
-			// Let the event listener subscribe so the traffic's NEW events
-			// are seen too, not only the next dump.
-			time.Sleep(300 * time.Millisecond)
-			return &Agent{MetricsAddr: string(m[1]), LogPath: logPath, stop: stop}
+		if serving == nil {
+			if m := serverAddr.FindSubmatch(b); m != nil {
+				serving = m[1]
+			}
+		}
+		if serving != nil {
+			ready := !events
+			if events {
+				// An error is kept, not fatal: the agent may just have
+				// exited, which the check below reports with its log.
+				ready, subErr = subscribedToConntrack(cmd.Process.Pid, watchNetns)
+			}
+			if ready {
+				t.Logf("agent ready (serving metrics, conntrack events %v) %s after start", events, time.Since(began).Round(time.Millisecond))
+				return &Agent{MetricsAddr: string(serving), LogPath: logPath, stop: stop}
+			}
 		}
 		select {
 		case err := <-exited:
@@ -228,6 +281,9 @@ func StartAgent(t testing.TB, bin, cfg string) *Agent {
 		default:
 		}
 		if time.Now().After(deadline) {
+			if serving != nil {
+				t.Fatalf("agent not subscribed to the conntrack events of netns %q 30s after start (last check: %v); log:\n%s", watchNetns, subErr, b)
+			}
 			t.Fatalf("agent serves no metrics 30s after start; log:\n%s", b)
 		}
 		time.Sleep(50 * time.Millisecond)

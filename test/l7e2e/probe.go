@@ -29,7 +29,7 @@ type Probe struct {
 // StartProbe listens on the unix stream socket path.
 func StartProbe(path string) (*Probe, error) {
 	p := &Probe{changed: make(chan struct{}, 1), done: make(chan error, 1)}
-	r, err := eve.New(eve.Config{Source: eve.SourceUnixStream, Path: path, Handler: p.add})
+	r, err := eve.New(eve.Config{Source: eve.SourceUnixStream, Path: path, Handler: p.add}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("eve probe: %w", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -271,17 +270,18 @@ func DialTLS(pod *netnstest.Pod, addr netip.AddrPort, serverName string, pool *x
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake with %s (%s): %w", addr, serverName, err)
 	}
-	buf := make([]byte, 16)
-	if _, err := io.WriteString(c, "hi\n"); err == nil {
-		_, err = io.ReadFull(c, buf[:6])
-	}
-	if err != nil {
+	if _, err := io.WriteString(c, "hi\n"); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("tls exchange with %s: %w", addr, err)
+		return nil, fmt.Errorf("tls exchange with %s: write: %w", addr, err)
 	}
-	if string(buf[:6]) != "hello\n" {
+	buf := make([]byte, len("hello\n"))
+	if _, err := io.ReadFull(c, buf); err != nil {
 		c.Close()
-		return nil, errors.New("tls exchange: unexpected answer " + string(buf[:6]))
+		return nil, fmt.Errorf("tls exchange with %s: read the answer: %w", addr, err)
+	}
+	if string(buf) != "hello\n" {
+		c.Close()
+		return nil, fmt.Errorf("tls exchange with %s: unexpected answer %q", addr, buf)
 	}
 	_ = c.SetDeadline(time.Time{})
 	return &TLSConn{Conn: c, Local: unmapped(raw.LocalAddr())}, nil

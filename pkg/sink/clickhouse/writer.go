@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -107,8 +108,10 @@ func (w *Writer) Version() Version {
 }
 
 // EnsureSchema creates the table, or adds the columns an older flowlens
-// did not have. Columns it does not know are left alone, and a column whose
-// type differs is reported, not altered: migrations only ever add.
+// (or an operator's DROP COLUMN) left out. Columns it does not know are
+// left alone; a column of another type is a permanent error
+// (sink.IsPermanent): migrations only ever add, and every insert would
+// fail on it.
 func (w *Writer) EnsureSchema(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -117,32 +120,47 @@ func (w *Writer) EnsureSchema(ctx context.Context) error {
 	}
 	sv, err := w.conn.ServerVersion()
 	if err != nil {
-		return fmt.Errorf("clickhouse server version: %w", err)
+		return classify(fmt.Errorf("clickhouse server version: %w", err))
 	}
 	v := Version{Major: sv.Version.Major, Minor: sv.Version.Minor, Patch: sv.Version.Patch}
+	table := w.cfg.Database + "." + w.cfg.Table
 	if err := w.conn.Exec(ctx, CreateTableSQL(w.cfg.Database, w.cfg.Table, v)); err != nil {
-		return fmt.Errorf("create table %s.%s: %w", w.cfg.Database, w.cfg.Table, err)
+		return classify(fmt.Errorf("create table %s: %w", table, err))
 	}
 	have, err := w.existingColumns(ctx)
 	if err != nil {
-		return err
+		return classify(err)
 	}
-	for _, c := range columns {
-		typ := c.typeFor(v)
-		got, ok := have[c.name]
+	var mismatched []string
+	columns := sink.Columns()
+	for i := range columns {
+		c := &columns[i]
+		typ := typeFor(c, v)
+		got, ok := have[c.Name]
 		switch {
 		case !ok:
-			if err := w.conn.Exec(ctx, AddColumnSQL(w.cfg.Database, w.cfg.Table, c.name, typ)); err != nil {
-				return fmt.Errorf("migrate %s.%s: add column %s: %w", w.cfg.Database, w.cfg.Table, c.name, err)
+			if err := w.conn.Exec(ctx, AddColumnSQL(w.cfg.Database, w.cfg.Table, c.Name, typ)); err != nil {
+				return classify(fmt.Errorf("migrate %s: add column %s: %w", table, c.Name, err))
 			}
-			klog.InfoS("Added ClickHouse column", "table", w.cfg.Table, "column", c.name, "type", typ)
-		case got != typ && got != c.typ:
-			klog.InfoS("ClickHouse column has another type; left as is", "table", w.cfg.Table, "column", c.name, "type", got, "want", typ)
+			klog.InfoS("Added ClickHouse column", "table", table, "column", c.Name, "type", typ)
+		case !compatible(c, got):
+			mismatched = append(mismatched, fmt.Sprintf("%s is %s, want %s", c.Name, got, typ))
 		}
 	}
+	if len(mismatched) > 0 {
+		return sink.Permanent(fmt.Errorf("table %s has columns of another type than flowlens writes (%s): "+
+			"change them back (ALTER TABLE ... MODIFY COLUMN) or point the sink at another table", table, strings.Join(mismatched, "; ")))
+	}
 	w.version, w.ready = v, true
-	klog.InfoS("ClickHouse schema ready", "addr", w.cfg.Addr, "version", v, "table", w.cfg.Database+"."+w.cfg.Table)
+	klog.InfoS("ClickHouse schema ready", "addr", w.cfg.Addr, "version", v, "table", table)
 	return nil
+}
+
+// recheckSchema makes the next EnsureSchema look at the table again.
+func (w *Writer) recheckSchema() {
+	w.mu.Lock()
+	w.ready = false
+	w.mu.Unlock()
 }
 
 func (w *Writer) existingColumns(ctx context.Context) (map[string]string, error) {
@@ -168,7 +186,11 @@ func (w *Writer) existingColumns(ctx context.Context) (map[string]string, error)
 // Write inserts the batch as one block. A retried batch is first looked up
 // by its id: if the failed attempt was committed after all (the server
 // stored the block but the acknowledgement was lost), it is not inserted
-// again.
+// again. An insert the table's schema refuses (a column dropped, retyped,
+// or the table dropped while running) makes it check the schema again,
+// repair what adding can, and insert once more; what still fails on the
+// schema then is permanent. Errors are classified for the sink: see
+// classify.
 func (w *Writer) Write(ctx context.Context, b *sink.Batch) (int, error) {
 	if err := w.EnsureSchema(ctx); err != nil {
 		return 0, err
@@ -176,7 +198,14 @@ func (w *Writer) Write(ctx context.Context, b *sink.Batch) (int, error) {
 	if b.Attempt > 0 {
 		n, err := w.countBatch(ctx, b.ID)
 		if err != nil {
-			return 0, err
+			if isSchemaError(err) {
+				// The table went away since the failed attempt, and with
+				// it that attempt's rows: check the schema (re-creating
+				// it) and retry.
+				w.recheckSchema()
+				return 0, err
+			}
+			return 0, classify(err)
 		}
 		if n > 0 {
 			if n != uint64(len(b.Records)) {
@@ -185,21 +214,55 @@ func (w *Writer) Write(ctx context.Context, b *sink.Batch) (int, error) {
 			return len(b.Records), nil
 		}
 	}
+	err := w.insert(ctx, b)
+	if err == nil {
+		return len(b.Records), nil
+	}
+	if !isSchemaError(err) {
+		return 0, classify(err)
+	}
+	klog.ErrorS(err, "ClickHouse insert refused by the table's schema; checking it again", "table", w.cfg.Database+"."+w.cfg.Table, "batchId", b.ID)
+	w.recheckSchema()
+	if err := w.EnsureSchema(ctx); err != nil {
+		return 0, err
+	}
+	if err := w.insert(ctx, b); err != nil {
+		if isSchemaError(err) {
+			return 0, sink.Permanent(fmt.Errorf("after checking the schema again: %w", err))
+		}
+		return 0, classify(err)
+	}
+	return len(b.Records), nil
+}
+
+// appendError is a column the insert block would not take: its type in the
+// table is not the one flowlens writes.
+type appendError struct {
+	column string
+	err    error
+}
+
+func (e *appendError) Error() string { return fmt.Sprintf("append column %s: %v", e.column, e.err) }
+func (e *appendError) Unwrap() error { return e.err }
+
+func (w *Writer) insert(ctx context.Context, b *sink.Batch) error {
 	batch, err := w.conn.PrepareBatch(ctx, w.insertSQL)
 	if err != nil {
-		return 0, fmt.Errorf("prepare insert: %w", err)
+		return fmt.Errorf("prepare insert: %w", err)
 	}
-	bi := &batchInfo{aggregator: w.cfg.Aggregator, batchID: b.ID}
-	for i, c := range columns {
-		if err := batch.Column(i).Append(c.build(b.Records, bi)); err != nil {
+	m := &sink.Meta{Aggregator: w.cfg.Aggregator, BatchID: b.ID}
+	columns := sink.Columns()
+	for i := range columns {
+		c := &columns[i]
+		if err := batch.Column(i).Append(columnValues(c, b.Records, m)); err != nil {
 			_ = batch.Abort()
-			return 0, fmt.Errorf("append column %s: %w", c.name, err)
+			return &appendError{column: c.Name, err: err}
 		}
 	}
 	if err := batch.Send(); err != nil {
-		return 0, fmt.Errorf("send %d rows: %w", len(b.Records), err)
+		return fmt.Errorf("send %d rows: %w", len(b.Records), err)
 	}
-	return len(b.Records), nil
+	return nil
 }
 
 func (w *Writer) countBatch(ctx context.Context, id uint64) (uint64, error) {

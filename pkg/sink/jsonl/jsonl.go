@@ -1,18 +1,17 @@
 // Package jsonl writes aggregated records as JSON lines to stdout or to a
-// file rotated by size. It is a sink.Writer.
+// file rotated by size. It is a sink.Writer. Each line is one flat object
+// of the output columns (sink.Columns), named and typed as the ClickHouse
+// table's, so a file loads into that table with FORMAT JSONEachRow and
+// sink.ParseJSONRow reads it back.
 package jsonl
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
-	"time"
 
-	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/sink"
 )
 
@@ -32,6 +31,12 @@ type Config struct {
 	// files.
 	MaxBytes int64
 	MaxFiles int
+	// FileMode is the mode of the files it creates, on start and on
+	// rotation (default 0600: rows hold URLs, hosts and pod names). An
+	// existing file keeps its mode.
+	FileMode os.FileMode
+	// Aggregator is stored in every row's aggregator column.
+	Aggregator string
 	// Stdout replaces os.Stdout (tests).
 	Stdout io.Writer
 }
@@ -43,6 +48,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("maxBytes: must be positive, got %d", c.MaxBytes)
 	case c.MaxFiles < 0:
 		return fmt.Errorf("maxFiles: must be positive, got %d", c.MaxFiles)
+	case c.FileMode&^os.ModePerm != 0:
+		return fmt.Errorf("fileMode: only permission bits are allowed, got %v", c.FileMode)
 	}
 	return nil
 }
@@ -55,6 +62,7 @@ type Writer struct {
 	size    int64
 	rotates bool
 	buf     []byte
+	line    []byte
 }
 
 var _ sink.Writer = (*Writer)(nil)
@@ -69,6 +77,9 @@ func New(cfg Config) (*Writer, error) {
 	}
 	if cfg.MaxFiles == 0 {
 		cfg.MaxFiles = DefaultMaxFiles
+	}
+	if cfg.FileMode == 0 {
+		cfg.FileMode = sink.DefaultFileMode
 	}
 	w := &Writer{cfg: cfg}
 	if cfg.Path == "" || cfg.Path == "-" {
@@ -85,7 +96,7 @@ func New(cfg Config) (*Writer, error) {
 }
 
 func (w *Writer) open() error {
-	f, err := os.OpenFile(w.cfg.Path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(w.cfg.Path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, w.cfg.FileMode)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", w.cfg.Path, err)
 	}
@@ -142,12 +153,10 @@ func (w *Writer) Write(_ context.Context, b *sink.Batch) (int, error) {
 		pending = 0
 		return nil
 	}
+	m := &sink.Meta{Aggregator: w.cfg.Aggregator, BatchID: b.ID}
 	for _, r := range b.Records {
-		line, err := json.Marshal(toRow(r))
-		if err != nil {
-			return done, fmt.Errorf("encode record: %w", err)
-		}
-		line = append(line, '\n')
+		w.line = append(sink.AppendJSON(w.line[:0], r, m), '\n')
+		line := w.line
 		if w.rotates && w.size+int64(len(w.buf)+len(line)) > w.cfg.MaxBytes && w.size+int64(len(w.buf)) > 0 {
 			if err := flush(); err != nil {
 				return done, err
@@ -182,140 +191,4 @@ func (w *Writer) Close() error {
 		return fmt.Errorf("close %s: %w", w.cfg.Path, err)
 	}
 	return nil
-}
-
-// Row is the JSON form of a record; field names match the ClickHouse
-// columns.
-type Row struct {
-	FlowStart                  time.Time `json:"flowStartSeconds"`
-	FlowEnd                    time.Time `json:"flowEndSeconds"`
-	FlowEndReason              string    `json:"flowEndReason"`
-	SourceIP                   string    `json:"sourceIP"`
-	DestinationIP              string    `json:"destinationIP"`
-	SourcePort                 uint16    `json:"sourceTransportPort"`
-	DestinationPort            uint16    `json:"destinationTransportPort"`
-	Protocol                   uint8     `json:"protocolIdentifier"`
-	PacketTotalCount           uint64    `json:"packetTotalCount"`
-	OctetTotalCount            uint64    `json:"octetTotalCount"`
-	PacketDeltaCount           uint64    `json:"packetDeltaCount"`
-	OctetDeltaCount            uint64    `json:"octetDeltaCount"`
-	ReversePacketTotalCount    uint64    `json:"reversePacketTotalCount"`
-	ReverseOctetTotalCount     uint64    `json:"reverseOctetTotalCount"`
-	ReversePacketDeltaCount    uint64    `json:"reversePacketDeltaCount"`
-	ReverseOctetDeltaCount     uint64    `json:"reverseOctetDeltaCount"`
-	Throughput                 uint64    `json:"throughput"`
-	ReverseThroughput          uint64    `json:"reverseThroughput"`
-	FromSourceNode             *SideRow  `json:"fromSourceNode,omitempty"`
-	FromDestinationNode        *SideRow  `json:"fromDestinationNode,omitempty"`
-	SourcePodName              string    `json:"sourcePodName,omitempty"`
-	SourcePodNamespace         string    `json:"sourcePodNamespace,omitempty"`
-	SourceNodeName             string    `json:"sourceNodeName,omitempty"`
-	SourcePodLabels            string    `json:"sourcePodLabels,omitempty"`
-	DestinationPodName         string    `json:"destinationPodName,omitempty"`
-	DestinationPodNamespace    string    `json:"destinationPodNamespace,omitempty"`
-	DestinationNodeName        string    `json:"destinationNodeName,omitempty"`
-	DestinationPodLabels       string    `json:"destinationPodLabels,omitempty"`
-	DestinationServiceIP       string    `json:"destinationServiceIP,omitempty"`
-	DestinationServicePort     uint16    `json:"destinationServicePort,omitempty"`
-	DestinationServicePortName string    `json:"destinationServicePortName,omitempty"`
-	ClusterIP                  bool      `json:"clusterIP,omitempty"`
-	FlowType                   string    `json:"flowType"`
-	TCPState                   string    `json:"tcpState,omitempty"`
-	Correlation                string    `json:"correlation"`
-	AppProtocolName            string    `json:"appProtocolName,omitempty"`
-	// HTTPVals is embedded as JSON, not as a string holding JSON.
-	HTTPVals        json.RawMessage `json:"httpVals,omitempty"`
-	DNSQueryName    string          `json:"dnsQueryName,omitempty"`
-	DNSQueryType    string          `json:"dnsQueryType,omitempty"`
-	DNSResponseCode string          `json:"dnsResponseCode,omitempty"`
-	DNSAnswers      string          `json:"dnsAnswers,omitempty"`
-	TLSServerName   string          `json:"tlsServerName,omitempty"`
-	TLSVersion      string          `json:"tlsVersion,omitempty"`
-	TLSJA3          string          `json:"tlsJA3,omitempty"`
-	TLSJA3S         string          `json:"tlsJA3S,omitempty"`
-	TLSJA4          string          `json:"tlsJA4,omitempty"`
-}
-
-// SideRow is one node's view (Antrea's ...FromSourceNode elements).
-type SideRow struct {
-	Exporter                string    `json:"exporter,omitempty"`
-	PacketTotalCount        uint64    `json:"packetTotalCount"`
-	OctetTotalCount         uint64    `json:"octetTotalCount"`
-	PacketDeltaCount        uint64    `json:"packetDeltaCount"`
-	OctetDeltaCount         uint64    `json:"octetDeltaCount"`
-	ReversePacketTotalCount uint64    `json:"reversePacketTotalCount"`
-	ReverseOctetTotalCount  uint64    `json:"reverseOctetTotalCount"`
-	ReversePacketDeltaCount uint64    `json:"reversePacketDeltaCount"`
-	ReverseOctetDeltaCount  uint64    `json:"reverseOctetDeltaCount"`
-	Throughput              uint64    `json:"throughput"`
-	ReverseThroughput       uint64    `json:"reverseThroughput"`
-	FlowEnd                 time.Time `json:"flowEndSeconds"`
-}
-
-func sideRow(s *correlate.Side) *SideRow {
-	if !s.Seen {
-		return nil
-	}
-	return &SideRow{
-		Exporter:         s.Exporter,
-		PacketTotalCount: s.Fwd.Packets, OctetTotalCount: s.Fwd.Bytes,
-		PacketDeltaCount: s.FwdDelta.Packets, OctetDeltaCount: s.FwdDelta.Bytes,
-		ReversePacketTotalCount: s.Rev.Packets, ReverseOctetTotalCount: s.Rev.Bytes,
-		ReversePacketDeltaCount: s.RevDelta.Packets, ReverseOctetDeltaCount: s.RevDelta.Bytes,
-		Throughput: s.Throughput, ReverseThroughput: s.ReverseThroughput,
-		FlowEnd: seconds(s.EndNanos),
-	}
-}
-
-func seconds(n int64) time.Time {
-	if n <= 0 {
-		return time.Unix(0, 0).UTC()
-	}
-	return time.Unix(n/1e9, 0).UTC()
-}
-
-func toRow(r *correlate.Record) *Row {
-	end := r.StopNanos
-	if end == 0 {
-		end = r.ExportNanos
-	}
-	row := &Row{
-		FlowStart: seconds(r.StartNanos), FlowEnd: seconds(end), FlowEndReason: r.EndReason.String(),
-		SourceIP: r.Tuple.Src().String(), DestinationIP: r.Tuple.Dst().String(),
-		SourcePort: r.Tuple.SrcPort, DestinationPort: r.Tuple.DstPort, Protocol: r.Tuple.Proto,
-		PacketTotalCount: r.Fwd.Packets, OctetTotalCount: r.Fwd.Bytes,
-		PacketDeltaCount: r.FwdDelta.Packets, OctetDeltaCount: r.FwdDelta.Bytes,
-		ReversePacketTotalCount: r.Rev.Packets, ReverseOctetTotalCount: r.Rev.Bytes,
-		ReversePacketDeltaCount: r.RevDelta.Packets, ReverseOctetDeltaCount: r.RevDelta.Bytes,
-		Throughput: r.Throughput, ReverseThroughput: r.ReverseThroughput,
-		FromSourceNode: sideRow(&r.FromSource), FromDestinationNode: sideRow(&r.FromDestination),
-		SourcePodName: r.Source.PodName, SourcePodNamespace: r.Source.PodNamespace,
-		SourceNodeName: r.Source.NodeName, SourcePodLabels: r.Source.Labels,
-		DestinationPodName: r.Destination.PodName, DestinationPodNamespace: r.Destination.PodNamespace,
-		DestinationNodeName: r.Destination.NodeName, DestinationPodLabels: r.Destination.Labels,
-		DestinationServicePortName: r.ServicePortName, ClusterIP: r.ClusterIP,
-		FlowType: r.FlowType.String(), Correlation: r.Correlation.String(),
-		AppProtocolName: r.L7.AppProtocolName,
-		DNSQueryName:    r.L7.DNSQueryName, DNSQueryType: r.L7.DNSQueryType,
-		DNSResponseCode: r.L7.DNSResponseCode, DNSAnswers: r.L7.DNSAnswers,
-		TLSServerName: r.L7.TLSServerName, TLSVersion: r.L7.TLSVersion,
-		TLSJA3: r.L7.TLSJA3, TLSJA3S: r.L7.TLSJA3S, TLSJA4: r.L7.TLSJA4,
-	}
-	if r.TCPState != 0 {
-		row.TCPState = r.TCPState.String()
-	}
-	if r.IsDNATed() {
-		row.DestinationServiceIP = flowAddr(r.OrigDstIP)
-		row.DestinationServicePort = r.OrigDstPort
-	}
-	// The correlator only lets valid JSON objects through; anything else
-	// would make the whole line invalid, so it is left out.
-	if r.L7.HTTPVals != "" && json.Valid([]byte(r.L7.HTTPVals)) {
-		row.HTTPVals = json.RawMessage(r.L7.HTTPVals)
-	}
-	return row
-}
-
-func flowAddr(a [16]byte) string {
-	return netip.AddrFrom16(a).Unmap().String()
 }

@@ -4,66 +4,62 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
-	"net/netip"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/flowlens/flowlens/pkg/correlate"
-	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/sink"
+	"github.com/flowlens/flowlens/pkg/sink/sinktest"
 )
 
-func rec(i int) *correlate.Record {
-	r := &correlate.Record{Correlation: correlate.StatusCorrelated}
-	r.Tuple = flow.NewTuple(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), uint16(i), 80, flow.ProtoTCP)
-	r.Source.PodName = "client"
-	r.FromSource = correlate.Side{Seen: true, Exporter: "node-a", Fwd: flow.Counters{Packets: 3}}
-	r.L7.HTTPVals = `{"0":{"url":"/"}}`
-	return r
-}
+var rec = sinktest.Record
 
-func TestLinesAreValidJSONWithHTTPValsEmbedded(t *testing.T) {
+// Each line holds exactly the column table's values for its record: the
+// same names and types as the ClickHouse columns, nothing nested.
+func TestLinesAreTheColumnTablesRows(t *testing.T) {
 	var out bytes.Buffer
-	w, err := New(Config{Stdout: &out})
+	w, err := New(Config{Stdout: &out, Aggregator: "agg-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := w.Write(context.Background(), &sink.Batch{Records: []*correlate.Record{rec(1), rec(2)}}); n != 2 || err != nil {
+	recs := []*correlate.Record{rec(1), rec(2)}
+	if n, err := w.Write(context.Background(), &sink.Batch{ID: 99, Records: recs}); n != 2 || err != nil {
 		t.Fatalf("Write = %d, %v", n, err)
 	}
 	sc := bufio.NewScanner(&out)
-	lines := 0
+	i := 0
 	for sc.Scan() {
-		lines++
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+		got, err := sink.ParseJSONRow(sc.Bytes())
+		if err != nil {
 			t.Fatalf("line %q: %v", sc.Text(), err)
 		}
-		if m["sourcePodName"] != "client" || m["correlation"] != "correlated" {
-			t.Errorf("line %s lacks the record's fields", sc.Text())
+		want := sink.RowOf(recs[i], &sink.Meta{Aggregator: "agg-1", BatchID: 99})
+		if d := got.Diff(&want); len(d) > 0 {
+			t.Errorf("line %d differs from the column table: %v", i, d)
 		}
-		if hv, ok := m["httpVals"].(map[string]any); !ok || hv["0"] == nil {
-			t.Errorf("httpVals = %#v, want an embedded object", m["httpVals"])
+		for _, c := range sink.ColumnNames() {
+			if !got.Has(c) {
+				t.Errorf("line %d lacks column %s", i, c)
+			}
 		}
-		if fs, ok := m["fromSourceNode"].(map[string]any); !ok || fs["packetTotalCount"] != 3.0 {
-			t.Errorf("fromSourceNode = %#v", m["fromSourceNode"])
+		if got.Str("destinationClusterIP") != "10.96.0.1" || got.Num("packetTotalCountFromSourceNode") != 21 {
+			t.Errorf("line %d: destinationClusterIP %q, packetTotalCountFromSourceNode %d", i,
+				got.Str("destinationClusterIP"), got.Num("packetTotalCountFromSourceNode"))
 		}
-		if _, ok := m["fromDestinationNode"]; ok {
-			t.Errorf("unseen destination side should be omitted")
-		}
+		i++
 	}
-	if lines != 2 {
-		t.Errorf("%d lines, want 2", lines)
+	if i != 2 {
+		t.Errorf("%d lines, want 2", i)
 	}
 }
 
 func TestFileRotatesBySize(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "flows.jsonl")
-	one, _ := json.Marshal(toRow(rec(1)))
-	lineLen := int64(len(one) + 1)
+	// Ports 0..9 and batch id 1 keep every line the same length.
+	lineLen := int64(len(sink.AppendJSON(nil, rec(1), &sink.Meta{BatchID: 1})) + 1)
 	w, err := New(Config{Path: path, MaxBytes: 3 * lineLen, MaxFiles: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +71,7 @@ func TestFileRotatesBySize(t *testing.T) {
 		for j := 0; j < 3 && i*3+j < 10; j++ {
 			rs = append(rs, rec(i*3+j))
 		}
-		if n, err := w.Write(context.Background(), &sink.Batch{Records: rs}); err != nil || n != len(rs) {
+		if n, err := w.Write(context.Background(), &sink.Batch{ID: 1, Records: rs}); err != nil || n != len(rs) {
 			t.Fatalf("Write = %d, %v", n, err)
 		}
 	}
@@ -96,5 +92,46 @@ func TestFileRotatesBySize(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "flows.jsonl.3")); err == nil {
 		t.Error("more old files kept than MaxFiles")
+	}
+}
+
+// The files hold URLs, hosts and pod names: owner-only by default, on
+// start and on every rotation, whatever the umask; a configured mode is
+// honoured.
+func TestFilesAreCreatedOwnerOnly(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	lineLen := int64(len(sink.AppendJSON(nil, rec(1), &sink.Meta{BatchID: 1})) + 1)
+	for _, tc := range []struct {
+		name string
+		mode os.FileMode
+		want os.FileMode
+	}{{"default", 0, 0o600}, {"configured", 0o640, 0o640}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "flows.jsonl")
+			w, err := New(Config{Path: path, MaxBytes: 2 * lineLen, MaxFiles: 2, FileMode: tc.mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			for i := range 5 {
+				if _, err := w.Write(context.Background(), &sink.Batch{ID: 1, Records: []*correlate.Record{rec(i)}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, f := range []string{"flows.jsonl", "flows.jsonl.1", "flows.jsonl.2"} {
+				st, err := os.Stat(filepath.Join(dir, f))
+				if err != nil {
+					t.Fatalf("%s: %v (no rotation?)", f, err)
+				}
+				if st.Mode().Perm() != tc.want {
+					t.Errorf("%s has mode %v, want %v", f, st.Mode().Perm(), tc.want)
+				}
+			}
+		})
+	}
+	if _, err := New(Config{Path: "x", FileMode: os.ModeSetuid | 0o600}); err == nil {
+		t.Error("a fileMode with more than permission bits was accepted")
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,31 +13,10 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// health is healthy while conntrack dumps keep succeeding: an agent whose
-// source is broken exports nothing and should be restarted, not trusted.
-type health struct {
-	maxAge      time.Duration
-	lastSuccess atomic.Int64 // Unix nanoseconds of the last good dump
-}
-
-func (h *health) ok() { h.lastSuccess.Store(time.Now().UnixNano()) }
-
-func (h *health) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	last := h.lastSuccess.Load()
-	if last == 0 {
-		http.Error(w, "no conntrack dump has succeeded yet", http.StatusServiceUnavailable)
-		return
-	}
-	if age := time.Since(time.Unix(0, last)); age > h.maxAge {
-		http.Error(w, fmt.Sprintf("last good conntrack dump %s ago", age.Round(time.Millisecond)), http.StatusServiceUnavailable)
-		return
-	}
-	_, _ = w.Write([]byte("ok\n"))
-}
-
 // serveHTTP serves /metrics and /healthz until ctx ends. The listener is
-// opened before returning so a bad address fails start-up.
-func serveHTTP(ctx context.Context, addr string, gatherer prometheus.Gatherer, h http.Handler) (func() error, error) {
+// opened before returning so a bad address fails start-up; the returned
+// wait blocks until the server stopped after ctx ended.
+func serveHTTP(ctx context.Context, addr string, gatherer prometheus.Gatherer, health http.Handler) (func() error, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on server.listen %s: %w", addr, err)
@@ -46,7 +24,7 @@ func serveHTTP(ctx context.Context, addr string, gatherer prometheus.Gatherer, h
 	klog.InfoS("Serving metrics and health", "address", ln.Addr().String())
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
-	mux.Handle("/healthz", h)
+	mux.Handle("/healthz", health)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()

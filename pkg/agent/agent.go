@@ -1,0 +1,247 @@
+// Package agent is the flowlens agent: New wires its stages from the
+// configuration and Run drives them.
+//
+//	conntrack dump/events -> Loop (connstore -> expirequeue) -> enrich -> ipfixexport
+//	                            ^ EVE events (Handoff) -> L7 stage (pkg/l7)
+//
+// The Loop (loop.go) is the part that decides what events mean and owns
+// the connection store and the expire queue on one goroutine; it consumes
+// small interfaces (Source, Sink, Enricher, L7, Clock) so that it is tested
+// with fakes. Everything else here is wiring: which stages the
+// configuration asks for, and the order in which they start and stop.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
+
+	"github.com/flowlens/flowlens/pkg/agentconfig"
+	"github.com/flowlens/flowlens/pkg/conntrack"
+	"github.com/flowlens/flowlens/pkg/eve"
+	"github.com/flowlens/flowlens/pkg/expirequeue"
+	"github.com/flowlens/flowlens/pkg/ipfixexport"
+	"github.com/flowlens/flowlens/pkg/l7"
+)
+
+// Capacities of the channels into the loop. A full channel makes its
+// producer wait (see LoopConfig.EventQueue and Handoff), so they bound
+// memory, not what is counted.
+const (
+	conntrackEventQueue = 4096
+	eveEventQueue       = 4096
+)
+
+// Agent is a configured agent, ready to Run.
+type Agent struct {
+	cfg      agentconfig.Config
+	reg      *prometheus.Registry
+	source   *conntrack.Source
+	exporter *ipfixexport.Exporter
+	context  *contextStage // nil: no workload context
+	reader   *eve.Reader   // nil: no L7
+	handoff  *Handoff
+	health   *Health
+	loop     *Loop
+}
+
+// New builds every stage cfg (validated by agentconfig) asks for and
+// registers their metrics on reg, which Run serves on /metrics. Nothing
+// runs and nothing is opened yet (Kubernetes' client aside).
+func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
+	if reg == nil {
+		return nil, errors.New("agent: a registry is required (it is served on /metrics)")
+	}
+	a := &Agent{cfg: cfg, reg: reg}
+
+	ctMetrics, err := conntrack.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	a.source, err = conntrack.New(conntrack.Config{
+		NetNSPath: cfg.Conntrack.NetNS,
+		Zones:     cfg.Conntrack.Zones,
+		Mark:      cfg.Conntrack.Mark,
+		MarkMask:  cfg.Conntrack.MarkMask,
+		Metrics:   ctMetrics,
+		// UPDATE carries the FIN handshake, so a closed TCP connection is
+		// exported at once rather than when TIME_WAIT expires.
+		UpdateEvents: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("conntrack source: %w", err)
+	}
+
+	a.exporter, err = ipfixexport.New(ipfixexport.Config{
+		Address:   cfg.Export.Collector,
+		Transport: ipfixexport.Transport(cfg.Export.Transport),
+		TLS: ipfixexport.TLSConfig{
+			CAFile:     cfg.Export.TLS.CAFile,
+			CertFile:   cfg.Export.TLS.CertFile,
+			KeyFile:    cfg.Export.TLS.KeyFile,
+			ServerName: cfg.Export.TLS.ServerName,
+		},
+		ObservationDomainID:     cfg.Export.ObservationDomainID,
+		PathMTU:                 cfg.Export.PathMTU,
+		BufferRecords:           cfg.Export.BufferRecords,
+		FlushInterval:           cfg.Export.FlushInterval.D(),
+		TemplateRefreshInterval: cfg.Export.TemplateRefresh.D(),
+		L7DetailElements:        cfg.Export.L7DetailElements,
+	}, reg)
+	if err != nil {
+		return nil, fmt.Errorf("ipfix exporter: %w", err)
+	}
+
+	if a.context, err = newContextStage(cfg, reg); err != nil {
+		return nil, err
+	}
+
+	// Healthy while dumps succeed; three missed polls (plus slack for a
+	// slow dump of a huge table) mean the source is broken.
+	a.health = NewHealth(SystemClock{}, 3*cfg.Conntrack.PollInterval.D()+10*time.Second)
+
+	loopCfg := LoopConfig{
+		Source:         a.source,
+		Events:         *cfg.Conntrack.Events,
+		EventQueue:     conntrackEventQueue,
+		PollInterval:   cfg.Conntrack.PollInterval.D(),
+		TickInterval:   cfg.Connections.TickInterval.D(),
+		MaxConnections: cfg.Connections.MaxConnections,
+		Queue: expirequeue.Config{
+			ActiveTimeout: cfg.Connections.ActiveTimeout.D(),
+			IdleTimeout:   cfg.Connections.IdleTimeout.D(),
+		},
+		Sink:   a.exporter,
+		Health: a.health,
+	}
+	// Workload context, then L7: records are enriched in this order, and
+	// the L7 opt-in is decided by the context source.
+	if a.context != nil {
+		loopCfg.Enrichers = []Enricher{a.context.src}
+	}
+	if cfg.L7.EVE.Source != "" {
+		if a.context == nil {
+			return nil, errors.New("l7: needs a context source for the L7 export opt-in")
+		}
+		loopCfg.Queue.CloseDelay = cfg.L7.CloseDelay.D()
+		if a.handoff, err = NewHandoff(eveEventQueue, reg); err != nil {
+			return nil, err
+		}
+		loopCfg.L7Events = a.handoff.Events()
+		loopCfg.NewL7 = func(conns l7.Connections) (L7, error) {
+			e, err := l7.New(l7Config(cfg, conns, a.context.src), reg)
+			if err != nil {
+				return nil, fmt.Errorf("l7 enricher: %w", err)
+			}
+			return e, nil
+		}
+		if a.reader, err = newEVEReader(cfg, a.handoff.Handle, reg); err != nil {
+			return nil, err
+		}
+	}
+	if a.loop, err = NewLoop(loopCfg, reg); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Run starts the stages, runs the loop until ctx ends or a stage fails
+// fatally, then stops them in an order that loses nothing: the loop exports
+// what it holds, the exporter sends it, and only then do the inputs stop.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	defer a.source.Close()
+	if *a.cfg.Conntrack.EnableAccounting {
+		if err := a.source.EnableAccounting(); err != nil {
+			// Running on is more useful than failing: 5-tuples and close
+			// times still flow, only counters or start times are missing.
+			klog.ErrorS(err, "Conntrack accounting not enabled; records may lack counters or start times")
+		}
+	}
+
+	// stopAll ends every input when one fails fatally, not only on a
+	// signal; the loop then shuts down as on a signal.
+	ctx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
+	// Deferred stops run in reverse order of the starts and add their
+	// errors to errs; this one, deferred first, runs last.
+	var errs []error
+	started := false
+	defer func() {
+		err = errors.Join(append(errs, err)...)
+		if started {
+			klog.InfoS("flowlens-agent stopped")
+		}
+	}()
+
+	// The context source first, so that the first records are enriched
+	// and /metrics is only served once it is ready (tests wait for it).
+	if a.context != nil {
+		wait, err := a.context.start(ctx)
+		defer func() {
+			stopAll()
+			if err := wait(); err != nil {
+				errs = append(errs, fmt.Errorf("context source: %w", err))
+			}
+		}()
+		if err != nil {
+			return err
+		}
+	}
+	waitHTTP, err := serveHTTP(ctx, a.cfg.Server.Listen, a.reg, a.health)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		stopAll()
+		if err := waitHTTP(); err != nil {
+			errs = append(errs, err)
+		}
+	}()
+
+	// The exporter outlives the loop so that the records of its last
+	// round are still sent after ctx ends.
+	exportCtx, stopExporter := context.WithCancel(context.Background())
+	exporterDone := make(chan error, 1)
+	go func() { exporterDone <- a.exporter.Run(exportCtx) }()
+
+	var fatal error
+	readerDone := make(chan struct{})
+	if a.reader != nil {
+		go func() {
+			defer close(readerDone)
+			// The EVE input could not be set up (socket path taken, not a
+			// socket...): the configured job cannot be done.
+			if err := a.reader.Run(ctx); err != nil {
+				fatal = fmt.Errorf("l7: %w", err)
+				stopAll()
+			}
+		}()
+	} else {
+		close(readerDone)
+	}
+
+	klog.InfoS("flowlens-agent started", "node", a.cfg.NodeName, "netns", a.cfg.Conntrack.NetNS,
+		"collector", a.cfg.Export.Collector, "transport", a.cfg.Export.Transport)
+	started = true
+	a.loop.Run(ctx)
+
+	// No loop reads EVE events any more: a reader waiting on a full
+	// channel must give up (and count) rather than block its shutdown.
+	if a.handoff != nil {
+		a.handoff.Close()
+	}
+	stopExporter()
+	if err := <-exporterDone; err != nil {
+		errs = append(errs, fmt.Errorf("ipfix exporter: %w", err))
+	}
+	stopAll()
+	<-readerDone
+	if a.handoff != nil {
+		a.handoff.DiscardRemaining()
+	}
+	return fatal
+}

@@ -1,0 +1,377 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
+
+	"github.com/flowlens/flowlens/pkg/connstore"
+	"github.com/flowlens/flowlens/pkg/conntrack"
+	"github.com/flowlens/flowlens/pkg/eve"
+	"github.com/flowlens/flowlens/pkg/expirequeue"
+	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/l7"
+)
+
+// Source is where the loop learns about connections. *conntrack.Source
+// implements it; a second kind of source (eBPF) only has to report the same
+// three things.
+type Source interface {
+	// Dump reports every connection the source holds now. The Conn is
+	// valid during the call only. An error means the dump is incomplete.
+	Dump(fn func(*flow.Conn)) error
+	// Listen reports NEW, UPDATE and DESTROY events, and EventOverrun when
+	// some were lost, until ctx ends. The event's Conn is valid during the
+	// call only.
+	Listen(ctx context.Context, fn func(conntrack.Event)) error
+	// Get refreshes c's counters and start time from the source; it returns
+	// conntrack.ErrNotFound when the source no longer holds c.
+	Get(c *flow.Conn) error
+}
+
+// Sink takes the records the loop emits; *ipfixexport.Exporter implements
+// it. The record is only valid during the call. Export reports false when it
+// dropped (and counted) the record.
+type Sink interface {
+	Export(r *flow.Record) bool
+}
+
+// Enricher fills context into a record right before it goes to the Sink.
+type Enricher interface {
+	Enrich(r *flow.Record)
+}
+
+// L7 is the L7 stage (*l7.Enricher) as the loop drives it. The loop calls
+// every method from its own goroutine, which is what lets the stage look
+// connections up in the store without a lock.
+type L7 interface {
+	Enricher
+	// Ingest matches one EVE event to a connection (or keeps it pending).
+	Ingest(ev eve.Event, now time.Time)
+	// Tick retries pending events and expires old state.
+	Tick(now time.Time)
+}
+
+// LoopConfig configures a Loop.
+type LoopConfig struct {
+	Source Source // required
+	// Events makes the loop listen to the source's events; without them
+	// closes are found by the next dump.
+	Events bool
+	// EventQueue is the capacity of the channel between the event listener
+	// and the loop. When it is full the listener waits and the kernel's
+	// socket buffer absorbs the burst; if that overflows too the source
+	// reports an overrun and the loop resyncs with a dump. Zero is an
+	// unbuffered channel (tests use it to make the order of events exact).
+	EventQueue int
+	// PollInterval is how often the source is dumped; TickInterval how
+	// often due records are exported. Both required.
+	PollInterval, TickInterval time.Duration
+
+	// MaxConnections bounds the store (connstore.Config.MaxConnections).
+	MaxConnections int
+	// Queue sets the export cadence (expirequeue.Config).
+	Queue expirequeue.Config
+
+	Sink Sink // required
+	// Enrichers run in order on every record before the L7 stage.
+	Enrichers []Enricher
+	// NewL7 builds the L7 stage on the loop's connection store; nil means no
+	// L7 stage. The stage may only use conns from inside the L7 methods the
+	// loop calls.
+	NewL7 func(conns l7.Connections) (L7, error)
+	// L7Events carries EVE events from their reader to the loop, which
+	// hands them to the L7 stage. Bounded by its creator: a full channel
+	// makes the reader wait (see Handoff).
+	L7Events <-chan eve.Event
+
+	// Health is told about every complete dump; optional.
+	Health *Health
+	// Clock is the time source; nil means the system clock.
+	Clock Clock
+}
+
+// Loop is the agent's core: one goroutine that owns the connection store
+// and the expire queue, feeds them the source's dumps and events and the
+// L7 stage its EVE events, and exports due records. Nothing else touches
+// the store, so it needs no lock.
+//
+// What the loop decides (the rest is the store's and the queue's job):
+//   - a dump reports every connection; only a complete dump lets the store
+//     close connections it did not name (a failed dump closes nothing);
+//   - an UPDATE saying a connection finished (conntrack.Finished) carries
+//     no counters, so the loop reads the final ones with Source.Get;
+//   - a DESTROY closes the connection with its final counters, or ends the
+//     tombstone of one already exported;
+//   - an overrun (events lost) is repaired with a dump at once;
+//   - at shutdown, what is not exported yet is exported exactly once.
+type Loop struct {
+	cfg      LoopConfig
+	clock    Clock
+	store    *connstore.Store
+	queue    *expirequeue.Queue
+	l7       L7
+	emit     func(*flow.Record)
+	m        loopMetrics
+	fromDump func(*flow.Conn) // reused: no closure per dump
+	dumpNow  time.Time
+}
+
+type loopMetrics struct {
+	getErrors       prometheus.Counter
+	eventsDiscarded prometheus.Counter
+}
+
+// ctEvent is a conntrack event copied out of the listener's reused Conn so
+// that it can cross to the loop goroutine.
+type ctEvent struct {
+	typ  conntrack.EventType
+	conn flow.Conn
+}
+
+// NewLoop validates cfg, builds the store, the queue and the L7 stage, and
+// registers the loop's metrics and theirs on reg (nil: not registered).
+func NewLoop(cfg LoopConfig, reg prometheus.Registerer) (*Loop, error) {
+	switch {
+	case cfg.Source == nil:
+		return nil, errors.New("agent loop: Source is required")
+	case cfg.Sink == nil:
+		return nil, errors.New("agent loop: Sink is required")
+	case cfg.PollInterval <= 0 || cfg.TickInterval <= 0:
+		return nil, fmt.Errorf("agent loop: PollInterval %s and TickInterval %s must be positive", cfg.PollInterval, cfg.TickInterval)
+	case cfg.EventQueue < 0:
+		return nil, fmt.Errorf("agent loop: EventQueue %d must not be negative", cfg.EventQueue)
+	case cfg.L7Events != nil && cfg.NewL7 == nil:
+		return nil, errors.New("agent loop: L7Events given without NewL7")
+	}
+	l := &Loop{cfg: cfg, clock: cfg.Clock}
+	if l.clock == nil {
+		l.clock = SystemClock{}
+	}
+	l.m = loopMetrics{
+		getErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_agent_final_counter_reads_failed_total",
+			Help: "Finished connections whose final counters could not be read from the source (the record carries the last counters seen).",
+		}),
+		eventsDiscarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_agent_conntrack_events_discarded_total",
+			Help: "Conntrack events received while the agent was stopping and not applied (their connections are exported with reason forced).",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{l.m.getErrors, l.m.eventsDiscarded} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register agent loop metrics: %w", err)
+			}
+		}
+	}
+	var err error
+	if l.queue, err = expirequeue.New(cfg.Queue, reg); err != nil {
+		return nil, fmt.Errorf("expire queue: %w", err)
+	}
+	l.store, err = connstore.New(connstore.Config{
+		MaxConnections: cfg.MaxConnections,
+		Scheduler:      l.queue,
+		Emit:           l.export,
+		// With events, a tombstone waits for its connection's DESTROY.
+		AwaitDestroy: cfg.Events,
+	}, reg)
+	if err != nil {
+		return nil, fmt.Errorf("connection store: %w", err)
+	}
+	if cfg.NewL7 != nil {
+		if l.l7, err = cfg.NewL7(l.store); err != nil {
+			return nil, fmt.Errorf("l7 stage: %w", err)
+		}
+	}
+	l.emit = l.export
+	l.fromDump = func(c *flow.Conn) { l.report(c, l.dumpNow) }
+	return l, nil
+}
+
+// export enriches r and hands it to the sink.
+func (l *Loop) export(r *flow.Record) {
+	for _, e := range l.cfg.Enrichers {
+		e.Enrich(r)
+	}
+	if l.l7 != nil {
+		l.l7.Enrich(r)
+	}
+	l.cfg.Sink.Export(r)
+}
+
+// Run dumps the source, then applies its events and dumps and exports due
+// records until ctx ends; then it exports everything not exported yet and
+// returns once the event listener stopped. A failing listener is logged and
+// the loop goes on with dumps only: nothing the loop meets stops it.
+func (l *Loop) Run(ctx context.Context) {
+	events := make(chan ctEvent, l.cfg.EventQueue)
+	var listenerDone chan error
+	if l.cfg.Events {
+		listenerDone = make(chan error, 1)
+		go func() { listenerDone <- l.listen(ctx, events) }()
+	}
+
+	l.poll()
+	pollTicker := l.clock.NewTicker(l.cfg.PollInterval)
+	defer pollTicker.Stop()
+	tickTicker := l.clock.NewTicker(l.cfg.TickInterval)
+	defer tickTicker.Stop()
+
+	l7Events := l.cfg.L7Events
+	for {
+		select {
+		case <-ctx.Done():
+			l.shutdown(events, listenerDone, l7Events)
+			return
+		case ev := <-events:
+			l.apply(&ev)
+		case ev, ok := <-l7Events:
+			if !ok {
+				l7Events = nil
+				continue
+			}
+			l.l7.Ingest(ev, l.clock.Now())
+		case err := <-listenerDone:
+			listenerStopped(err)
+			listenerDone = nil
+		case <-pollTicker.C():
+			l.poll()
+		case now := <-tickTicker.C():
+			l.tick(now)
+		}
+	}
+}
+
+// listenerStopped logs why the event listener stopped before ctx ended.
+// Without events closes are noticed by the next dump instead: degraded, not
+// broken.
+func listenerStopped(err error) {
+	klog.ErrorS(err, "Conntrack event listener stopped; closed connections are found by polling only")
+}
+
+// listen copies each event into the channel to the loop.
+func (l *Loop) listen(ctx context.Context, events chan<- ctEvent) error {
+	return l.cfg.Source.Listen(ctx, func(ev conntrack.Event) {
+		msg := ctEvent{typ: ev.Type}
+		if ev.Conn != nil {
+			msg.conn = *ev.Conn
+		}
+		// Blocking here lets the kernel socket buffer absorb a burst; if
+		// that overflows too the source reports an overrun and the loop
+		// resyncs with a dump.
+		select {
+		case events <- msg:
+		case <-ctx.Done():
+			l.m.eventsDiscarded.Inc()
+		}
+	})
+}
+
+// apply handles one conntrack event.
+func (l *Loop) apply(ev *ctEvent) {
+	now := l.clock.Now()
+	switch ev.typ {
+	case conntrack.EventNew:
+		l.report(&ev.conn, now)
+	case conntrack.EventUpdate:
+		if conntrack.Finished(&ev.conn) {
+			// UPDATE events carry no counters or start time; the kernel
+			// entry still holds them while it lingers in TIME_WAIT.
+			if err := l.cfg.Source.Get(&ev.conn); err != nil && !errors.Is(err, conntrack.ErrNotFound) {
+				l.m.getErrors.Inc()
+				klog.V(2).InfoS("Could not read final counters of a finished connection", "conn", ev.conn.Tuple, "err", err)
+			}
+		}
+		l.report(&ev.conn, now)
+	case conntrack.EventDestroy:
+		// Not Close: the DESTROY of a connection already exported as
+		// finished (TIME_WAIT) must end its tombstone, not export it again.
+		l.store.Destroyed(&ev.conn, now)
+	case conntrack.EventOverrun:
+		klog.InfoS("Conntrack events were lost; resynchronising with a dump")
+		l.poll()
+	}
+}
+
+// report hands the store one observation of a connection.
+func (l *Loop) report(c *flow.Conn, now time.Time) {
+	if conntrack.Finished(c) {
+		l.store.Close(c, now)
+		return
+	}
+	l.store.Upsert(c, now)
+}
+
+// poll dumps the source; only a complete dump closes what it did not name.
+func (l *Loop) poll() {
+	started := l.clock.Now()
+	l.dumpNow = started
+	if err := l.cfg.Source.Dump(l.fromDump); err != nil {
+		// A partial dump must not be taken as complete, or every
+		// connection it missed would be closed as stale.
+		klog.ErrorS(err, "Conntrack dump failed")
+		return
+	}
+	l.store.EndDump(started)
+	if l.cfg.Health != nil {
+		l.cfg.Health.DumpSucceeded(l.clock.Now())
+	}
+}
+
+// tick lets the L7 stage match pending events first, so that they reach
+// the records this tick exports, then exports what is due.
+func (l *Loop) tick(now time.Time) {
+	if l.l7 != nil {
+		l.l7.Tick(now)
+	}
+	if _, err := l.queue.Expire(now, l.store, l.emit); err != nil {
+		klog.ErrorS(err, "Expire connections")
+	}
+}
+
+// shutdown applies what is already queued for the loop, then exports what
+// the store holds that was not exported yet: closed connections with
+// end-of-flow, the others with flowEndReason forced, so a restart loses no
+// delta.
+func (l *Loop) shutdown(events chan ctEvent, listenerDone chan error, l7Events <-chan eve.Event) {
+	if listenerDone != nil {
+		// The listener returns promptly once ctx ended; after that nothing
+		// writes to events and it can be drained completely. It may also
+		// have failed just before.
+		if err := <-listenerDone; err != nil && !errors.Is(err, context.Canceled) {
+			listenerStopped(err)
+		}
+	}
+	for drained := false; !drained; {
+		select {
+		case ev := <-events:
+			l.apply(&ev)
+		default:
+			drained = true
+		}
+	}
+	// The EVE reader may still be writing; take what is there now (the
+	// rest is counted by Handoff when it closes).
+	for drained := l7Events == nil; !drained; {
+		select {
+		case ev, ok := <-l7Events:
+			if !ok {
+				drained = true
+				continue
+			}
+			l.l7.Ingest(ev, l.clock.Now())
+		default:
+			drained = true
+		}
+	}
+	now := l.clock.Now()
+	l.tick(now)
+	if n := l.store.ExportAll(now, l.emit); n > 0 {
+		klog.InfoS("Exported open connections at shutdown", "records", n)
+	}
+}

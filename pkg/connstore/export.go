@@ -1,0 +1,114 @@
+package connstore
+
+import (
+	"time"
+
+	"github.com/flowlens/flowlens/pkg/expirequeue"
+	"github.com/flowlens/flowlens/pkg/flow"
+)
+
+// Timing implements expirequeue.Source.
+func (s *Store) Timing(h expirequeue.Handle) (expirequeue.Timing, bool) {
+	_, e, ok := s.get(h)
+	if !ok {
+		return expirequeue.Timing{}, false
+	}
+	return expirequeue.Timing{
+		LastActive:  e.lastActive,
+		PeriodStart: e.periodStart,
+		Moved:       e.conn.Fwd != e.baseFwd || e.conn.Rev != e.baseRev,
+		Closed:      e.flags&fClosed != 0,
+		ClosedAt:    e.closedAt(),
+		Idle:        e.flags&fIdle != 0,
+	}, true
+}
+
+// Export implements expirequeue.Source: it hands emit the record of h and
+// starts a new period; idle-timeout marks the connection idle, end-of-flow
+// (or any other final reason) forgets it.
+func (s *Store) Export(h expirequeue.Handle, reason flow.EndReason, nowNanos int64, emit func(*flow.Record)) {
+	if emit == nil {
+		return
+	}
+	s.export(h, reason, nowNanos)
+	s.handOut(emit)
+}
+
+func (s *Store) export(h expirequeue.Handle, reason flow.EndReason, nowNanos int64) {
+	idx, e, ok := s.get(h)
+	if !ok {
+		return
+	}
+	s.fill(e, reason, nowNanos)
+	switch reason {
+	case flow.EndIdleTimeout:
+		e.flags |= fIdle
+	case flow.EndActiveTimeout:
+	case flow.EndOfFlow:
+		// Without a tombstone a later report of the entry (a dump row
+		// during TIME_WAIT, its DESTROY) would bring it back.
+		if s.dumped || (s.awaitDestroy && e.flags&fDestroyed == 0) {
+			s.retire(idx, nowNanos)
+		} else {
+			s.remove(idx)
+		}
+	default:
+		s.remove(idx)
+	}
+}
+
+// fill writes the record of e into s.rec and starts a new period. Every
+// operation fills at most one record (an Upsert ends at most one
+// connection: the replaced one or the evicted one, never both, since
+// replacing reuses the slot), which handOut then hands out.
+func (s *Store) fill(e *entry, reason flow.EndReason, now int64) {
+	r := &s.rec
+	*r = flow.Record{Conn: e.conn, EndReason: reason, ExportNanos: now}
+	// Deltas cannot go negative: a backwards counter replaces the
+	// connection before it is stored.
+	r.FwdDelta, _ = e.conn.Fwd.Sub(e.baseFwd)
+	r.RevDelta, _ = e.conn.Rev.Sub(e.baseRev)
+	e.baseFwd, e.baseRev = e.conn.Fwd, e.conn.Rev
+	e.periodStart = now
+	if int(reason) < len(s.m.records) && s.m.records[reason] != nil {
+		s.m.records[reason].Inc()
+	}
+	s.filled = true
+}
+
+// handOut gives emit the record the operation ending now filled, if any.
+// It runs once the store is consistent again, so emit may look it up.
+func (s *Store) handOut(emit func(*flow.Record)) {
+	if s.filled {
+		s.filled = false
+		emit(&s.rec)
+	}
+}
+
+// ExportAll hands emit the final record of every connection with something
+// left to report, for an agent that stops: closed ones with end-of-flow, the
+// others with flowEndReason forced (4), so the deltas since their previous
+// export are not lost. Connections whose counters did not move since their
+// previous record have nothing new and are skipped. Exported connections are
+// forgotten. It returns how many records it emitted.
+func (s *Store) ExportAll(now time.Time, emit func(*flow.Record)) int {
+	nowNs := now.UnixNano()
+	n := 0
+	for idx := uint32(0); idx < s.hw; idx++ {
+		e := s.at(idx)
+		moved := e.conn.Fwd != e.baseFwd || e.conn.Rev != e.baseRev
+		switch {
+		case e.flags&fLive == 0 || e.flags&fDone != 0:
+			continue
+		case e.flags&fClosed != 0:
+			s.export(handleOf(idx, e.gen), flow.EndOfFlow, nowNs)
+		case moved:
+			s.export(handleOf(idx, e.gen), flow.EndForced, nowNs)
+		default:
+			continue
+		}
+		s.handOut(emit)
+		n++
+	}
+	return n
+}

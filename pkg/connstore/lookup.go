@@ -1,0 +1,100 @@
+package connstore
+
+import (
+	"github.com/flowlens/flowlens/pkg/flow"
+)
+
+// LookupConn finds a live connection from a 5-tuple as any observer may
+// have seen it: in either direction, and either with the real endpoint or
+// with the Service VIP the client dialled as the server side. It returns a
+// copy and does not allocate.
+func (s *Store) LookupConn(t flow.Tuple) (flow.Conn, bool) {
+	idx, ok := s.lookup(&t)
+	if !ok {
+		return flow.Conn{}, false
+	}
+	return s.at(idx).conn, true
+}
+
+// find looks key up in x; vip selects which form of an entry's tuple x is
+// keyed by.
+func (s *Store) find(x *index, vip bool, key *flow.Tuple, h uint64) (uint32, bool) {
+	if len(x.slots) == 0 {
+		return 0, false
+	}
+	mask := uint64(len(x.slots) - 1)
+	tag := uint32(h)
+	for p := uint64(tag) & mask; ; p = (p + 1) & mask {
+		sl := x.slots[p]
+		if sl == 0 {
+			return 0, false
+		}
+		if uint32(sl>>32) != tag {
+			continue
+		}
+		idx := slotIdx(sl)
+		e := s.at(idx)
+		if vip {
+			if k, ok := vipKey(&e.conn); ok && k == *key {
+				return idx, true
+			}
+		} else if e.conn.Tuple == *key {
+			return idx, true
+		}
+	}
+}
+
+func (s *Store) lookup(t *flow.Tuple) (uint32, bool) {
+	rev := t.Reverse()
+	for _, k := range [2]*flow.Tuple{t, &rev} {
+		if idx, ok := s.find(&s.byTuple, false, k, hashTuple(k, s.seed)); ok && s.at(idx).flags&fLive != 0 {
+			return idx, true
+		}
+	}
+	for _, k := range [2]*flow.Tuple{t, &rev} {
+		if idx, ok := s.find(&s.byVIP, true, k, hashTuple(k, s.seed)); ok {
+			return idx, true
+		}
+	}
+	return 0, false
+}
+
+// vipKey is the tuple a client-side observer sees for a DNATed connection:
+// the Service VIP as destination. ok is false for a connection that was not
+// DNATed or whose source did not report the original destination.
+func vipKey(c *flow.Conn) (flow.Tuple, bool) {
+	if c.OrigDstIP == ([16]byte{}) || !c.IsDNATed() {
+		return flow.Tuple{}, false
+	}
+	return flow.Tuple{
+		SrcIP: c.Tuple.SrcIP, DstIP: c.OrigDstIP,
+		SrcPort: c.Tuple.SrcPort, DstPort: c.OrigDstPort, Proto: c.Tuple.Proto,
+	}, true
+}
+
+func (s *Store) indexVIP(idx uint32, c *flow.Conn) {
+	k, ok := vipKey(c)
+	if !ok {
+		return
+	}
+	h := hashTuple(&k, s.seed)
+	if old, found := s.find(&s.byVIP, true, &k, h); found {
+		// The client-side tuple is unique among live kernel entries; a
+		// holder can only be a connection whose end we have not seen yet.
+		// The newer report wins.
+		if p := s.byVIP.posOf(h, old); p >= 0 {
+			s.byVIP.deleteAt(p)
+		}
+	}
+	s.byVIP.insert(h, idx)
+}
+
+func (s *Store) unindexVIP(idx uint32, c *flow.Conn) {
+	k, ok := vipKey(c)
+	if !ok {
+		return
+	}
+	if p := s.byVIP.posOf(hashTuple(&k, s.seed), idx); p >= 0 {
+		s.byVIP.deleteAt(p)
+	}
+}

@@ -1,0 +1,263 @@
+package sink
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/flowlens/flowlens/pkg/correlate"
+)
+
+// Type is the type of an output column. Its name is the ClickHouse type
+// every supported release accepts (18.16 onwards: no Map, DateTime64,
+// IPv4/IPv6); the JSON lines sink writes the same type: a String as a JSON
+// string, the integers and DateTime (Unix seconds, UTC) as JSON numbers,
+// which is what ClickHouse's JSONEachRow reads back, so a JSON lines file
+// (or the spool) can be inserted into the table as it is.
+type Type uint8
+
+// Column types.
+const (
+	TypeString Type = iota
+	TypeUInt8
+	TypeUInt16
+	TypeUInt64
+	TypeDateTime
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeString:
+		return "String"
+	case TypeUInt8:
+		return "UInt8"
+	case TypeUInt16:
+		return "UInt16"
+	case TypeUInt64:
+		return "UInt64"
+	case TypeDateTime:
+		return "DateTime"
+	}
+	return fmt.Sprintf("Type(%d)", uint8(t))
+}
+
+// Numeric reports whether values of t are integers (DateTime: Unix seconds).
+func (t Type) Numeric() bool { return t != TypeString }
+
+// Max is the largest value a numeric column of type t holds.
+func (t Type) Max() uint64 {
+	switch t {
+	case TypeUInt8:
+		return 1<<8 - 1
+	case TypeUInt16:
+		return 1<<16 - 1
+	case TypeDateTime:
+		return 1<<32 - 1
+	}
+	return 1<<64 - 1
+}
+
+// Meta is what every row of one batch shares: the aggregator that wrote it
+// and the batch id (a ClickHouse retry looks its batch up by both).
+type Meta struct {
+	Aggregator string
+	BatchID    uint64
+}
+
+// Column is one output column: the one definition the ClickHouse DDL and
+// insert, the JSON lines fields, the spool and readers of either derive
+// from. Exactly one of str and num is set, as Type says.
+type Column struct {
+	Name string
+	Type Type
+	// LowCardinality marks a String that releases which support it
+	// store as LowCardinality(String).
+	LowCardinality bool
+	str            func(*correlate.Record, *Meta) string
+	num            func(*correlate.Record, *Meta) uint64
+}
+
+// Str is the value of a String column for r.
+func (c *Column) Str(r *correlate.Record, m *Meta) string {
+	if c.str == nil {
+		return ""
+	}
+	return c.str(r, m)
+}
+
+// Num is the value of a numeric column for r (DateTime: Unix seconds).
+func (c *Column) Num(r *correlate.Record, m *Meta) uint64 {
+	if c.num == nil {
+		return 0
+	}
+	return c.num(r, m)
+}
+
+type rec = correlate.Record
+
+func strCol(name string, f func(*rec) string) Column {
+	return Column{Name: name, Type: TypeString, str: func(r *rec, _ *Meta) string { return f(r) }}
+}
+
+func lowStrCol(name string, f func(*rec) string) Column {
+	c := strCol(name, f)
+	c.LowCardinality = true
+	return c
+}
+
+// numCol is the one place a typed accessor becomes a column: the Go type
+// of f matches t, so no value is narrowed when a writer converts it.
+func numCol[T uint8 | uint16 | uint64](name string, t Type, f func(*rec) T) Column {
+	return Column{Name: name, Type: t, num: func(r *rec, _ *Meta) uint64 { return uint64(f(r)) }}
+}
+
+func u8Col(name string, f func(*rec) uint8) Column   { return numCol(name, TypeUInt8, f) }
+func u16Col(name string, f func(*rec) uint16) Column { return numCol(name, TypeUInt16, f) }
+func u64Col(name string, f func(*rec) uint64) Column { return numCol(name, TypeUInt64, f) }
+
+// timeCol stores Unix nanoseconds as whole seconds (18.16 has no
+// DateTime64); unknown (zero or negative) times are the epoch.
+func timeCol(name string, f func(*rec) int64) Column {
+	return Column{Name: name, Type: TypeDateTime, num: func(r *rec, _ *Meta) uint64 {
+		n := f(r)
+		if n <= 0 {
+			return 0
+		}
+		return min(uint64(n/1e9), TypeDateTime.Max())
+	}}
+}
+
+func endNanos(r *rec) int64 {
+	if r.StopNanos != 0 {
+		return r.StopNanos
+	}
+	return r.ExportNanos
+}
+
+func addrString(a [16]byte) string { return netip.AddrFrom16(a).Unmap().String() }
+
+// sideCols are Antrea's per-node elements for one side ("Source" or
+// "Destination").
+func sideCols(suffix string, side func(*rec) *correlate.Side) []Column {
+	return []Column{
+		u64Col("packetTotalCountFrom"+suffix+"Node", func(r *rec) uint64 { return side(r).Fwd.Packets }),
+		u64Col("octetTotalCountFrom"+suffix+"Node", func(r *rec) uint64 { return side(r).Fwd.Bytes }),
+		u64Col("packetDeltaCountFrom"+suffix+"Node", func(r *rec) uint64 { return side(r).FwdDelta.Packets }),
+		u64Col("octetDeltaCountFrom"+suffix+"Node", func(r *rec) uint64 { return side(r).FwdDelta.Bytes }),
+		u64Col("reversePacketTotalCountFrom"+suffix+"Node", func(r *rec) uint64 { return side(r).Rev.Packets }),
+		u64Col("reverseOctetTotalCountFrom"+suffix+"Node", func(r *rec) uint64 { return side(r).Rev.Bytes }),
+		u64Col("reversePacketDeltaCountFrom"+suffix+"Node", func(r *rec) uint64 { return side(r).RevDelta.Packets }),
+		u64Col("reverseOctetDeltaCountFrom"+suffix+"Node", func(r *rec) uint64 { return side(r).RevDelta.Bytes }),
+		u64Col("throughputFrom"+suffix+"Node", func(r *rec) uint64 { return side(r).Throughput }),
+		u64Col("reverseThroughputFrom"+suffix+"Node", func(r *rec) uint64 { return side(r).ReverseThroughput }),
+		timeCol("flowEndSecondsFrom"+suffix+"Node", func(r *rec) int64 { return side(r).EndNanos }),
+		strCol(strings.ToLower(suffix[:1])+suffix[1:]+"Exporter", func(r *rec) string { return side(r).Exporter }),
+	}
+}
+
+// columns is the output in order; names follow Antrea's IEs where one
+// exists so queries written for Antrea's flow-visibility schema carry
+// over. It is never modified after package initialisation. Columns are
+// only ever appended: an existing table gets new ones by ADD COLUMN, and
+// a renamed or retyped column would break it.
+var columns = func() []Column {
+	cs := []Column{
+		timeCol("flowStartSeconds", func(r *rec) int64 { return r.StartNanos }),
+		timeCol("flowEndSeconds", endNanos),
+		u8Col("flowEndReason", func(r *rec) uint8 { return uint8(r.EndReason) }),
+		strCol("sourceIP", func(r *rec) string { return r.Tuple.Src().String() }),
+		strCol("destinationIP", func(r *rec) string { return r.Tuple.Dst().String() }),
+		u16Col("sourceTransportPort", func(r *rec) uint16 { return r.Tuple.SrcPort }),
+		u16Col("destinationTransportPort", func(r *rec) uint16 { return r.Tuple.DstPort }),
+		u8Col("protocolIdentifier", func(r *rec) uint8 { return r.Tuple.Proto }),
+		u64Col("packetTotalCount", func(r *rec) uint64 { return r.Fwd.Packets }),
+		u64Col("octetTotalCount", func(r *rec) uint64 { return r.Fwd.Bytes }),
+		u64Col("packetDeltaCount", func(r *rec) uint64 { return r.FwdDelta.Packets }),
+		u64Col("octetDeltaCount", func(r *rec) uint64 { return r.FwdDelta.Bytes }),
+		u64Col("reversePacketTotalCount", func(r *rec) uint64 { return r.Rev.Packets }),
+		u64Col("reverseOctetTotalCount", func(r *rec) uint64 { return r.Rev.Bytes }),
+		u64Col("reversePacketDeltaCount", func(r *rec) uint64 { return r.RevDelta.Packets }),
+		u64Col("reverseOctetDeltaCount", func(r *rec) uint64 { return r.RevDelta.Bytes }),
+		u64Col("throughput", func(r *rec) uint64 { return r.Throughput }),
+		u64Col("reverseThroughput", func(r *rec) uint64 { return r.ReverseThroughput }),
+	}
+	cs = append(cs, sideCols("Source", func(r *rec) *correlate.Side { return &r.FromSource })...)
+	cs = append(cs, sideCols("Destination", func(r *rec) *correlate.Side { return &r.FromDestination })...)
+	cs = append(cs,
+		strCol("sourcePodName", func(r *rec) string { return r.Source.PodName }),
+		lowStrCol("sourcePodNamespace", func(r *rec) string { return r.Source.PodNamespace }),
+		lowStrCol("sourceNodeName", func(r *rec) string { return r.Source.NodeName }),
+		strCol("sourcePodLabels", func(r *rec) string { return r.Source.Labels }),
+		strCol("destinationPodName", func(r *rec) string { return r.Destination.PodName }),
+		lowStrCol("destinationPodNamespace", func(r *rec) string { return r.Destination.PodNamespace }),
+		lowStrCol("destinationNodeName", func(r *rec) string { return r.Destination.NodeName }),
+		strCol("destinationPodLabels", func(r *rec) string { return r.Destination.Labels }),
+		strCol("destinationClusterIP", func(r *rec) string {
+			if !r.ClusterIP {
+				return ""
+			}
+			return addrString(r.OrigDstIP)
+		}),
+		strCol("destinationServiceIP", func(r *rec) string {
+			if !r.IsDNATed() {
+				return ""
+			}
+			return addrString(r.OrigDstIP)
+		}),
+		u16Col("destinationServicePort", func(r *rec) uint16 {
+			if !r.IsDNATed() {
+				return 0
+			}
+			return r.OrigDstPort
+		}),
+		lowStrCol("destinationServicePortName", func(r *rec) string { return r.ServicePortName }),
+		u8Col("flowType", func(r *rec) uint8 { return uint8(r.FlowType) }),
+		lowStrCol("tcpState", func(r *rec) string { return r.TCPState.String() }),
+		lowStrCol("correlation", func(r *rec) string { return r.Correlation.String() }),
+		lowStrCol("appProtocolName", func(r *rec) string { return r.L7.AppProtocolName }),
+		// A string holding a JSON object, as in Antrea's IE and the table.
+		strCol("httpVals", func(r *rec) string { return r.L7.HTTPVals }),
+		strCol("dnsQueryName", func(r *rec) string { return r.L7.DNSQueryName }),
+		lowStrCol("dnsQueryType", func(r *rec) string { return r.L7.DNSQueryType }),
+		lowStrCol("dnsResponseCode", func(r *rec) string { return r.L7.DNSResponseCode }),
+		strCol("dnsAnswers", func(r *rec) string { return r.L7.DNSAnswers }),
+		strCol("tlsServerName", func(r *rec) string { return r.L7.TLSServerName }),
+		lowStrCol("tlsVersion", func(r *rec) string { return r.L7.TLSVersion }),
+		strCol("tlsJA3", func(r *rec) string { return r.L7.TLSJA3 }),
+		strCol("tlsJA3S", func(r *rec) string { return r.L7.TLSJA3S }),
+		strCol("tlsJA4", func(r *rec) string { return r.L7.TLSJA4 }),
+		Column{Name: "aggregator", Type: TypeString, LowCardinality: true, str: func(_ *rec, m *Meta) string { return m.Aggregator }},
+		Column{Name: "batchId", Type: TypeUInt64, num: func(_ *rec, m *Meta) uint64 { return m.BatchID }},
+	)
+	return cs
+}()
+
+// columnIndex finds a column by name; built once, read only.
+var columnIndex = func() map[string]int {
+	m := make(map[string]int, len(columns))
+	for i, c := range columns {
+		m[c.Name] = i
+	}
+	return m
+}()
+
+// Columns returns the output columns in order (a copy).
+func Columns() []Column { return append([]Column(nil), columns...) }
+
+// ColumnNames lists the output columns in order.
+func ColumnNames() []string {
+	names := make([]string, len(columns))
+	for i, c := range columns {
+		names[i] = c.Name
+	}
+	return names
+}
+
+// LookupColumn finds a column by name.
+func LookupColumn(name string) (Column, bool) {
+	i, ok := columnIndex[name]
+	if !ok {
+		return Column{}, false
+	}
+	return columns[i], true
+}
