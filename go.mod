@@ -16,7 +16,7 @@ require (
 	github.com/vishvananda/netns v0.0.5
 	github.com/vmware/go-ipfix v0.17.0
 	go.yaml.in/yaml/v3 v3.0.5
-	golang.org/x/net v0.61.0
+	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.49.0
 	k8s.io/api v0.37.2
 	k8s.io/apimachinery v0.37.2

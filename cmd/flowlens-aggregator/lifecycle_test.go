@@ -44,14 +44,22 @@ func TestTemplateWithdrawalAndReconnectWithNewTemplates(t *testing.T) {
 	c := dial(t, "tcp", addr)
 	write(c, tmpl, data1, withdrawAll, data2) // data2 refers to a withdrawn template
 	ra.capture.waitFor(t, 1, 10*time.Second)
+	// data2 is the connection's last message: once its error is counted,
+	// nothing more can come of c.
+	deadline := time.Now().Add(10 * time.Second)
+	for counterSum(t, ra.reg, "flowlens_ipfix_collector_errors_total") < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("data for a withdrawn template not counted as an error within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	c.Close()
 
-	// The agent reconnects and announces its templates again.
+	// The agent reconnects and announces its templates again; data3 is the
+	// last message sent, so when its record is out every record is.
 	c2 := dial(t, "tcp", addr)
 	write(c2, tmpl, data3)
 	recs := ra.capture.waitFor(t, 2, 10*time.Second)
-	time.Sleep(100 * time.Millisecond)
-	recs = ra.capture.records()
 	got := map[uint16]bool{}
 	for _, r := range recs {
 		got[r.Tuple.SrcPort] = true

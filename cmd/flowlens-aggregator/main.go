@@ -201,7 +201,13 @@ func newAggregator(cfg *aggregatorconfig.Config, reg *prometheus.Registry) (*agg
 		creg := prometheus.WrapRegistererWith(prometheus.Labels{"listener": l}, reg)
 		c, err := ipfixcollect.New(ipfixcollect.Config{
 			Network: network, Address: addr,
-			TLS: ipfixcollect.TLSConfig{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile},
+			TLS:                         ipfixcollect.TLSConfig{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, ClientCAFile: cfg.TLS.ClientCAFile},
+			MaxConnections:              cfg.Limits.MaxConnections,
+			MaxUDPSessions:              cfg.Limits.MaxUDPSessions,
+			IdleTimeout:                 cfg.Limits.IdleTimeout.D(),
+			MaxTemplatesPerSession:      cfg.Limits.MaxTemplatesPerSession,
+			MaxTemplateFieldsPerSession: cfg.Limits.MaxTemplateFieldsPerSession,
+			MaxFieldsPerMessage:         cfg.Limits.MaxFieldsPerMessage,
 		}, creg)
 		if err != nil {
 			a.close()

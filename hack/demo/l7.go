@@ -56,6 +56,7 @@ func (s *l7Sensor) warmUp(ctx context.Context, topo *topology) error {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case time.Since(start) > sensorWarmUp:
+			//lint:ignore ST1005 Suricata is a name; the demo prints this as a sentence.
 			return fmt.Errorf("Suricata logged no HTTP transaction within %s of start; its log:\n%s", sensorWarmUp, s.sensor.LogTail(15))
 		}
 	}

@@ -162,6 +162,7 @@ func run(ctx context.Context, o options, out io.Writer) (res *outcome, err error
 
 	suricata, suricataErr := l7e2e.FindSuricata()
 	if o.noL7 {
+		//lint:ignore ST1005 Suricata is a name; the demo prints this as a sentence.
 		suricataErr = errors.New("Suricata not used (-no-l7)")
 	}
 	noL7 := suricataErr // why the L7 column will be empty, if it will
@@ -401,7 +402,7 @@ func writeRows(path string, rows []row) {
 		}
 		b = append(append(b, line...), '\n')
 	}
-	_ = os.WriteFile(path, b, 0o644)
+	_ = os.WriteFile(path, b, 0o600)
 }
 
 // podName maps a pod address to its name for the table.

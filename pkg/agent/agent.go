@@ -58,20 +58,16 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, reg: reg}
 
-	ctMetrics, err := conntrack.NewMetrics(reg)
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	a.source, err = conntrack.New(conntrack.Config{
 		NetNSPath: cfg.Conntrack.NetNS,
 		Zones:     cfg.Conntrack.Zones,
 		Mark:      cfg.Conntrack.Mark,
 		MarkMask:  cfg.Conntrack.MarkMask,
-		Metrics:   ctMetrics,
 		// UPDATE carries the FIN handshake, so a closed TCP connection is
 		// exported at once rather than when TIME_WAIT expires.
 		UpdateEvents: true,
-	})
+	}, reg)
 	if err != nil {
 		return nil, fmt.Errorf("conntrack source: %w", err)
 	}
@@ -142,6 +138,8 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 		if a.reader, err = newEVEReader(cfg, a.handoff.Handle, reg); err != nil {
 			return nil, err
 		}
+		// A missing or foreign EVE socket means no L7 at all: say so.
+		a.health.AddCheck("eve", a.reader.Health)
 	}
 	if a.loop, err = NewLoop(loopCfg, reg); err != nil {
 		return nil, err

@@ -47,8 +47,7 @@ func newContextStage(cfg agentconfig.Config, reg prometheus.Registerer) (*contex
 			NodeName:    cfg.NodeName,
 			OwnNodeOnly: cfg.Kubernetes.OwnNodeOnly,
 			GracePeriod: cfg.Kubernetes.GracePeriod.D(),
-			Registerer:  reg,
-		})
+		}, reg)
 		if err != nil {
 			return nil, fmt.Errorf("kubernetes context: %w", err)
 		}
@@ -65,8 +64,7 @@ func newContextStage(cfg agentconfig.Config, reg prometheus.Registerer) (*contex
 			Path:        cfg.Inventory.File,
 			NodeName:    cfg.NodeName,
 			GracePeriod: cfg.Kubernetes.GracePeriod.D(),
-			Registerer:  reg,
-		})
+		}, reg)
 		if err != nil {
 			return nil, fmt.Errorf("inventory: %w", err)
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -15,6 +16,19 @@ type Health struct {
 	clock       Clock
 	maxAge      time.Duration
 	lastSuccess atomic.Int64 // Unix nanoseconds of the last good dump; 0: none yet
+	// others are the other stages' checks (the EVE socket), added before
+	// the HTTP server starts and only read after.
+	others []namedCheck
+}
+
+type namedCheck struct {
+	name  string
+	check func() error
+}
+
+// AddCheck makes check part of Check under name; call it before serving.
+func (h *Health) AddCheck(name string, check func() error) {
+	h.others = append(h.others, namedCheck{name, check})
 }
 
 // NewHealth returns a Health that turns unhealthy when the last complete
@@ -30,8 +44,18 @@ func NewHealth(clock Clock, maxAge time.Duration) *Health {
 // DumpSucceeded records a complete dump that ended at t.
 func (h *Health) DumpSucceeded(t time.Time) { h.lastSuccess.Store(t.UnixNano()) }
 
-// Check returns nil when healthy, else why not.
+// Check returns nil when healthy, else every reason why not.
 func (h *Health) Check() error {
+	errs := []error{h.checkDumps()}
+	for _, c := range h.others {
+		if err := c.check(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", c.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (h *Health) checkDumps() error {
 	last := h.lastSuccess.Load()
 	if last == 0 {
 		return fmt.Errorf("no conntrack dump has succeeded yet")

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -51,5 +52,27 @@ func TestHealthFollowsTheLoopsDumps(t *testing.T) {
 	h.poll(at(5 * time.Second))
 	if err := health.Check(); err != nil {
 		t.Errorf("after dumps recovered: %v", err)
+	}
+}
+
+// TestHealthIncludesOtherStagesChecks: a stage that cannot work (the EVE
+// socket removed and not recreatable) makes /healthz fail naming it, even
+// while dumps succeed, and recovers with it.
+func TestHealthIncludesOtherStagesChecks(t *testing.T) {
+	clock := SystemClock{}
+	health := NewHealth(clock, time.Minute)
+	health.DumpSucceeded(clock.Now())
+	var socketErr error
+	health.AddCheck("eve", func() error { return socketErr })
+	if code, _ := healthz(t, health); code != http.StatusOK {
+		t.Fatalf("all good: %d", code)
+	}
+	socketErr = errors.New("socket /run/eve.sock is not ours")
+	if code, body := healthz(t, health); code != http.StatusServiceUnavailable || !strings.Contains(body, "eve: socket /run/eve.sock is not ours") {
+		t.Errorf("EVE socket broken: %d %q", code, body)
+	}
+	socketErr = nil
+	if code, _ := healthz(t, health); code != http.StatusOK {
+		t.Errorf("EVE socket back: %d", code)
 	}
 }

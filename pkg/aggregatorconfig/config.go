@@ -35,6 +35,8 @@ type Config struct {
 	Listen []string `yaml:"listen"`
 	// TLS is used by every tls:// listener.
 	TLS ListenTLS `yaml:"tls"`
+	// Limits bound what one peer, or many, can make each listener hold.
+	Limits Limits `yaml:"limits"`
 	// MetricsAddress serves /metrics and /healthz; empty disables it.
 	MetricsAddress string `yaml:"metricsAddress"`
 	// InputQueue is how many decoded records may wait for the correlator;
@@ -46,6 +48,25 @@ type Config struct {
 	Correlation     Correlation `yaml:"correlation"`
 	WAL             WAL         `yaml:"wal"`
 	Sinks           Sinks       `yaml:"sinks"`
+}
+
+// Limits are each listener's bounds (pkg/ipfixcollect); every refusal is
+// counted in flowlens_ipfix_collector_*.
+type Limits struct {
+	// MaxConnections: TCP/TLS connections open at once; one more is closed.
+	MaxConnections int `yaml:"maxConnections"`
+	// MaxUDPSessions: UDP exporters whose templates are kept; past it the
+	// least recently heard one is forgotten.
+	MaxUDPSessions int `yaml:"maxUDPSessions"`
+	// IdleTimeout closes a TCP/TLS connection that completed no message in
+	// that time (the exporter reconnects and loses nothing).
+	IdleTimeout Duration `yaml:"idleTimeout"`
+	// MaxTemplatesPerSession and MaxTemplateFieldsPerSession bound the
+	// templates one session keeps; past them a template is refused.
+	MaxTemplatesPerSession      int `yaml:"maxTemplatesPerSession"`
+	MaxTemplateFieldsPerSession int `yaml:"maxTemplateFieldsPerSession"`
+	// MaxFieldsPerMessage bounds the fields decoded from one message.
+	MaxFieldsPerMessage int `yaml:"maxFieldsPerMessage"`
 }
 
 // WAL configures the write-ahead log (pkg/wal) that keeps decoded records
@@ -173,6 +194,14 @@ type IPFIXSink struct {
 // validation error and in docs/examples/aggregator.yaml; they keep a typo
 // (an extra zero or three) from becoming an out-of-memory kill.
 const (
+	// MaxListenerConnections bounds limits.maxConnections and
+	// limits.maxUDPSessions: each session may hold its templates (up to
+	// maxTemplateFieldsPerSession x ~50 bytes) and a 64 KiB message.
+	MaxListenerConnections = 65536
+	// MaxTemplatesPerSession and MaxTemplateFieldsPerSession bound the
+	// per-session template limits (an IPFIX exporter uses a handful).
+	MaxTemplatesPerSession      = 65536
+	MaxTemplateFieldsPerSession = 1 << 20
 	// MaxInputQueue: the queue is allocated at start, ~550 bytes a slot.
 	MaxInputQueue = 1 << 20
 	// MaxCorrelationConnections: ~1 KiB per connection held.
@@ -211,9 +240,17 @@ func DefaultQueue() Queue {
 // out. It enables no sink: one must be chosen (file or flag).
 func Default() Config {
 	return Config{
-		Listen:          []string{"tcp://127.0.0.1:4739"},
-		MetricsAddress:  "127.0.0.1:9391",
-		InputQueue:      16384,
+		Listen:         []string{"tcp://127.0.0.1:4739"},
+		MetricsAddress: "127.0.0.1:9391",
+		InputQueue:     16384,
+		Limits: Limits{
+			MaxConnections:              ipfixcollect.DefaultMaxConnections,
+			MaxUDPSessions:              ipfixcollect.DefaultMaxUDPSessions,
+			IdleTimeout:                 Duration(ipfixcollect.DefaultIdleTimeout),
+			MaxTemplatesPerSession:      ipfixcollect.DefaultMaxTemplatesPerSession,
+			MaxTemplateFieldsPerSession: ipfixcollect.DefaultMaxTemplateFieldsPerSession,
+			MaxFieldsPerMessage:         ipfixcollect.DefaultMaxFieldsPerMessage,
+		},
 		ShutdownTimeout: Duration(60 * time.Second),
 		Health:          Health{SinkFailureTimeout: Duration(sink.DefaultUnhealthyAfter)},
 		Correlation: Correlation{
@@ -370,6 +407,12 @@ func (c *Config) Validate() error {
 		p.HostPort("metricsAddress", c.MetricsAddress, true)
 	}
 	confutil.Range(&p, "inputQueue", c.InputQueue, 1, MaxInputQueue)
+	confutil.Range(&p, "limits.maxConnections", c.Limits.MaxConnections, 1, MaxListenerConnections)
+	confutil.Range(&p, "limits.maxUDPSessions", c.Limits.MaxUDPSessions, 1, MaxListenerConnections)
+	p.PositiveDuration("limits.idleTimeout", c.Limits.IdleTimeout)
+	confutil.Range(&p, "limits.maxTemplatesPerSession", c.Limits.MaxTemplatesPerSession, 1, MaxTemplatesPerSession)
+	confutil.Range(&p, "limits.maxTemplateFieldsPerSession", c.Limits.MaxTemplateFieldsPerSession, 1, MaxTemplateFieldsPerSession)
+	confutil.Range(&p, "limits.maxFieldsPerMessage", c.Limits.MaxFieldsPerMessage, 1, ipfixcollect.DefaultMaxFieldsPerMessage)
 	p.PositiveDuration("shutdownTimeout", c.ShutdownTimeout)
 	p.PositiveDuration("health.sinkFailureTimeout", c.Health.SinkFailureTimeout)
 

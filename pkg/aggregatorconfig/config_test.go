@@ -92,6 +92,10 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{"ipfix without address", "sinks:\n  ipfix:\n    enabled: true\n", "sinks.ipfix.address", "host:port"},
 		{"no sink enabled", "listen: [\"tcp://127.0.0.1:4739\"]\n", "sinks", "enable at least one"},
 		{"number where a list goes", "listen: 5\n", "listen", "list"},
+		{"zero idle timeout", "limits:\n  idleTimeout: 0s\n", "limits.idleTimeout", "positive"},
+		{"jsonl file mode not octal", "sinks:\n  jsonl:\n    enabled: true\n    fileMode: rw\n", "sinks.jsonl.fileMode", "octal"},
+		{"jsonl file mode the owner cannot write", "sinks:\n  jsonl:\n    enabled: true\n    fileMode: \"0400\"\n", "sinks.jsonl.fileMode", "owner"},
+		{"zero max block", "sinks:\n  jsonl:\n    enabled: true\n    maxBlock: 0s\n", "sinks.jsonl.maxBlock", "positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			body := tc.yaml
@@ -180,6 +184,12 @@ func TestEverySizeOptionHasAnUpperBound(t *testing.T) {
 		{"sinks.jsonl.maxBatch", jsonlOn + "    queueRecords: 10000000\n    maxBatch: 2000000\n", "1000000"},
 		{"sinks.jsonl.maxBytes", jsonlOn + "    maxBytes: 2000000000000000\n", "1099511627776"},
 		{"sinks.jsonl.maxFiles", jsonlOn + "    maxFiles: 2000000000\n", "1000"},
+		{"sinks.jsonl.spool.maxBytes", jsonlOn + "    spool:\n      maxBytes: 2000000000000000\n", "1099511627776"},
+		{"limits.maxConnections", "limits:\n  maxConnections: 2000000000\n" + jsonlOn, "65536"},
+		{"limits.maxUDPSessions", "limits:\n  maxUDPSessions: 2000000000\n" + jsonlOn, "65536"},
+		{"limits.maxTemplatesPerSession", "limits:\n  maxTemplatesPerSession: 2000000000\n" + jsonlOn, "65536"},
+		{"limits.maxTemplateFieldsPerSession", "limits:\n  maxTemplateFieldsPerSession: 2000000000\n" + jsonlOn, "1048576"},
+		{"limits.maxFieldsPerMessage", "limits:\n  maxFieldsPerMessage: 2000000000\n" + jsonlOn, "65535"},
 	} {
 		_, err := Parse([]byte(tc.yaml))
 		if !slices.Contains(confutil.Fields(err), tc.field) || !strings.Contains(err.Error(), ".."+tc.bound+", got") {

@@ -173,7 +173,7 @@ func BenchmarkDumpTiMo(b *testing.B) {
 func BenchmarkDump(b *testing.B) {
 	path := benchTablePath(b)
 	floor := newPairedFloor(b, path)
-	src, err := New(Config{NetNSPath: path})
+	src, err := New(Config{NetNSPath: path}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/flowlens/flowlens/pkg/flow"
@@ -59,8 +60,6 @@ type Config struct {
 	// EventBufferBytes is the event socket's receive buffer; 0 means
 	// DefaultEventBufferBytes. Too small a buffer loses events under load.
 	EventBufferBytes int
-	// Metrics receives the source's metrics; nil uses unregistered ones.
-	Metrics *Metrics
 }
 
 // Source dumps and listens to one namespace's conntrack table. Dump may be
@@ -68,7 +67,7 @@ type Config struct {
 // independently of Dump on its own socket.
 type Source struct {
 	cfg    Config
-	m      *Metrics
+	m      *metrics
 	filter filter
 
 	// open makes a netlink socket in the namespace; tests replace it with
@@ -83,7 +82,7 @@ type Source struct {
 }
 
 // New validates cfg and returns a Source. It opens no socket yet.
-func New(cfg Config) (*Source, error) {
+func New(cfg Config, reg prometheus.Registerer) (*Source, error) {
 	if cfg.NetNSPath != "" {
 		if _, err := os.Stat(cfg.NetNSPath); err != nil {
 			return nil, fmt.Errorf("conntrack source netns: %w", err)
@@ -106,12 +105,9 @@ func New(cfg Config) (*Source, error) {
 	if cfg.EventBufferBytes == 0 {
 		cfg.EventBufferBytes = DefaultEventBufferBytes
 	}
-	m := cfg.Metrics
-	if m == nil {
-		var err error
-		if m, err = NewMetrics(nil); err != nil {
-			return nil, err
-		}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
 	}
 	path := cfg.NetNSPath
 	open := func(groups uint32, rcvbuf int) (socket, error) {
@@ -178,7 +174,7 @@ type decodeStats struct {
 	firstErr                  error
 }
 
-func (s *decodeStats) flush(m *Metrics, what string) {
+func (s *decodeStats) flush(m *metrics, what string) {
 	m.entriesDecoded.Add(float64(s.decoded))
 	m.entriesFiltered.Add(float64(s.filtered))
 	if s.errors > 0 {

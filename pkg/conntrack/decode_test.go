@@ -240,9 +240,9 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-func mustMetrics(tb testing.TB) *Metrics {
+func mustMetrics(tb testing.TB) *metrics {
 	tb.Helper()
-	m, err := NewMetrics(nil)
+	m, err := newMetrics(nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

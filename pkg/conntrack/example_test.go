@@ -13,15 +13,10 @@ import (
 // A Source dumps the table on every poll and listens for events between
 // polls; an overrun asks for the next dump to come early.
 func ExampleSource() {
-	metrics, err := conntrack.NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		panic(err)
-	}
 	src, err := conntrack.New(conntrack.Config{
 		NetNSPath: "/run/netns/node", // "" for the agent's own namespace
 		Zones:     []uint16{0},
-		Metrics:   metrics,
-	})
+	}, prometheus.NewRegistry())
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -177,7 +177,7 @@ func (n *testNet) connect(t *testing.T, f family, sent, received int) *tcpConn {
 
 func newSource(t *testing.T, cfg Config) *Source {
 	t.Helper()
-	s, err := New(cfg)
+	s, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,10 +292,11 @@ func TestDumpFiltersByZoneAndMark(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m, _ := NewMetrics(nil)
-			tt.cfg.NetNSPath, tt.cfg.Metrics = path, m
+			tt.cfg.NetNSPath = path
+			src := newSource(t, tt.cfg)
+			m := src.m
 			var got []uint16
-			for _, c := range dumpAll(t, newSource(t, tt.cfg)) {
+			for _, c := range dumpAll(t, src) {
 				got = append(got, c.Zone*1000+uint16(c.Mark&0xfff))
 			}
 			slices.Sort(got)
@@ -477,8 +478,8 @@ func listen(t *testing.T, s *Source, fn func(Event)) {
 
 func TestListenReportsNewAndDestroyWithFinalCounters(t *testing.T) {
 	n := newTestNet(t)
-	m, _ := NewMetrics(nil)
-	src := newSource(t, Config{NetNSPath: n.clientPath, Metrics: m})
+	src := newSource(t, Config{NetNSPath: n.clientPath})
+	m := src.m
 	if err := src.EnableAccounting(); err != nil {
 		t.Fatal(err)
 	}
@@ -522,10 +523,10 @@ func TestListenReportsNewAndDestroyWithFinalCounters(t *testing.T) {
 func TestListenReportsOverrunAndKeepsListening(t *testing.T) {
 	need(t, "ip")
 	_, path := conntracktest.NetNS(t, "ovr")
-	m, _ := NewMetrics(nil)
 	// A tiny buffer and a consumer stuck on its first event guarantee the
 	// kernel drops NEW events for the entries inserted meanwhile.
-	src := newSource(t, Config{NetNSPath: path, Metrics: m, EventBufferBytes: 4096})
+	src := newSource(t, Config{NetNSPath: path, EventBufferBytes: 4096})
+	m := src.m
 	if err := src.EnableAccounting(); err != nil {
 		t.Fatal(err)
 	}
@@ -575,8 +576,7 @@ func TestEnableAccountingSetsSysctlsInItsNamespaceOnly(t *testing.T) {
 }
 
 func TestDumpOfDeletedNamespaceFailsAndCounts(t *testing.T) {
-	m, _ := NewMetrics(nil)
-	src := newSource(t, Config{NetNSPath: "/proc/self/ns/net", Metrics: m, DumpTimeout: time.Second})
+	src := newSource(t, Config{NetNSPath: "/proc/self/ns/net", DumpTimeout: time.Second})
 	// Sanity: dumping works, then a closed socket is reopened transparently.
 	if err := src.Dump(func(*flow.Conn) {}); err != nil {
 		t.Fatal(err)
@@ -590,7 +590,7 @@ func TestDumpOfDeletedNamespaceFailsAndCounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad := newSource(t, Config{NetNSPath: path, Metrics: m})
+	bad := newSource(t, Config{NetNSPath: path})
 	if err := cleanup(); err != nil {
 		t.Fatal(err)
 	}
@@ -598,7 +598,7 @@ func TestDumpOfDeletedNamespaceFailsAndCounts(t *testing.T) {
 	if err == nil || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Dump of a deleted netns = %v, want a not-exist error", err)
 	}
-	if v := counterValue(t, m.dumpErrors); v != 1 {
+	if v := counterValue(t, bad.m.dumpErrors); v != 1 {
 		t.Errorf("dump errors = %v, want 1", v)
 	}
 }

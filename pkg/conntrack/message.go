@@ -28,10 +28,11 @@ const (
 	ipctnlMsgCTGet      = 1
 	ipctnlMsgCTDelete   = 2
 
-	// Multicast groups NFNLGRP_CONNTRACK_NEW/UPDATE/DESTROY as bind(2) bits.
-	groupNew     = 1 << (1 - 1)
-	groupUpdate  = 1 << (2 - 1)
-	groupDestroy = 1 << (3 - 1)
+	// Multicast groups NFNLGRP_CONNTRACK_NEW/UPDATE/DESTROY (1, 2, 3) as
+	// bind(2) bits: group n is bit n-1.
+	groupNew     = 1 << 0
+	groupUpdate  = 1 << 1
+	groupDestroy = 1 << 2
 )
 
 var errMessageTruncated = errors.New("netlink message truncated")

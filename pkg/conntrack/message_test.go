@@ -100,11 +100,11 @@ func TestEventTypeFromMessage(t *testing.T) {
 		want  EventType
 		ok    bool
 	}{
-		{"NEW with create|excl is a new connection", 1<<8 | 0, nlmFCreate | nlmFExcl, EventNew, true},
-		{"NEW without create is an update", 1<<8 | 0, 0, EventUpdate, true},
-		{"DELETE is a destroy", 1<<8 | 2, 0, EventDestroy, true},
-		{"expectation subsystem is ignored", 2<<8 | 0, nlmFCreate, 0, false},
-		{"GET is not an event", 1<<8 | 1, 0, 0, false},
+		{"NEW with create|excl is a new connection", nfnlSubsysCTNetlink<<8 | ipctnlMsgCTNew, nlmFCreate | nlmFExcl, EventNew, true},
+		{"NEW without create is an update", nfnlSubsysCTNetlink<<8 | ipctnlMsgCTNew, 0, EventUpdate, true},
+		{"DELETE is a destroy", nfnlSubsysCTNetlink<<8 | ipctnlMsgCTDelete, 0, EventDestroy, true},
+		{"expectation subsystem is ignored", 2<<8 | ipctnlMsgCTNew, nlmFCreate, 0, false}, // NFNL_SUBSYS_CTNETLINK_EXP
+		{"GET is not an event", nfnlSubsysCTNetlink<<8 | ipctnlMsgCTGet, 0, 0, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,7 +166,7 @@ func TestNewValidatesConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := New(tt.cfg)
+			s, err := New(tt.cfg, nil)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("New error = %v, want error %v", err, tt.wantErr)
 			}
@@ -179,7 +179,7 @@ func TestNewValidatesConfig(t *testing.T) {
 
 func TestMetricsRegisterWithFlowlensNames(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	m, err := NewMetrics(reg)
+	m, err := newMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestMetricsRegisterWithFlowlensNames(t *testing.T) {
 	if len(series) != 10 {
 		t.Errorf("%d metrics registered, want 10: %v", len(series), series)
 	}
-	if _, err := NewMetrics(reg); err == nil {
+	if _, err := newMetrics(reg); err == nil {
 		t.Error("registering twice on one registry succeeded; want a duplicate error")
 	}
 }

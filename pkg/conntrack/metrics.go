@@ -6,9 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are the conntrack source's Prometheus collectors. Build them with
-// NewMetrics and pass them in Config; one set can serve several Sources.
-type Metrics struct {
+// metrics are the conntrack source's Prometheus collectors.
+type metrics struct {
 	dumps            prometheus.Counter
 	dumpErrors       prometheus.Counter
 	dumpDuration     prometheus.Histogram
@@ -21,9 +20,9 @@ type Metrics struct {
 	accountingErrors prometheus.Counter
 }
 
-// NewMetrics creates the collectors and registers them on reg; a nil reg
+// newMetrics creates the collectors and registers them on reg; a nil reg
 // leaves them unregistered (tests, or a caller that does not export them).
-func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: "flowlens_conntrack_" + name, Help: help})
 	}
@@ -31,7 +30,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Name: "flowlens_conntrack_events_total",
 		Help: "Conntrack events received, by type (new, update, destroy).",
 	}, []string{"type"})
-	m := &Metrics{
+	m := &metrics{
 		dumps:      counter("dumps_total", "Conntrack table dumps started."),
 		dumpErrors: counter("dump_errors_total", "Conntrack table dumps that failed."),
 		dumpDuration: prometheus.NewHistogram(prometheus.HistogramOpts{

@@ -18,7 +18,7 @@ import (
 func BenchmarkPoll(b *testing.B) {
 	path := benchTablePath(b)
 	floor := newPairedFloor(b, path)
-	src, err := New(Config{NetNSPath: path})
+	src, err := New(Config{NetNSPath: path}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

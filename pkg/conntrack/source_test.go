@@ -76,14 +76,13 @@ func (f *fakeSocket) close() error {
 }
 
 // fakeSource is a Source whose sockets are the given fakes, in order.
-func fakeSource(t *testing.T, cfg Config, socks ...*fakeSocket) (*Source, *Metrics, *int) {
+func fakeSource(t *testing.T, cfg Config, socks ...*fakeSocket) (*Source, *metrics, *int) {
 	t.Helper()
-	m := mustMetrics(t)
-	cfg.Metrics = m
-	s, err := New(cfg)
+	s, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	m := s.m
 	opened := 0
 	s.open = func(uint32, int) (socket, error) {
 		if opened == len(socks) {

@@ -29,28 +29,96 @@ var (
 // p, consuming the value whatever its type.
 type decodeFunc func(s *scanner, p unsafe.Pointer) error
 
-// codec is the table of one struct type: its fields by JSON key.
+// codec is the table of one struct type: its fields by JSON key. A key is
+// found by its length and first byte (index), then one compare: a struct
+// has a dozen keys, so that pair almost always names one candidate, and a
+// key that is not there (most keys of a record) usually costs no compare.
 type codec struct {
-	fields map[string]fieldCodec
+	fields []fieldCodec
+	// index[len(key)][key[0]] is 1 + the index in fields of the first
+	// candidate, 0 for none; candidates chain through fieldCodec.next.
+	index [][128]uint16
 }
 
 type fieldCodec struct {
-	off    uintptr
+	key  string
+	off  uintptr
+	kind fieldKind
+	next uint16 // 1 + index of the next key of the same length and first byte
+	// decode is used for kindOther; the common kinds are called directly.
 	decode decodeFunc
 }
 
-// objectDecoder decodes the members of an object into the struct at p.
-type objectDecoder struct {
-	c *codec
-	p unsafe.Pointer
+type fieldKind uint8
+
+const (
+	kindOther fieldKind = iota
+	kindString
+	kindUint
+)
+
+func (c *codec) add(f fieldCodec) {
+	if f.key[0] >= 128 {
+		panic(fmt.Sprintf("eve: key %q does not start with an ASCII byte", f.key))
+	}
+	for len(c.index) <= len(f.key) {
+		c.index = append(c.index, [128]uint16{})
+	}
+	slot := &c.index[len(f.key)][f.key[0]]
+	f.next = *slot
+	c.fields = append(c.fields, f)
+	*slot = uint16(len(c.fields))
 }
 
-func (d objectDecoder) field(s *scanner, key []byte) error {
-	if f, ok := d.c.fields[string(key)]; ok {
-		return f.decode(s, unsafe.Add(d.p, f.off))
+func (c *codec) lookup(key []byte) *fieldCodec {
+	n := len(key)
+	if n == 0 || n >= len(c.index) || key[0] >= 128 {
+		return nil
 	}
-	_, err := s.skip()
-	return err
+	for i := c.index[n][key[0]]; i != 0; {
+		f := &c.fields[i-1]
+		if f.key == string(key) {
+			return f
+		}
+		i = f.next
+	}
+	return nil
+}
+
+// decode decodes the object at the scanner (at its '{') into the struct at
+// p. It is scanObject's loop with the field dispatch written in, which
+// saves an indirect call per member: this is the parser's inner loop.
+func (c *codec) decode(s *scanner, p unsafe.Pointer) error {
+	empty, err := s.openObject()
+	defer func() { s.depth-- }()
+	if err != nil || empty {
+		return err
+	}
+	for {
+		key, err := s.memberKey()
+		if err != nil {
+			return err
+		}
+		if f := c.lookup(key); f == nil {
+			_, err = s.skip()
+		} else {
+			fp := unsafe.Add(p, f.off)
+			switch f.kind {
+			case kindString:
+				err = s.strField((*string)(fp))
+			case kindUint:
+				err = s.uintField((*flexUint)(fp))
+			default:
+				err = f.decode(s, fp)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if more, err := s.nextMember(); !more || err != nil {
+			return err
+		}
+	}
 }
 
 // codecs builds the tables, sharing one codec per struct type.
@@ -62,7 +130,7 @@ func (cs codecs) object(t reflect.Type) *codec {
 	if c, ok := cs[t]; ok {
 		return c
 	}
-	c := &codec{fields: map[string]fieldCodec{}}
+	c := &codec{}
 	cs[t] = c
 	for i := range t.NumField() {
 		f := t.Field(i)
@@ -70,10 +138,17 @@ func (cs codecs) object(t reflect.Type) *codec {
 		if key == "" || key == "-" {
 			continue
 		}
-		if _, dup := c.fields[key]; dup {
+		if c.lookup([]byte(key)) != nil {
 			panic(fmt.Sprintf("eve: %s: key %q declared twice", t, key))
 		}
-		c.fields[key] = fieldCodec{off: f.Offset, decode: cs.decoder(f.Type, f.Tag.Get("eve"))}
+		fc := fieldCodec{key: key, off: f.Offset, decode: cs.decoder(f.Type, f.Tag.Get("eve"))}
+		switch {
+		case f.Type == reflect.TypeFor[string]() && f.Tag.Get("eve") == "":
+			fc.kind = kindString
+		case f.Type == reflect.TypeFor[flexUint]():
+			fc.kind = kindUint
+		}
+		c.add(fc)
 	}
 	return c
 }
@@ -116,7 +191,7 @@ func structField(s *scanner, c *codec, p unsafe.Pointer) error {
 		_, err := s.skip()
 		return err
 	}
-	return scanObject(s, objectDecoder{c, p})
+	return c.decode(s, p)
 }
 
 // ptrField decodes into *pp (allocating a t) when the value is an object
@@ -127,7 +202,7 @@ func ptrField(s *scanner, c *codec, t reflect.Type, pp *unsafe.Pointer) error {
 		if *pp == nil {
 			*pp = reflect.New(t).UnsafePointer()
 		}
-		return scanObject(s, objectDecoder{c, *pp})
+		return c.decode(s, *pp)
 	case 'n':
 		if err := s.literal("null"); err != nil {
 			return err
@@ -153,7 +228,7 @@ func (a sliceAppender) element(s *scanner) error {
 	e := a.v.Index(n)
 	e.SetZero() // the backing array may hold an earlier decode's element
 	if s.peek() == '{' {
-		return scanObject(s, objectDecoder{a.c, e.Addr().UnsafePointer()})
+		return a.c.decode(s, e.Addr().UnsafePointer())
 	}
 	_, err := s.skip()
 	return err

@@ -248,7 +248,6 @@ var protoNumbers = map[string]uint8{
 	"UDPLite":   136,
 }
 
-
 func tupleOf(raw *rawRecord) (flow.Tuple, error) {
 	if raw.SrcIP == "" || raw.DestIP == "" {
 		return flow.Tuple{}, errors.New("no src_ip/dest_ip")

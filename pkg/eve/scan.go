@@ -19,6 +19,8 @@ import (
 // that keys match exactly where encoding/json also accepts other cases: EVE
 // keys are lower case, and a "Src_IP" key is not Suricata's. The tests
 // compare both decoders over every line of the testdata and under fuzzing.
+// Which key goes to which field is not written here: fields.go derives it
+// from rawRecord's json tags.
 
 var errSyntax = errors.New("invalid JSON")
 
@@ -176,7 +178,7 @@ func (s *scanner) skip() ([]byte, error) {
 // fielder decodes one object member; field is called positioned at the
 // value and must consume it. scanObject and scanArray are generic over it
 // rather than taking an interface, so a fielder that is a small struct
-// (objectDecoder) is passed by value and never allocated.
+// (sliceAppender) is passed by value and never allocated.
 type fielder interface {
 	field(s *scanner, key []byte) error
 }
@@ -193,50 +195,79 @@ func (skipper) field(s *scanner, _ []byte) error { _, err := s.skip(); return er
 func (skipper) element(s *scanner) error         { _, err := s.skip(); return err }
 
 // scanObject scans an object starting at '{', calling f with each key
-// (unescaped).
+// (unescaped). (codec.decode is the same loop for the EVE structs.)
 func scanObject[F fielder](s *scanner, f F) error {
-	if s.depth++; s.depth > maxDepth {
-		return errSyntax
-	}
+	empty, err := s.openObject()
 	defer func() { s.depth-- }()
+	if err != nil || empty {
+		return err
+	}
+	for {
+		key, err := s.memberKey()
+		if err != nil {
+			return err
+		}
+		if err := f.field(s, key); err != nil {
+			return err
+		}
+		if more, err := s.nextMember(); !more || err != nil {
+			return err
+		}
+	}
+}
+
+// openObject consumes an object's '{' and, if the object is empty, its
+// '}'. It counts the nesting depth, which the caller must decrement when
+// it leaves the object, error or not.
+func (s *scanner) openObject() (empty bool, err error) {
+	if s.depth++; s.depth > maxDepth {
+		return false, errSyntax
+	}
 	s.i++
 	s.ws()
 	if s.peek() == '}' {
 		s.i++
-		return nil
+		return true, nil
 	}
-	for {
-		s.ws()
-		if s.peek() != '"' {
-			return errSyntax
-		}
-		key, esc, err := s.str()
-		if err != nil {
-			return err
-		}
-		if esc {
-			key = []byte(unescape(key))
-		}
-		s.ws()
-		if s.peek() != ':' {
-			return errSyntax
-		}
+	return false, nil
+}
+
+// memberKey scans a member's key (unescaped) and the ':' after it, leaving
+// the scanner at the value.
+func (s *scanner) memberKey() ([]byte, error) {
+	s.ws()
+	if s.peek() != '"' {
+		return nil, errSyntax
+	}
+	key, esc, err := s.str()
+	if err != nil {
+		return nil, err
+	}
+	if esc {
+		key = []byte(unescape(key))
+	}
+	s.ws()
+	if s.peek() != ':' {
+		return nil, errSyntax
+	}
+	s.i++
+	s.ws()
+	return key, nil
+}
+
+// nextMember scans what follows a member's value: ',' (more members) or
+// '}' (the end of the object).
+func (s *scanner) nextMember() (more bool, err error) {
+	s.ws()
+	switch s.peek() {
+	case ',':
 		s.i++
-		s.ws()
-		if err := f.field(s, key); err != nil {
-			return err
-		}
-		s.ws()
-		switch s.peek() {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return nil
-		default:
-			return errSyntax
-		}
+		return true, nil
+	case '}':
+		s.i++
+		return false, nil
 	}
+	return false, errSyntax
 }
 
 // scanArray scans an array starting at '[', calling e at each element.
@@ -412,7 +443,7 @@ func decodeRecord(line []byte, raw *rawRecord) error {
 	if s.peek() != '{' {
 		return errSyntax
 	}
-	if err := scanObject(&s, objectDecoder{rawRecordCodec, unsafe.Pointer(raw)}); err != nil {
+	if err := rawRecordCodec.decode(&s, unsafe.Pointer(raw)); err != nil {
 		return err
 	}
 	s.ws()

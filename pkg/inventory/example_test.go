@@ -12,8 +12,8 @@ import (
 
 func ExampleNew() {
 	inv, err := inventory.New(inventory.Config{
-		Path: "testdata/inventory.yaml", NodeName: "host-a", Registerer: prometheus.NewRegistry(),
-	})
+		Path: "testdata/inventory.yaml", NodeName: "host-a",
+	}, prometheus.NewRegistry())
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -41,8 +41,6 @@ type Config struct {
 	// Debounce is how long to wait after a change before reloading, so an
 	// editor's write-rename-chmod sequence is read once. Zero means 100ms.
 	Debounce time.Duration
-	// Registerer receives the package's metrics.
-	Registerer prometheus.Registerer
 	// Now is the clock (tests); nil means time.Now.
 	Now func() time.Time
 }
@@ -60,15 +58,14 @@ type Inventory struct {
 }
 
 // New loads the file; an invalid file is an error naming the entry and field.
-func New(cfg Config) (*Inventory, error) {
+//
+// Its metrics are registered on reg (nil: counted, not registered).
+func New(cfg Config, reg prometheus.Registerer) (*Inventory, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("inventory: Config.Path is empty")
 	}
 	if cfg.NodeName == "" {
 		return nil, errors.New("inventory: Config.NodeName is empty")
-	}
-	if cfg.Registerer == nil {
-		return nil, errors.New("inventory: Config.Registerer is nil")
 	}
 	if cfg.Debounce == 0 {
 		cfg.Debounce = 100 * time.Millisecond
@@ -93,7 +90,10 @@ func New(cfg Config) (*Inventory, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{inv.reloads, inv.entries} {
-		if err := cfg.Registerer.Register(c); err != nil {
+		if reg == nil {
+			break
+		}
+		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("inventory: register metrics: %w", err)
 		}
 	}

@@ -35,7 +35,7 @@ func conn(src, dst string, dport uint16) flow.Conn {
 func newInv(t *testing.T, path string) (*Inventory, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	inv, err := New(Config{Path: path, NodeName: "host-a", Registerer: reg, Debounce: 20 * time.Millisecond})
+	inv, err := New(Config{Path: path, NodeName: "host-a", Debounce: 20 * time.Millisecond}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestInvalidFileAtStartNamesEntryAndField(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tt.yaml), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			_, err := New(Config{Path: path, NodeName: "h", Registerer: prometheus.NewRegistry()})
+			_, err := New(Config{Path: path, NodeName: "h"}, prometheus.NewRegistry())
 			if err == nil {
 				t.Fatal("New accepted an invalid file")
 			}
@@ -147,15 +147,14 @@ func TestNewNamesTheMissingField(t *testing.T) {
 		cfg   Config
 		field string
 	}{
-		{Config{NodeName: "h", Registerer: prometheus.NewRegistry()}, "Path"},
-		{Config{Path: "testdata/inventory.yaml", Registerer: prometheus.NewRegistry()}, "NodeName"},
-		{Config{Path: "testdata/inventory.yaml", NodeName: "h"}, "Registerer"},
-		{Config{Path: "testdata/inventory.yaml", NodeName: "h", Registerer: prometheus.NewRegistry(), GracePeriod: -1}, "GracePeriod"},
-		{Config{Path: "testdata/missing.yaml", NodeName: "h", Registerer: prometheus.NewRegistry()}, "missing.yaml"},
+		{Config{NodeName: "h"}, "Path"},
+		{Config{Path: "testdata/inventory.yaml"}, "NodeName"},
+		{Config{Path: "testdata/inventory.yaml", NodeName: "h", GracePeriod: -1}, "GracePeriod"},
+		{Config{Path: "testdata/missing.yaml", NodeName: "h"}, "missing.yaml"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.field, func(t *testing.T) {
-			if _, err := New(tt.cfg); err == nil || !strings.Contains(err.Error(), tt.field) {
+			if _, err := New(tt.cfg, nil); err == nil || !strings.Contains(err.Error(), tt.field) {
 				t.Errorf("err = %v, want one naming %s", err, tt.field)
 			}
 		})

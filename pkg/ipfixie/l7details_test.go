@@ -139,7 +139,7 @@ func TestL7DetailsEncodeTheirFieldAsVariableLengthString(t *testing.T) {
 
 // docs/ipfix-elements.md documents the table; this keeps the two equal.
 func TestL7DetailsMatchTheDocumentation(t *testing.T) {
-	doc, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", "ipfix-elements.md"))
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "ipfix-elements.md"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -125,7 +125,7 @@ func BenchmarkInformerMemory(b *testing.B) {
 		ctx, cancel = context.WithCancel(context.Background())
 		before = heapAlloc()
 		start := time.Now()
-		m, err := New(Config{Client: client, NodeName: "node-0", Registerer: prometheus.NewRegistry()})
+		m, err := New(Config{Client: client, NodeName: "node-0"}, prometheus.NewRegistry())
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -154,7 +154,7 @@ func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 // it generously; this is the figure to watch.
 func BenchmarkAnnotationFlip(b *testing.B) {
 	client := fake.NewClientset(namespace("shop", ""), pod("shop", "api", "10.244.0.3"))
-	m, err := New(Config{Client: client, NodeName: "node-a", Registerer: prometheus.NewRegistry()})
+	m, err := New(Config{Client: client, NodeName: "node-a"}, prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)
 	}

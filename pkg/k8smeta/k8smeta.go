@@ -54,8 +54,6 @@ type Config struct {
 	// connections that started while it lived; zero means
 	// ipindex.DefaultGracePeriod.
 	GracePeriod time.Duration
-	// Registerer receives the package's metrics.
-	Registerer prometheus.Registerer
 	// Now is the clock (tests); nil means time.Now.
 	Now func() time.Time
 }
@@ -85,16 +83,14 @@ type remotePod struct {
 	bySlic map[string][]netip.Addr
 }
 
-// New validates cfg and builds the informers; nothing runs until Start.
-func New(cfg Config) (*Meta, error) {
+// New validates cfg and builds the informers; nothing runs until Start. Its
+// metrics are registered on reg (nil: counted, not registered).
+func New(cfg Config, reg prometheus.Registerer) (*Meta, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("k8smeta: Config.Client is nil")
 	}
 	if cfg.NodeName == "" {
 		return nil, errors.New("k8smeta: Config.NodeName is empty")
-	}
-	if cfg.Registerer == nil {
-		return nil, errors.New("k8smeta: Config.Registerer is nil")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -110,7 +106,7 @@ func New(cfg Config) (*Meta, error) {
 		remote:   map[string]*remotePod{},
 		sliceRem: map[string][]string{},
 	}
-	if m.metrics, err = newMetrics(cfg.Registerer, idx); err != nil {
+	if m.metrics, err = newMetrics(reg, idx); err != nil {
 		return nil, err
 	}
 	if err := m.buildInformers(); err != nil {

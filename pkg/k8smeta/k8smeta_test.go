@@ -56,7 +56,7 @@ func start(t *testing.T, ownNode bool, objs ...runtime.Object) *env {
 	client := fake.NewClientset(objs...)
 	c := &clock{t: sec(0)}
 	reg := prometheus.NewRegistry()
-	m, err := New(Config{Client: client, NodeName: "node-a", OwnNodeOnly: ownNode, GracePeriod: time.Minute, Registerer: reg, Now: c.Now})
+	m, err := New(Config{Client: client, NodeName: "node-a", OwnNodeOnly: ownNode, GracePeriod: time.Minute, Now: c.Now}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -564,14 +564,13 @@ func TestNewNamesTheMissingField(t *testing.T) {
 		cfg   Config
 		field string
 	}{
-		{"no client", Config{NodeName: "n", Registerer: reg}, "Client"},
-		{"no node name", Config{Client: client, Registerer: reg}, "NodeName"},
-		{"no registerer", Config{Client: client, NodeName: "n"}, "Registerer"},
-		{"negative grace period", Config{Client: client, NodeName: "n", Registerer: reg, GracePeriod: -1}, "GracePeriod"},
+		{"no client", Config{NodeName: "n"}, "Client"},
+		{"no node name", Config{Client: client}, "NodeName"},
+		{"negative grace period", Config{Client: client, NodeName: "n", GracePeriod: -1}, "GracePeriod"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(tt.cfg)
+			_, err := New(tt.cfg, reg)
 			if err == nil || !strings.Contains(err.Error(), tt.field) {
 				t.Errorf("err = %v, want one naming %s", err, tt.field)
 			}

@@ -42,6 +42,9 @@ func newMetrics(reg prometheus.Registerer, idx *ipindex.Index) (*metrics, error)
 		gauge("flowlens_k8smeta_cluster_ips", "Service ClusterIPs in the index.",
 			func(s ipindex.Stats) int { return s.ClusterIPs }),
 	}
+	if reg == nil {
+		return m, nil
+	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("k8smeta: register metrics: %w", err)

@@ -106,7 +106,7 @@ func TestAgentWithRBACFromManifestEnrichesAndFollowsAnnotations(t *testing.T) {
 		}
 	})
 
-	meta, err := k8smeta.New(k8smeta.Config{Client: saClient, NodeName: "node-a", Registerer: prometheus.NewRegistry()})
+	meta, err := k8smeta.New(k8smeta.Config{Client: saClient, NodeName: "node-a"}, prometheus.NewRegistry())
 	must(t, err)
 	mctx, mcancel := context.WithCancel(ctx)
 	defer func() { mcancel(); meta.Wait() }()
@@ -136,7 +136,7 @@ func TestAgentWithRBACFromManifestEnrichesAndFollowsAnnotations(t *testing.T) {
 	})
 
 	t.Run("own-node mode lists only this node's pods and finds remote ones through EndpointSlices", func(t *testing.T) {
-		own, err := k8smeta.New(k8smeta.Config{Client: saClient, NodeName: "node-a", OwnNodeOnly: true, Registerer: prometheus.NewRegistry()})
+		own, err := k8smeta.New(k8smeta.Config{Client: saClient, NodeName: "node-a", OwnNodeOnly: true}, prometheus.NewRegistry())
 		must(t, err)
 		octx, ocancel := context.WithTimeout(ctx, 30*time.Second)
 		defer func() { ocancel(); own.Wait() }()
