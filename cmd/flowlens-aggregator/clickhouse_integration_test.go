@@ -10,7 +10,6 @@ import (
 
 	"github.com/flowlens/flowlens/pkg/aggregatorconfig"
 	"github.com/flowlens/flowlens/pkg/ipfixexport"
-	"github.com/flowlens/flowlens/pkg/sink"
 	"github.com/flowlens/flowlens/test/clickhousetest"
 )
 
@@ -18,14 +17,12 @@ func clickhouseConfig(t *testing.T, chAddr string, listen ...string) *aggregator
 	cfg := testConfig(t, listen...)
 	cfg.Sinks.JSONL.Enabled = false
 	cfg.Sinks.ClickHouse.Enabled, cfg.Sinks.ClickHouse.Addr = true, chAddr
-	cfg.Sinks.ClickHouse.Queue = aggregatorconfig.Queue{
-		QueueRecords:   sink.DefaultQueueRecords,
-		MaxBatch:       sink.DefaultMaxBatch,
-		CommitInterval: aggregatorconfig.Duration(200 * time.Millisecond),
-		RetryMin:       aggregatorconfig.Duration(100 * time.Millisecond),
-		RetryMax:       aggregatorconfig.Duration(2 * time.Second),
-		FlushTimeout:   aggregatorconfig.Duration(60 * time.Second),
-	}
+	q := aggregatorconfig.DefaultQueue()
+	q.CommitInterval = aggregatorconfig.Duration(200 * time.Millisecond)
+	q.RetryMin = aggregatorconfig.Duration(100 * time.Millisecond)
+	q.RetryMax = aggregatorconfig.Duration(2 * time.Second)
+	q.FlushTimeout = aggregatorconfig.Duration(60 * time.Second)
+	cfg.Sinks.ClickHouse.Queue = q
 	return cfg
 }
 
