@@ -86,6 +86,7 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 		BufferRecords:           cfg.Export.BufferRecords,
 		FlushInterval:           cfg.Export.FlushInterval.D(),
 		TemplateRefreshInterval: cfg.Export.TemplateRefresh.D(),
+		TemplateRefreshMessages: cfg.Export.TemplateRefreshMessages,
 		L7DetailElements:        cfg.Export.L7DetailElements,
 	}, reg)
 	if err != nil {

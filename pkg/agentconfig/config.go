@@ -148,9 +148,13 @@ type Export struct {
 	BufferRecords int `yaml:"bufferRecords"`
 	// FlushInterval is the longest a record waits for a fuller message.
 	FlushInterval Duration `yaml:"flushInterval"`
-	// TemplateRefresh resends templates over UDP, where a collector that
-	// restarts cannot ask for them.
-	TemplateRefresh Duration `yaml:"templateRefresh"`
+	// TemplateRefresh and TemplateRefreshMessages resend templates over
+	// UDP, where a collector that restarts cannot ask for them, whichever
+	// comes first: after this long, or after this many data messages since
+	// they last went out (RFC 7011 section 8.4). Until then such a
+	// collector drops every record.
+	TemplateRefresh         Duration `yaml:"templateRefresh"`
+	TemplateRefreshMessages int      `yaml:"templateRefreshMessages"`
 	// L7DetailElements exports flow.L7's DNS/TLS details as nine extra
 	// enterprise-32473 IEs (ipfixexport.Config.L7DetailElements). Off by
 	// default: a go-ipfix collector in Strict mode, such as Antrea's Flow
@@ -187,12 +191,13 @@ func Default() Config {
 			TickInterval:   Duration(100 * time.Millisecond),
 		},
 		Export: Export{
-			Collector:       "127.0.0.1:4739",
-			Transport:       "tcp",
-			PathMTU:         1500,
-			BufferRecords:   100000,
-			FlushInterval:   Duration(time.Second),
-			TemplateRefresh: Duration(10 * time.Minute),
+			Collector:               "127.0.0.1:4739",
+			Transport:               "tcp",
+			PathMTU:                 1500,
+			BufferRecords:           100000,
+			FlushInterval:           Duration(time.Second),
+			TemplateRefresh:         Duration(30 * time.Second),
+			TemplateRefreshMessages: 20,
 		},
 		Server: Server{Listen: "127.0.0.1:9560"},
 		Kubernetes: Kubernetes{
@@ -275,6 +280,10 @@ const (
 	MaxHTTPValsBytes = 65535
 	MaxTransactions  = 4096
 	MaxPendingEvents = 1 << 20
+	// MaxTemplateRefreshMessages: past it the count never triggers in
+	// practice and only export.templateRefresh would, which is what the
+	// option is there to improve on.
+	MaxTemplateRefreshMessages = 100_000
 )
 
 func (c *Config) validate() error {
@@ -314,6 +323,7 @@ func (c *Config) validate() error {
 	confutil.Range(&p, "export.bufferRecords", c.Export.BufferRecords, 1, MaxBufferRecords)
 	p.PositiveDuration("export.flushInterval", c.Export.FlushInterval)
 	p.PositiveDuration("export.templateRefresh", c.Export.TemplateRefresh)
+	confutil.Range(&p, "export.templateRefreshMessages", c.Export.TemplateRefreshMessages, 1, MaxTemplateRefreshMessages)
 	p.HostPort("server.listen", c.Server.Listen, true)
 	if c.Kubernetes.Enabled && c.Inventory.File != "" {
 		p.Addf("inventory.file", "set together with kubernetes.enabled; choose one source of context")

@@ -70,6 +70,8 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{"tls options on tcp", "export:\n  tls:\n    caFile: /x\n", "export.tls"},
 		{"cert without key", "export:\n  transport: tls\n  tls:\n    certFile: /x\n", "export.tls.certFile"},
 		{"tiny path MTU", "export:\n  pathMTU: 100\n", "export.pathMTU"},
+		{"template refresh count 0", "export:\n  templateRefreshMessages: 0\n", "export.templateRefreshMessages"},
+		{"template refresh count too large", "export:\n  templateRefreshMessages: 100001\n", "export.templateRefreshMessages"},
 		{"tick longer than active timeout", "connections:\n  tickInterval: 10s\n", "connections.tickInterval"},
 		{"misspelt option", "conections:\n  activeTimeout: 1s\n", "conections"},
 		{"bad listen address", "server:\n  listen: nope\n", "server.listen"},

@@ -325,6 +325,7 @@ func TestConfigValidationNamesTheBadField(t *testing.T) {
 	}{
 		{"missing address", Config{Transport: TCP}, "address"},
 		{"address without port", Config{Address: "127.0.0.1", Transport: TCP}, "address"},
+		{"negative template refresh count", Config{Address: "127.0.0.1:4739", Transport: UDP, TemplateRefreshMessages: -1}, "TemplateRefreshMessages"},
 		{"unknown transport", Config{Address: "127.0.0.1:4739", Transport: "sctp"}, "transport"},
 		{"TCP message above 65535", Config{Address: "127.0.0.1:4739", Transport: TCP, MaxMessageSize: 70000}, "MaxMessageSize"},
 		{"UDP message above the path MTU", Config{Address: "127.0.0.1:4739", Transport: UDP, MaxMessageSize: 1480}, "MaxMessageSize"},
@@ -389,5 +390,143 @@ func TestRunReturnsOnCancelAndLaterExportsAreCountedAsDropped(t *testing.T) {
 	}
 	if err := e.Run(context.Background()); err == nil {
 		t.Error("second Run: want an error")
+	}
+}
+
+// readUntilData reads UDP datagrams until one holding a data set arrives
+// and returns what each held: "T" for a template set, "D" for data.
+func readUntilData(t *testing.T, pc net.PacketConn, buf []byte) []string {
+	t.Helper()
+	var kinds []string
+	for {
+		_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("after %v: %v", kinds, err)
+		}
+		if n < 20 {
+			t.Fatalf("datagram of %d bytes", n)
+		}
+		switch id := binary.BigEndian.Uint16(buf[16:]); id {
+		case 2:
+			kinds = append(kinds, "T")
+		case TemplateIDv4, TemplateIDv6:
+			return append(kinds, "D")
+		default:
+			t.Fatalf("set id %d", id)
+		}
+	}
+}
+
+func TestUDPTemplatesAreResentBeforeEveryNthPlusOneDataMessage(t *testing.T) {
+	const every = 5
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	// The time refresh is far away: only the message count can trigger.
+	e, _ := startExporter(t, Config{Address: pc.LocalAddr().String(), Transport: UDP,
+		FlushInterval: time.Hour, TemplateRefreshInterval: time.Hour, TemplateRefreshMessages: every}, nil)
+	buf := make([]byte, 65536)
+	var got, want []string
+	for i := range 3*every + 2 {
+		if i%every == 0 {
+			want = append(want, "T", "T") // IPv4 and IPv6 template, one message each
+		}
+		want = append(want, "D")
+		r := testRecord(uint64(i), i%2 == 1)
+		e.Export(&r)
+		e.Flush()
+		got = append(got, readUntilData(t, pc, buf)...)
+	}
+	if strings.Join(got, "") != strings.Join(want, "") {
+		t.Errorf("messages %s, want %s (templates before data message 1 and every %d after)", strings.Join(got, ""), strings.Join(want, ""), every)
+	}
+}
+
+// A UDP collector that restarts learns the templates again from the
+// refresh, by message count or by time, and decodes everything after.
+func TestUDPCollectorRestartDecodesAgainWithinTheRefresh(t *testing.T) {
+	cases := []struct {
+		name      string
+		messages  int
+		interval  time.Duration
+		sendEvery time.Duration
+		send      int
+		// maxLost bounds the data messages lost after the restart.
+		maxLost int
+	}{
+		{"by message count (default 20)", 0, time.Hour, 0, 25, 20},
+		// 10 messages 60 ms apart span 600 ms; the 200 ms refresh comes
+		// within the first four.
+		{"by time", 1000, 200 * time.Millisecond, 60 * time.Millisecond, 10, 4},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var before collected
+			addr, stop := startCollector(t, ipfixcollect.Config{Network: "udp", Address: "127.0.0.1:0"}, &before)
+			reg := prometheus.NewRegistry()
+			e, _ := startExporter(t, Config{Address: addr, Transport: UDP, FlushInterval: time.Hour,
+				TemplateRefreshInterval: tc.interval, TemplateRefreshMessages: tc.messages}, reg)
+			sent := 0
+			sendOne := func(seq uint64) {
+				r := testRecord(seq, seq%2 == 1)
+				e.Export(&r)
+				e.Flush()
+				sent++
+				waitFor(t, 5*time.Second, "the record written", func() bool {
+					return metricValue(t, reg, "flowlens_ipfix_exporter_records_sent_total") == float64(sent)
+				})
+			}
+			for i := range 3 {
+				sendOne(uint64(i))
+			}
+			waitFor(t, 5*time.Second, "3 records before the restart", func() bool { return len(before.snapshot()) == 3 })
+			stop()
+			// The new collector listens on the same port and knows no
+			// template; nothing was sent meanwhile, so no ICMP error tells
+			// the exporter to reconnect (which would resend them).
+			var after collected
+			startCollector(t, ipfixcollect.Config{Network: "udp", Address: addr}, &after)
+			for i := range tc.send {
+				if tc.sendEvery > 0 && i > 0 {
+					time.Sleep(tc.sendEvery)
+				}
+				sendOne(uint64(100 + i))
+			}
+			waitFor(t, 5*time.Second, "a record decoded after the restart", func() bool { return len(after.snapshot()) > 0 })
+			time.Sleep(100 * time.Millisecond)
+			seqs := seqsOf(after.snapshot())
+			first := -1
+			for i := range tc.send {
+				switch n := seqs[uint64(100+i)]; {
+				case n > 1:
+					t.Errorf("record %d decoded %d times", i, n)
+				case n == 1 && first < 0:
+					first = i
+				case n == 0 && first >= 0:
+					t.Errorf("record %d lost after the templates were resent (before it: %d)", i, first)
+				}
+			}
+			if first > tc.maxLost {
+				t.Errorf("first record decoded after the restart is number %d, want at most %d lost", first, tc.maxLost)
+			}
+			if tc.messages == 0 && first != 20-3 {
+				// 3 data messages went out before the restart, so the
+				// 21st since the templates is number 17 after it.
+				t.Errorf("first record decoded after the restart is number %d, want 17 (the 21st data message since the templates)", first)
+			}
+		})
+	}
+}
+
+func TestUDPTemplateRefreshDefaultsFollowRFC7011(t *testing.T) {
+	e, err := New(Config{Address: "127.0.0.1:4739", Transport: UDP}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.cfg.TemplateRefreshMessages != 20 || e.cfg.TemplateRefreshInterval != 30*time.Second {
+		t.Errorf("defaults: every %d messages or %v, want every 20 messages or 30s", e.cfg.TemplateRefreshMessages, e.cfg.TemplateRefreshInterval)
 	}
 }

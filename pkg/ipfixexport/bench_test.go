@@ -245,6 +245,8 @@ func goIPFIXSetter(b testing.TB, name string) func(entities.InfoElementWithValue
 	s := map[string]func(ie, *flow.Record){
 		"flowStartSeconds":           func(e ie, r *flow.Record) { e.SetUnsigned32Value(uint32(r.StartNanos / 1e9)) },
 		"flowEndSeconds":             func(e ie, r *flow.Record) { e.SetUnsigned32Value(uint32(r.ExportNanos / 1e9)) },
+		"flowStartMilliseconds":      u64(func(r *flow.Record) uint64 { return uint64(r.StartNanos / 1e6) }),
+		"flowEndMilliseconds":        u64(func(r *flow.Record) uint64 { return uint64(r.ExportNanos / 1e6) }),
 		"flowEndReason":              func(e ie, r *flow.Record) { e.SetUnsigned8Value(uint8(r.EndReason)) },
 		"sourceIPv4Address":          ip(func(r *flow.Record) []byte { return r.Tuple.SrcIP[12:] }),
 		"destinationIPv4Address":     ip(func(r *flow.Record) []byte { return r.Tuple.DstIP[12:] }),

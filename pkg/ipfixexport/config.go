@@ -59,9 +59,14 @@ type Config struct {
 	// FlushInterval is the longest a record waits for its message to fill
 	// (default 1s).
 	FlushInterval time.Duration
-	// TemplateRefreshInterval resends templates over UDP (default 60s),
-	// since a UDP collector that restarts has no other way to learn them.
+	// TemplateRefreshInterval and TemplateRefreshMessages resend the
+	// templates over UDP, whichever comes first: after TemplateRefreshInterval
+	// (default 30s) or before the data message that follows
+	// TemplateRefreshMessages data messages (default 20) since they last
+	// went out (RFC 7011 section 8.4). A UDP collector that restarts has no
+	// other way to learn them, and cannot decode anything until it does.
 	TemplateRefreshInterval time.Duration
+	TemplateRefreshMessages int
 
 	// ReconnectMin/ReconnectMax bound the exponential backoff between
 	// connection attempts (defaults 500ms and 30s).
@@ -100,7 +105,10 @@ func (c *Config) withDefaults() Config {
 		out.BufferRecords = 20000
 	}
 	def(&out.FlushInterval, time.Second)
-	def(&out.TemplateRefreshInterval, 60*time.Second)
+	def(&out.TemplateRefreshInterval, 30*time.Second)
+	if out.TemplateRefreshMessages == 0 {
+		out.TemplateRefreshMessages = 20
+	}
 	def(&out.ReconnectMin, 500*time.Millisecond)
 	def(&out.ReconnectMax, 30*time.Second)
 	def(&out.DialTimeout, 5*time.Second)
@@ -163,6 +171,9 @@ func (c *Config) validate() error {
 	}
 	if c.BufferRecords < 0 {
 		return fmt.Errorf("BufferRecords %d: must be positive", c.BufferRecords)
+	}
+	if c.TemplateRefreshMessages < 0 {
+		return fmt.Errorf("TemplateRefreshMessages %d: must be positive", c.TemplateRefreshMessages)
 	}
 	for _, d := range []struct {
 		name string

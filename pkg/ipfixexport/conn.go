@@ -33,6 +33,12 @@ type conn struct {
 	inflight []*message
 	seq      uint32 // data records sent on this connection (RFC 7011 sequence number)
 
+	// Over UDP: data messages written since the templates last were, and
+	// the timer that resends them after TemplateRefreshInterval (nil over
+	// TCP/TLS, where the collector has them for the connection's life).
+	sinceTemplates int
+	refresh        *time.Timer
+
 	// The collector never sends IPFIX to an exporter, so a read only ever
 	// returns when the collector closes or resets: that is how a dead
 	// collector is noticed before the next write.

@@ -30,7 +30,8 @@
 //
 // Over UDP delivery is best effort: datagrams sent before the exporter
 // learns (ICMP) that the collector is down are lost. Templates are resent
-// every TemplateRefreshInterval.
+// every TemplateRefreshMessages data messages or TemplateRefreshInterval,
+// whichever comes first, so a collector that restarts decodes again soon.
 package ipfixexport
 
 import (
@@ -294,9 +295,9 @@ func (e *Exporter) dropRemaining() {
 func (e *Exporter) serve(ctx context.Context, c *conn, flushTick <-chan time.Time) {
 	var refresh <-chan time.Time
 	if e.cfg.Transport == UDP {
-		t := time.NewTicker(e.cfg.TemplateRefreshInterval)
-		defer t.Stop()
-		refresh = t.C
+		c.refresh = time.NewTimer(e.cfg.TemplateRefreshInterval)
+		defer c.refresh.Stop()
+		refresh = c.refresh.C
 	}
 	ok := e.sendTemplates(c) && e.sendPending(c) && e.drain(c, true)
 	for ok {
@@ -338,12 +339,31 @@ func (e *Exporter) sendTemplates(c *conn) bool {
 			return false
 		}
 	}
+	// Both refresh triggers count from the last time templates went out,
+	// whichever sent them.
+	c.sinceTemplates = 0
+	if c.refresh != nil {
+		c.refresh.Reset(e.cfg.TemplateRefreshInterval)
+	}
+	return true
+}
+
+// writeData writes a data message; over UDP, the templates go first when
+// TemplateRefreshMessages data messages were sent since they last did.
+func (e *Exporter) writeData(c *conn, m *message) bool {
+	if c.refresh != nil && c.sinceTemplates >= e.cfg.TemplateRefreshMessages && !e.sendTemplates(c) {
+		return false
+	}
+	if !e.write(c, m) {
+		return false
+	}
+	c.sinceTemplates++
 	return true
 }
 
 func (e *Exporter) sendPending(c *conn) bool {
 	for len(e.pending) > 0 {
-		if !e.write(c, e.pending[0]) {
+		if !e.writeData(c, e.pending[0]) {
 			return false
 		}
 		e.pending = e.pending[1:]
@@ -362,7 +382,7 @@ func (e *Exporter) drain(c *conn, all bool) bool {
 			return true
 		}
 		for i, m := range e.ready {
-			if !e.write(c, m) {
+			if !e.writeData(c, m) {
 				e.pending = append(e.pending, e.ready[i:]...)
 				clear(e.ready)
 				return false

@@ -21,7 +21,8 @@ func testRecord(seq uint64, v6 bool) flow.Record {
 	if v6 {
 		src, dst, vip = netip.MustParseAddr("fd00:10:244:1::5"), netip.MustParseAddr("fd00:10:244:2::7"), netip.MustParseAddr("fd00:10:96::a")
 	}
-	start := int64(1_763_700_000) * 1e9
+	// Sub-second parts, so that a time sent in whole seconds shows.
+	start := int64(1_763_700_000)*1e9 + 123_456_789
 	return flow.Record{
 		Conn: flow.Conn{
 			Tuple:       flow.NewTuple(src, dst, uint16(30000+seq%30000), 8080, flow.ProtoTCP),
@@ -35,7 +36,7 @@ func testRecord(seq uint64, v6 bool) flow.Record {
 		FwdDelta:        flow.Counters{Packets: 3, Bytes: 300},
 		RevDelta:        flow.Counters{Packets: 2, Bytes: 2000},
 		EndReason:       flow.EndActiveTimeout,
-		ExportNanos:     start + 61e9,
+		ExportNanos:     start + 61e9 + 654_321_000,
 		FlowType:        flow.FlowTypeInterNode,
 		Source:          flow.Endpoint{PodName: "client-7d9f", PodNamespace: "default", NodeName: "node-a", Labels: `{"app":"client"}`},
 		Destination:     flow.Endpoint{PodName: "web-0", PodNamespace: "shop", NodeName: "node-b", Labels: `{"app":"web","tier":"front"}`},
@@ -191,16 +192,17 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...
 	return 0
 }
 
-// wireView is what survives the wire: whole seconds, end time as
-// ExportNanos (and StopNanos for ended flows), OrigDst only for DNAT.
+// wireView is what survives the wire: times truncated to the millisecond
+// (flowStart/EndMilliseconds), end time as ExportNanos (and StopNanos for
+// ended flows), OrigDst only for DNAT.
 func wireView(r flow.Record) flow.Record {
 	end := r.StopNanos
 	if end == 0 {
 		end = r.ExportNanos
 	}
 	out := r
-	out.StartNanos = r.StartNanos / 1e9 * 1e9
-	out.ExportNanos = end / 1e9 * 1e9
+	out.StartNanos = r.StartNanos / 1e6 * 1e6
+	out.ExportNanos = end / 1e6 * 1e6
 	out.StopNanos = 0
 	if r.EndReason == flow.EndOfFlow {
 		out.StopNanos = out.ExportNanos

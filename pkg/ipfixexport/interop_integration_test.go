@@ -4,6 +4,7 @@ package ipfixexport
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -60,6 +61,9 @@ func TestNfdumpReadsExportedRecords(t *testing.T) {
 	}, nil)
 	sent := []flow.Record{testRecord(1, false), testRecord(2, false), testRecord(3, true)}
 	sent[0].Tuple.Proto, sent[0].TCPState = flow.ProtoUDP, flow.TCPStateNone
+	// A 3.4 ms connection: only flowStart/EndMilliseconds give it a
+	// duration, and nfdump before 1.7.6 shows no time without them.
+	sent[1].EndReason, sent[1].StopNanos, sent[1].TCPState = flow.EndOfFlow, sent[1].StartNanos+3_400_000, flow.TCPStateTimeWait
 	for i := range sent {
 		sent[i].FwdDelta = flow.Counters{Packets: uint64(10 + i), Bytes: uint64(1000 * (i + 1))}
 		e.Export(&sent[i])
@@ -84,7 +88,9 @@ func TestNfdumpReadsExportedRecords(t *testing.T) {
 	if len(files) == 0 {
 		t.Fatalf("nfcapd wrote no file in %s; output:\n%s", dir, out.String())
 	}
-	dump, err := exec.Command(nfdump, "-R", dir, "-o", "long", "-q").CombinedOutput()
+	nfd := exec.Command(nfdump, "-R", dir, "-o", "long", "-q")
+	nfd.Env = append(os.Environ(), "TZ=UTC") // nfdump prints local time
+	dump, err := nfd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("nfdump: %v\n%s", err, dump)
 	}
@@ -94,14 +100,27 @@ func TestNfdumpReadsExportedRecords(t *testing.T) {
 		proto := strings.ToUpper(flow.ProtoName(r.Tuple.Proto))
 		src := regexp.QuoteMeta(r.Tuple.Src().String()) + `[.:]` + strconv.Itoa(int(r.Tuple.SrcPort))
 		dst := regexp.QuoteMeta(r.Tuple.Dst().String()) + `[.:]` + strconv.Itoa(int(r.Tuple.DstPort))
-		re := regexp.MustCompile(proto + `\s+` + src + `\s+->\s+` + dst + `\s+\S+\s+\S+\s+(\d+)\s+(\d+)`)
+		re := regexp.MustCompile(`(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\s+(\S+)\s+` +
+			proto + `\s+` + src + `\s+->\s+` + dst + `\s+\S+\s+\S+\s+(\d+)\s+(\d+)`)
 		m := re.FindStringSubmatch(text)
 		if m == nil {
 			t.Errorf("nfdump shows no %s flow %s -> %s; output:\n%s", proto, src, dst, text)
 			continue
 		}
-		if m[1] != strconv.FormatUint(r.FwdDelta.Packets, 10) || m[2] != strconv.FormatUint(r.FwdDelta.Bytes, 10) {
-			t.Errorf("flow %s: nfdump packets/bytes %s/%s, exported deltas %d/%d", src, m[1], m[2], r.FwdDelta.Packets, r.FwdDelta.Bytes)
+		if m[3] != strconv.FormatUint(r.FwdDelta.Packets, 10) || m[4] != strconv.FormatUint(r.FwdDelta.Bytes, 10) {
+			t.Errorf("flow %s: nfdump packets/bytes %s/%s, exported deltas %d/%d", src, m[3], m[4], r.FwdDelta.Packets, r.FwdDelta.Bytes)
+		}
+		end := r.ExportNanos
+		if r.StopNanos != 0 {
+			end = r.StopNanos
+		}
+		// nfdump 1.7.1 reads only the millisecond times: with seconds
+		// alone it shows 1970-01-01 and no duration.
+		wantStart := time.Unix(0, r.StartNanos).UTC().Format("2006-01-02 15:04:05.000")
+		ms := end/1e6 - r.StartNanos/1e6
+		wantDur := fmt.Sprintf("%02d:%02d:%02d.%03d", ms/3_600_000, ms/60_000%60, ms/1000%60, ms%1000)
+		if m[1] != wantStart || m[2] != wantDur {
+			t.Errorf("flow %s: nfdump start %s duration %s, want %s and %s", src, m[1], m[2], wantStart, wantDur)
 		}
 	}
 	if t.Failed() {

@@ -35,6 +35,10 @@ var recordCases = []struct {
 		r.EndReason, r.StopNanos, r.TCPState = flow.EndOfFlow, r.StartNanos+5e9, flow.TCPStateTimeWait
 		r.L7, r.ServicePortName = flow.L7{}, ""
 	}},
+	// Within one second: only the milliseconds tell start from end.
+	{"IPv4 sub-second connection that ended", false, func(r *flow.Record) {
+		r.EndReason, r.StopNanos, r.TCPState = flow.EndOfFlow, r.StartNanos+3_400_000, flow.TCPStateTimeWait
+	}},
 }
 
 // wantIEs is the expected IE values of r, written out independently of the
@@ -60,6 +64,8 @@ func wantIEs(r *flow.Record) map[string]string {
 	return map[string]string{
 		"flowStartSeconds":              u(uint64(r.StartNanos / 1e9)),
 		"flowEndSeconds":                u(uint64(end / 1e9)),
+		"flowStartMilliseconds":         u(uint64(r.StartNanos / 1e6)),
+		"flowEndMilliseconds":           u(uint64(end / 1e6)),
 		"flowEndReason":                 u(uint64(r.EndReason)),
 		"source" + fam + "Address":      r.Tuple.Src().String(),
 		"destination" + fam + "Address": r.Tuple.Dst().String(),
@@ -101,7 +107,7 @@ func goIPFIXValue(ie entities.InfoElementWithValue) string {
 		return strconv.FormatUint(uint64(ie.GetUnsigned16Value()), 10)
 	case entities.Unsigned32, entities.DateTimeSeconds:
 		return strconv.FormatUint(uint64(ie.GetUnsigned32Value()), 10)
-	case entities.Unsigned64:
+	case entities.Unsigned64, entities.DateTimeMilliseconds:
 		return strconv.FormatUint(ie.GetUnsigned64Value(), 10)
 	case entities.String:
 		return ie.GetStringValue()
@@ -257,6 +263,7 @@ func TestEveryFieldRoundTripsThroughIPFIXCollect(t *testing.T) {
 				if f, ok := raw.Get("httpVals"); !ok || f.Str != r.L7.HTTPVals {
 					t.Errorf("generic record httpVals = %v, %v; want %q", f, ok, r.L7.HTTPVals)
 				}
+				checkMillisecondTimes(t, &raw, &r)
 			})
 		}
 	}
@@ -285,6 +292,7 @@ func TestL7DetailsRoundTripThroughIPFIXCollectOnlyWhenEnabled(t *testing.T) {
 						t.Errorf("record after the round trip differs (-want +got):\n%s", diff)
 					}
 					raw := got.raw[0]
+					checkMillisecondTimes(t, &raw, &r)
 					for _, d := range ipfixie.L7Details() {
 						f, ok := raw.Get(d.Name)
 						switch {
@@ -375,5 +383,30 @@ func TestIPFIXCollectDecodesGoIPFIXExporterOutput(t *testing.T) {
 		if diff := cmp.Diff(wireView(want), bySeq[want.Fwd.Packets]); diff != "" {
 			t.Errorf("record %d from go-ipfix's exporter (-want +got):\n%s", want.Fwd.Packets, diff)
 		}
+	}
+}
+
+// checkMillisecondTimes asserts that raw carries r's start and end times
+// truncated to the millisecond, and that a connection of at least 1 ms
+// gets a start before its end even when both fall in the same second.
+func checkMillisecondTimes(t *testing.T, raw *ipfixcollect.Record, r *flow.Record) {
+	t.Helper()
+	end := r.ExportNanos
+	if r.StopNanos != 0 {
+		end = r.StopNanos
+	}
+	start, ok1 := raw.Get("flowStartMilliseconds")
+	stop, ok2 := raw.Get("flowEndMilliseconds")
+	if !ok1 || !ok2 {
+		t.Fatalf("flowStartMilliseconds present %v, flowEndMilliseconds present %v; want both", ok1, ok2)
+	}
+	if start.Type != ipfixie.DateTimeMilliseconds || start.Uint != uint64(r.StartNanos/1e6) {
+		t.Errorf("flowStartMilliseconds = %d (type %v), want %d", start.Uint, start.Type, r.StartNanos/1e6)
+	}
+	if stop.Type != ipfixie.DateTimeMilliseconds || stop.Uint != uint64(end/1e6) {
+		t.Errorf("flowEndMilliseconds = %d (type %v), want %d", stop.Uint, stop.Type, end/1e6)
+	}
+	if end-r.StartNanos >= 1e6 && start.Uint >= stop.Uint {
+		t.Errorf("connection of %v: flowStartMilliseconds %d not before flowEndMilliseconds %d", time.Duration(end-r.StartNanos), start.Uint, stop.Uint)
 	}
 }

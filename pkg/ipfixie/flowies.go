@@ -3,6 +3,7 @@ package ipfixie
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 
@@ -59,6 +60,10 @@ type fixup struct {
 	svcPort   uint16
 	endSecs   uint64
 	haveEnd   bool
+	// Millisecond times, when the exporter sent them, replace the seconds
+	// whichever order the template lists them in.
+	startMillis, endMillis         uint64
+	haveStartMillis, haveEndMillis bool
 }
 
 // FlowIEs is the IE set of flow records, in template order. It follows what
@@ -71,6 +76,14 @@ var FlowIEs = []FlowIE{
 	{Name: "flowEndSeconds", Enterprise: EnterpriseIANA,
 		put: func(b []byte, r *flow.Record) []byte { return binary.BigEndian.AppendUint32(b, toSeconds(endNanos(r))) },
 		set: func(v *Value, _ *flow.Record, fx *fixup) { fx.endSecs, fx.haveEnd = v.Uint, true }},
+	// The seconds above are what Antrea's Flow Aggregator reads; the
+	// milliseconds give sub-second connections distinct start and end
+	// times, and nfdump before 1.7.6 reads only these (it shows no time at
+	// all from the seconds).
+	millisIE("flowStartMilliseconds", func(r *flow.Record) int64 { return r.StartNanos },
+		func(fx *fixup, ms uint64) { fx.startMillis, fx.haveStartMillis = ms, true }),
+	millisIE("flowEndMilliseconds", endNanos,
+		func(fx *fixup, ms uint64) { fx.endMillis, fx.haveEndMillis = ms, true }),
 	u8IE("flowEndReason", EnterpriseIANA, func(r *flow.Record) uint8 { return uint8(r.EndReason) },
 		func(r *flow.Record, v uint8) { r.EndReason = flow.EndReason(v) }),
 	addrIE("sourceIPv4Address", EnterpriseIANA, IPv4Only, func(r *flow.Record) *[16]byte { return &r.Tuple.SrcIP }),
@@ -140,6 +153,15 @@ func toSeconds(nanos int64) uint32 {
 	return uint32(s)
 }
 
+// toMillis converts to dateTimeMilliseconds; times before the epoch (never
+// valid for a connection) clamp to 0 rather than wrap.
+func toMillis(nanos int64) uint64 {
+	if nanos < 0 {
+		return 0
+	}
+	return uint64(nanos / 1e6)
+}
+
 // clusterIP is the Service VIP when the destination dialled was a ClusterIP.
 func clusterIP(r *flow.Record) ([16]byte, bool) { return r.OrigDstIP, r.ClusterIP }
 
@@ -168,6 +190,12 @@ func secondsIE(name string, ent uint32, get func(*flow.Record) int64, set func(*
 	return FlowIE{Name: name, Enterprise: ent,
 		put: func(b []byte, r *flow.Record) []byte { return binary.BigEndian.AppendUint32(b, toSeconds(get(r))) },
 		set: func(v *Value, r *flow.Record, _ *fixup) { set(r, v.Uint) }}
+}
+
+func millisIE(name string, get func(*flow.Record) int64, set func(*fixup, uint64)) FlowIE {
+	return FlowIE{Name: name, Enterprise: EnterpriseIANA,
+		put: func(b []byte, r *flow.Record) []byte { return binary.BigEndian.AppendUint64(b, toMillis(get(r))) },
+		set: func(v *Value, _ *flow.Record, fx *fixup) { set(fx, v.Uint) }}
 }
 
 // definedStrIE is a variable-length string IE outside the registry.
@@ -224,6 +252,16 @@ func appendVarLen(b []byte, s string) []byte {
 		b = append(b, 255, byte(len(s)>>8), byte(len(s)))
 	}
 	return append(b, s...)
+}
+
+// millisToNanos clamps a value no exporter of real times sends (past year
+// 2262) instead of letting it wrap negative.
+func millisToNanos(ms uint64) int64 {
+	const maxMillis = math.MaxInt64 / 1_000_000
+	if ms > maxMillis {
+		ms = maxMillis
+	}
+	return int64(ms) * 1e6
 }
 
 func parseTCPState(s string) flow.TCPState {
@@ -348,8 +386,10 @@ var flowIEByName = func() map[nameKey]*FlowIE {
 
 // FlowBuilder turns received fields back into a flow.Record. It is the
 // inverse of the encoding, with what the wire loses: times are whole
-// seconds, flowEndSeconds becomes ExportNanos (and StopNanos when the flow
-// ended), and OrigDst comes from the Service IEs when they are set.
+// milliseconds (whole seconds from an exporter that sends only
+// flowStartSeconds/flowEndSeconds), the end time becomes ExportNanos (and
+// StopNanos when the flow ended), and OrigDst comes from the Service IEs
+// when they are set.
 type FlowBuilder struct {
 	r  flow.Record
 	fx fixup
@@ -372,8 +412,15 @@ func (fb *FlowBuilder) Set(e *Element, v *Value) bool {
 // Record returns the record built from the fields set so far.
 func (fb *FlowBuilder) Record() flow.Record {
 	r := fb.r
-	if fb.fx.haveEnd {
-		r.ExportNanos = int64(fb.fx.endSecs) * 1e9
+	if fb.fx.haveStartMillis {
+		r.StartNanos = millisToNanos(fb.fx.startMillis)
+	}
+	if fb.fx.haveEnd || fb.fx.haveEndMillis {
+		if fb.fx.haveEndMillis {
+			r.ExportNanos = millisToNanos(fb.fx.endMillis)
+		} else {
+			r.ExportNanos = int64(fb.fx.endSecs) * 1e9
+		}
 		if r.EndReason == flow.EndOfFlow {
 			r.StopNanos = r.ExportNanos
 		}

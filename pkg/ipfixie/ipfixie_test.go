@@ -1,6 +1,10 @@
 package ipfixie
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -125,5 +129,104 @@ func TestDefinedIEsNeedNoRegistryEntry(t *testing.T) {
 	bad := append(append([]FlowIE(nil), FlowIEs...), FlowIE{Name: "noSuchElement", Enterprise: 32473})
 	if _, _, err := flowTemplates(bad, 256, 257); err == nil || !strings.Contains(err.Error(), "noSuchElement") {
 		t.Errorf("undefined IE outside the registry: err = %v, want one naming it", err)
+	}
+}
+
+func TestMillisecondTimesEncodeTruncatedAndWinOverSecondsWhenDecoded(t *testing.T) {
+	v4, _, err := FlowTemplates(256, 257)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const start = int64(1_763_700_000_123_456_789)
+	r := flow.Record{EndReason: flow.EndOfFlow}
+	r.StartNanos, r.StopNanos, r.ExportNanos = start, start+2_700_000, start+9e9 // a 2.7 ms connection
+	data := v4.AppendData(nil, &r)
+	got := map[string]uint64{}
+	off := 0
+	for _, e := range v4.Elements {
+		n := int(e.Length)
+		if e.Length == VariableLength {
+			n = 1 + int(data[off]) // every string is short here
+		} else if e.Type == DateTimeSeconds || e.Type == DateTimeMilliseconds {
+			var v uint64
+			for _, c := range data[off : off+n] {
+				v = v<<8 | uint64(c)
+			}
+			got[e.Name] = v
+		}
+		off += n
+	}
+	want := map[string]uint64{
+		"flowStartSeconds": 1_763_700_000, "flowEndSeconds": 1_763_700_000,
+		"flowStartMilliseconds": 1_763_700_000_123, "flowEndMilliseconds": 1_763_700_000_126,
+	}
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("%s = %d on the wire, want %d", name, got[name], w)
+		}
+	}
+
+	set := func(fb *FlowBuilder, name string, v uint64) {
+		e, ok := LookupName(name, EnterpriseIANA)
+		if !ok {
+			t.Fatalf("%s not in the registry", name)
+		}
+		if !fb.Set(&e, &Value{Uint: v}) {
+			t.Fatalf("%s not accepted by FlowBuilder", name)
+		}
+	}
+	decode := func(order []string) flow.Record {
+		var fb FlowBuilder
+		e, _ := LookupName("flowEndReason", EnterpriseIANA)
+		fb.Set(&e, &Value{Uint: uint64(flow.EndOfFlow)})
+		for _, name := range order {
+			set(&fb, name, want[name])
+		}
+		return fb.Record()
+	}
+	for _, order := range [][]string{
+		{"flowStartSeconds", "flowEndSeconds", "flowStartMilliseconds", "flowEndMilliseconds"},
+		{"flowStartMilliseconds", "flowEndMilliseconds", "flowStartSeconds", "flowEndSeconds"},
+	} {
+		d := decode(order)
+		if d.StartNanos != 1_763_700_000_123e6 || d.StopNanos != 1_763_700_000_126e6 || d.ExportNanos != d.StopNanos {
+			t.Errorf("fields in order %v: start %d stop %d export %d, want the milliseconds", order, d.StartNanos, d.StopNanos, d.ExportNanos)
+		}
+	}
+	// An exporter that sends seconds only (go-ipfix's default, older
+	// flowlens agents) is still decoded, to the second.
+	d := decode([]string{"flowStartSeconds", "flowEndSeconds"})
+	if d.StartNanos != 1_763_700_000e9 || d.StopNanos != 1_763_700_000e9 || d.ExportNanos != d.StopNanos {
+		t.Errorf("seconds only: start %d stop %d export %d, want whole seconds", d.StartNanos, d.StopNanos, d.ExportNanos)
+	}
+}
+
+// docs/ipfix-elements.md lists the flow record's IEs; this keeps the list
+// equal to FlowIEs, order included.
+func TestFlowIEsMatchTheDocumentation(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "ipfix-elements.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("(?m)^\\| (\\d+) \\| `(\\w+)` \\| (\\d+) \\| (\\d+) \\| (\\w+) \\| (both|IPv4|IPv6) \\|")
+	var got, want []string
+	for _, m := range row.FindAllSubmatch(doc, -1) {
+		got = append(got, fmt.Sprintf("%s %s %s/%s %s %s", m[1], m[2], m[3], m[4], strings.ToLower(string(m[5])), m[6]))
+	}
+	typeNames := map[DataType]string{
+		Unsigned8: "unsigned8", Unsigned16: "unsigned16", Unsigned64: "unsigned64", String: "string",
+		DateTimeSeconds: "datetimeseconds", DateTimeMilliseconds: "datetimemilliseconds",
+		IPv4Address: "ipv4address", IPv6Address: "ipv6address",
+	}
+	for i := range FlowIEs {
+		e, err := FlowIEs[i].element()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fam := map[Family]string{BothFamilies: "both", IPv4Only: "IPv4", IPv6Only: "IPv6"}[FlowIEs[i].Family]
+		want = append(want, fmt.Sprintf("%d %s %d/%d %s %s", i+1, e.Name, e.Enterprise, e.ID, typeNames[e.Type], fam))
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("docs list\n%s\nFlowIEs are\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
