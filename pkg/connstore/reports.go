@@ -213,16 +213,21 @@ func hasCounters(c *flow.Conn) bool {
 func (s *Store) replace(idx uint32, e *entry, c *flow.Conn, now int64) {
 	s.fill(e, flow.EndOfFlow, now)
 	s.unindexVIP(idx, &e.conn)
-	*e = entry{
-		conn:        *c,
-		lastActive:  now,
-		periodStart: now,
-		lastSeen:    now,
-		gen:         e.gen + 1,
-		flags:       fLive | s.awaitingPrev(e),
-	}
-	s.indexVIP(idx, c)
+	s.reuse(idx, e, c, now)
 	s.sched.Track(handleOf(idx, e.gen), now)
+}
+
+// reuse starts c as a live connection in the slot of the one e held,
+// under a new generation so the old one's queued handles go stale, and
+// keeps the old one's wait for its DESTROY (awaitingPrev).
+func (s *Store) reuse(idx uint32, e *entry, c *flow.Conn, now int64) {
+	*e = live(c, e.gen+1, fLive|s.awaitingPrev(e), now)
+	s.indexVIP(idx, c)
+}
+
+// live is a fresh entry for c first seen at now.
+func live(c *flow.Conn, gen uint32, flags uint8, now int64) entry {
+	return entry{conn: *c, lastActive: now, periodStart: now, lastSeen: now, gen: gen, flags: flags}
 }
 
 // awaitingPrev is the flag a new entry on e's tuple takes: fAwaitPrev when
@@ -249,14 +254,7 @@ func (s *Store) insert(c *flow.Conn, h uint64, now int64) uint32 {
 	}
 	idx := s.alloc()
 	e := s.at(idx)
-	*e = entry{
-		conn:        *c,
-		lastActive:  now,
-		periodStart: now,
-		lastSeen:    now,
-		gen:         e.gen,
-		flags:       fLive,
-	}
+	*e = live(c, e.gen, fLive, now)
 	s.byTuple.insert(h, idx)
 	s.indexVIP(idx, c)
 	s.n++

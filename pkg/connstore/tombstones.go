@@ -30,15 +30,7 @@ func (s *Store) reviveOrIgnore(idx uint32, e *entry, c *flow.Conn, now int64) (u
 		s.m.lateIgnored.Inc()
 		return idx, Ignored
 	}
-	*e = entry{
-		conn:        *c,
-		lastActive:  now,
-		periodStart: now,
-		lastSeen:    now,
-		gen:         e.gen + 1,
-		flags:       fLive | s.awaitingPrev(e),
-	}
-	s.indexVIP(idx, c)
+	s.reuse(idx, e, c, now)
 	s.retired--
 	s.n++
 	s.m.tombstones.Dec()
