@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/flowlens/flowlens/pkg/correlate"
+	"github.com/flowlens/flowlens/pkg/shard"
 )
 
 // Type is the type of an output column. Its name is the ClickHouse type
@@ -228,6 +229,10 @@ var columns = func() []Column {
 		strCol("tlsJA4", func(r *rec) string { return r.L7.TLSJA4 }),
 		Column{Name: "aggregator", Type: TypeString, LowCardinality: true, str: func(_ *rec, m *Meta) string { return m.Aggregator }},
 		Column{Name: "batchId", Type: TypeUInt64, num: func(_ *rec, m *Meta) uint64 { return m.BatchID }},
+		// The connection's direction-independent hash, as agents compute it
+		// to pick an aggregator replica: a ClickHouse cluster shards on it,
+		// so every row of a connection lands on one shard.
+		u64Col("connectionKey", func(r *rec) uint64 { return shard.Key(r.Tuple) }),
 	)
 	return cs
 }()

@@ -1,0 +1,33 @@
+// Package shard decides which aggregator replica (and which ClickHouse
+// shard) a connection belongs to. Both nodes that see an inter-node
+// connection export it independently, so the choice must depend only on the
+// connection, never on which end reported it or in which orientation.
+package shard
+
+import (
+	"bytes"
+	"encoding/binary"
+	"hash/fnv"
+
+	"github.com/flowlens/flowlens/pkg/flow"
+)
+
+// Key is a 64-bit hash of a connection that is the same for a tuple and its
+// Reverse: the two endpoints are ordered before hashing. FNV-1a is used
+// rather than a seeded hash because every agent and aggregator, in separate
+// processes and versions, must compute the same value.
+func Key(t flow.Tuple) uint64 {
+	aIP, aPort, bIP, bPort := t.SrcIP, t.SrcPort, t.DstIP, t.DstPort
+	if c := bytes.Compare(aIP[:], bIP[:]); c > 0 || (c == 0 && aPort > bPort) {
+		aIP, aPort, bIP, bPort = bIP, bPort, aIP, aPort
+	}
+	var buf [16 + 2 + 16 + 2 + 1]byte
+	copy(buf[0:16], aIP[:])
+	binary.BigEndian.PutUint16(buf[16:18], aPort)
+	copy(buf[18:34], bIP[:])
+	binary.BigEndian.PutUint16(buf[34:36], bPort)
+	buf[36] = t.Proto
+	h := fnv.New64a()
+	h.Write(buf[:])
+	return h.Sum64()
+}
