@@ -7,10 +7,15 @@
 #
 # Components:
 #   base        netns harness, nftables/iptables DNAT, conntrack CLI
-#   ipfix-tools nfdump and tshark, for IPFIX interoperability tests
+#   ipfix-tools nfdump, tshark, pmacct (nfacctd) and goflow2 (built with Go,
+#               pinned), for IPFIX interoperability tests
 #   suricata    Suricata 7 from bookworm-backports (L7 tests, demo)
 #   clickhouse  clickhouse-server 18.16 (aggregator sink tests; run per test)
 #   kube        etcd-server plus a kube-apiserver built from source and cached
+#   antrea-fa   Antrea's Flow Aggregator v2.5.3 (test/antreafa), built from git
+#               checkouts and cached: not in the default set, since the module
+#               proxy refuses antrea.io modules (see
+#               hack/build-antrea-flow-aggregator.sh for the ANTREA_*_SRC it needs)
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -61,6 +66,28 @@ install_suricata() {
   fi
 }
 
+# goflow2 has no Debian package: built from its pinned module version into
+# /usr/local/bin, once per version.
+GOFLOW2_VERSION=v2.2.6
+install_goflow2() {
+  local bin=/usr/local/bin/goflow2 go=${GO:-go}
+  if [ -x "$bin" ] && "$go" version -m "$bin" 2>/dev/null | grep -q "mod[[:space:]]*github.com/netsampler/goflow2/v2[[:space:]]*$GOFLOW2_VERSION[[:space:]]"; then
+    return 0
+  fi
+  command -v "$go" >/dev/null || { echo "install-deps: goflow2 needs Go ($go not found)" >&2; exit 1; }
+  echo "install-deps: building goflow2 $GOFLOW2_VERSION"
+  GOBIN=/usr/local/bin GOFLAGS= "$go" install "github.com/netsampler/goflow2/v2/cmd/goflow2@$GOFLOW2_VERSION"
+}
+
+install_pmacct() {
+  dpkg-query -W -f='${Status}' pmacct 2>/dev/null | grep -q 'install ok installed' && return 0
+  apt_install pmacct
+  # Tests start their own nfacctd; packaged daemons would hold the ports.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now nfacctd pmacctd sfacctd uacctd 2>/dev/null || true
+  fi
+}
+
 for c in "${components[@]}"; do
   case "$c" in
     base)
@@ -71,6 +98,8 @@ for c in "${components[@]}"; do
     ipfix-tools)
       echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
       apt_install nfdump tshark
+      install_pmacct
+      install_goflow2
       ;;
     suricata) install_suricata ;;
     clickhouse) apt_install clickhouse-server clickhouse-client ;;
@@ -80,6 +109,7 @@ for c in "${components[@]}"; do
       # time, instant after).
       "$(dirname "${BASH_SOURCE[0]}")/build-kube-apiserver.sh" >/dev/null
       ;;
+    antrea-fa) "$(dirname "${BASH_SOURCE[0]}")/build-antrea-flow-aggregator.sh" v2.5.3 >/dev/null ;;
     *) echo "install-deps: unknown component $c" >&2; exit 2 ;;
   esac
 done

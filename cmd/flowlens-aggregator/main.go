@@ -239,6 +239,12 @@ func (a *aggregator) buildSinks() error {
 		if err != nil {
 			return fmt.Errorf("sinks.clickhouse.passwordFile: %w", err)
 		}
+		if s.Cluster != nil {
+			if err := a.addClickHouseCluster(s, pw); err != nil {
+				return fmt.Errorf("sinks.clickhouse.cluster: %w", err)
+			}
+			return a.buildOtherSinks(add)
+		}
 		w, err := clickhouse.New(clickhouse.Config{
 			Addr: s.Addr, Database: s.Database, Table: s.Table, Username: s.Username, Password: pw,
 			Aggregator: a.cfg.AggregatorID, DialTimeout: s.DialTimeout.D(), Compress: s.Compress,
@@ -258,6 +264,11 @@ func (a *aggregator) buildSinks() error {
 			return err
 		}
 	}
+	return a.buildOtherSinks(add)
+}
+
+// buildOtherSinks adds the sinks after ClickHouse, in walSinkNames' order.
+func (a *aggregator) buildOtherSinks(add func(string, sink.Writer, aggregatorconfig.Queue) error) error {
 	if s := a.cfg.Sinks.JSONL; s.Enabled {
 		w, err := jsonl.New(jsonl.Config{Path: s.Path, MaxBytes: s.MaxBytes, MaxFiles: s.MaxFiles,
 			FileMode: s.Mode(), Aggregator: a.cfg.AggregatorID})

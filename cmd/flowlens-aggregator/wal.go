@@ -23,20 +23,42 @@ import (
 //   - the correlator names the numbers of its inputs in each row
 //     (correlate.Record.Seqs);
 //   - committingWriter: once a sink's destination took rows, their numbers
-//     are committed for that sink;
-//   - replay: at start, what some sink had not committed goes through the
-//     correlator again, to those sinks only.
+//     are committed for that sink; for a destination that can say whether
+//     it stored a batch (batchFinder: ClickHouse), an intent naming the
+//     batch and those numbers is logged before it is sent;
+//   - replay: at start, the logged intents whose batch the destination
+//     turns out to have are committed (the crash came between the insert
+//     and its commit), then what some sink had not committed goes through
+//     the correlator again, to those sinks only.
 type walStage struct {
 	log   *wal.Log
 	sinks []string // Config.Sinks of the log: bit i of a replayed need
 	pos   []int    // pos[i]: index of log sink i in the aggregator's Fanout
+	// finders[i] are the destinations of log sink i that can be asked
+	// which batches they stored (a ClickHouse cluster has one per shard).
+	finders [][]batchFinder
+	// lookupTimeout bounds the start-up lookup of those batches.
+	lookupTimeout time.Duration
 
 	mu  sync.Mutex // orders append + queue
 	buf []byte
 
-	appendErrors prometheus.Counter
-	commitErrors prometheus.Counter
+	appendErrors   prometheus.Counter
+	commitErrors   prometheus.Counter
+	intentErrors   prometheus.Counter
+	lookupFailures prometheus.Counter
+	alreadyStored  prometheus.Counter
 }
+
+// batchFinder is a destination that can tell which of a set of batch ids
+// (sink.Batch.ID) it stored, and how many rows each had.
+type batchFinder interface {
+	StoredBatches(ctx context.Context, ids []uint64) (map[uint64]uint64, error)
+}
+
+// defaultLookupTimeout is how long the start-up lookup of in-flight
+// batches waits for the destination before replaying them regardless.
+const defaultLookupTimeout = 30 * time.Second
 
 // walSinkNames are the names the enabled sinks get, in buildSinks' order.
 func walSinkNames(c *aggregatorconfig.Config) []string {
@@ -68,6 +90,7 @@ func newWALStage(c *aggregatorconfig.Config, reg prometheus.Registerer) (*walSta
 	}
 	w := &walStage{
 		log: l, sinks: names, pos: make([]int, len(names)),
+		finders: make([][]batchFinder, len(names)), lookupTimeout: defaultLookupTimeout,
 		appendErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flowlens_aggregator_wal_append_failures_total",
 			Help: "Records passed on without write-ahead log protection because appending them failed.",
@@ -76,8 +99,20 @@ func newWALStage(c *aggregatorconfig.Config, reg prometheus.Registerer) (*walSta
 			Name: "flowlens_aggregator_wal_commit_failures_total",
 			Help: "Sink commits the write-ahead log could not write; after a crash those rows may be written again.",
 		}),
+		intentErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_aggregator_wal_intent_failures_total",
+			Help: "Batches sent without their intent in the write-ahead log; a crash during their insert may store them twice.",
+		}),
+		lookupFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_aggregator_replay_lookup_failures_total",
+			Help: "Start-up lookups of batches in flight at a crash that failed; their records were replayed regardless and may be stored twice.",
+		}),
+		alreadyStored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_aggregator_replay_rows_already_stored_total",
+			Help: "Rows of batches in flight at a crash that the destination had stored; their records were committed instead of replayed.",
+		}),
 	}
-	for _, m := range []prometheus.Collector{w.appendErrors, w.commitErrors} {
+	for _, m := range []prometheus.Collector{w.appendErrors, w.commitErrors, w.intentErrors, w.lookupFailures, w.alreadyStored} {
 		if err := reg.Register(m); err != nil {
 			_ = l.Close()
 			return nil, fmt.Errorf("register wal metrics: %w", err)
@@ -110,7 +145,12 @@ func (w *walStage) wrap(name string, inner sink.Writer, pos int) sink.Writer {
 	for i, n := range w.sinks {
 		if n == name {
 			w.pos[i] = pos
-			return &committingWriter{Writer: inner, stage: w, sink: i}
+			c := &committingWriter{Writer: inner, stage: w, sink: i}
+			if f, ok := inner.(batchFinder); ok {
+				c.finder = true
+				w.finders[i] = append(w.finders[i], f)
+			}
+			return c
 		}
 	}
 	return inner
@@ -122,12 +162,27 @@ func (w *walStage) wrap(name string, inner sink.Writer, pos int) sink.Writer {
 // replay would only be refused again.
 type committingWriter struct {
 	sink.Writer
-	stage *walStage
-	sink  int
-	seqs  []uint64 // Write runs on the sink's goroutine only
+	stage  *walStage
+	sink   int
+	finder bool     // Writer is a batchFinder: log intents
+	seqs   []uint64 // Write runs on the sink's goroutine only
 }
 
 func (c *committingWriter) Write(ctx context.Context, b *sink.Batch) (int, error) {
+	if c.finder {
+		// Logged before the send: a crash before the commit then leaves
+		// a batch id the replay can look up instead of inserting again.
+		c.seqs = c.seqs[:0]
+		for _, r := range b.Records {
+			c.seqs = append(c.seqs, r.Seqs...)
+		}
+		if len(c.seqs) > 0 {
+			if err := c.stage.log.Intend(c.sink, b.ID, c.seqs); err != nil {
+				c.stage.intentErrors.Inc()
+				klog.ErrorS(err, "WAL intent failed; a crash during this insert may store its rows twice", "sink", c.stage.sinks[c.sink], "batchId", b.ID)
+			}
+		}
+	}
 	n, err := c.Writer.Write(ctx, b)
 	n = max(0, min(n, len(b.Records)))
 	done := b.Records[:n]
@@ -156,6 +211,9 @@ func (c *committingWriter) Write(ctx context.Context, b *sink.Batch) (int, error
 func (w *walStage) replay(main *correlate.Correlator, sinks sink.Fanout, cc correlate.Config) error {
 	if w == nil {
 		return nil
+	}
+	for i := range w.sinks {
+		w.settleIntents(i)
 	}
 	all := uint8(1)<<len(w.sinks) - 1
 	partial := map[uint8]*correlate.Correlator{}
@@ -198,6 +256,85 @@ func (w *walStage) replay(main *correlate.Correlator, sinks sink.Fanout, cc corr
 		return fmt.Errorf("wal replay: %w", err)
 	}
 	return nil
+}
+
+// settleIntents commits, for log sink i, the records of the batches that
+// were in flight at the crash and that its destination stored after all:
+// replaying them would store their rows twice. A replay correlates
+// afresh and forms other rows and batches, so this must be settled by
+// the original batch ids, before the replay. When the destination cannot
+// be asked within lookupTimeout the records are replayed regardless
+// (counted): a row stored twice is preferred to one lost.
+func (w *walStage) settleIntents(i int) {
+	// Taken for every sink, so the log lets go of them: a sink that has
+	// no finder now (the configuration changed) replays them.
+	intents := w.log.Intents(i)
+	if len(intents) == 0 || len(w.finders[i]) == 0 {
+		return
+	}
+	ids := make([]uint64, len(intents))
+	for k, in := range intents {
+		ids[k] = in.Batch
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.lookupTimeout)
+	defer cancel()
+	stored, err := w.lookup(ctx, i, ids)
+	if err != nil {
+		w.lookupFailures.Inc()
+		klog.ErrorS(err, "Could not ask the destination which in-flight batches it stored; replaying them, some rows may be stored twice",
+			"sink", w.sinks[i], "batches", len(ids))
+		return
+	}
+	var seqs []uint64
+	var rows uint64
+	batches := 0
+	for _, in := range intents {
+		if n := stored[in.Batch]; n > 0 {
+			rows += n
+			batches++
+			seqs = append(seqs, in.Seqs...)
+		}
+	}
+	klog.InfoS("Looked up the batches in flight at the last stop", "sink", w.sinks[i], "batches", len(ids), "stored", batches, "rows", rows)
+	if len(seqs) == 0 {
+		return
+	}
+	w.alreadyStored.Add(float64(rows))
+	if err := w.log.Commit(i, seqs); err != nil {
+		// In memory the records are committed all the same, so this
+		// replay skips them; only a crash before the next commit frame
+		// could replay them once more.
+		w.commitErrors.Inc()
+		klog.ErrorS(err, "WAL commit of already stored batches failed", "sink", w.sinks[i], "records", len(seqs))
+	}
+}
+
+// lookup asks every destination of log sink i (each shard: a batch is in
+// one shard, but which one may have changed with the shard list), retrying
+// until ctx ends.
+func (w *walStage) lookup(ctx context.Context, i int, ids []uint64) (map[uint64]uint64, error) {
+	for {
+		out := map[uint64]uint64{}
+		var err error
+		for _, f := range w.finders[i] {
+			var m map[uint64]uint64
+			if m, err = f.StoredBatches(ctx, ids); err != nil {
+				break
+			}
+			for id, n := range m {
+				out[id] += n
+			}
+		}
+		if err == nil {
+			return out, nil
+		}
+		klog.ErrorS(err, "Looking up in-flight batches failed; retrying", "sink", w.sinks[i])
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("look up %d in-flight batches: %w", len(ids), err)
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // putTo queues r on the sinks whose bits are set in need.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/flow"
@@ -105,4 +106,139 @@ func TestReplayGivesEachSinkWhatItHadNotWritten(t *testing.T) {
 	if st := w2.log.Stats(); st.Uncommitted != 0 {
 		t.Errorf("%d records still uncommitted after both sinks wrote the replay", st.Uncommitted)
 	}
+}
+
+// shardFinder is a fake destination that remembers batches by id.
+type shardFinder struct {
+	captureWriter
+	stored map[uint64]uint64
+	err    error
+	asked  int
+}
+
+func (f *shardFinder) StoredBatches(_ context.Context, ids []uint64) (map[uint64]uint64, error) {
+	f.asked++
+	if f.err != nil {
+		return nil, f.err
+	}
+	out := map[uint64]uint64{}
+	for _, id := range ids {
+		if n := f.stored[id]; n > 0 {
+			out[id] = n
+		}
+	}
+	return out, nil
+}
+
+// The batches in flight at a crash are looked up on every shard (a batch
+// is in one of them); those found are committed instead of replayed, the
+// others replay; when the lookup fails everything replays (counted): a row
+// stored twice rather than one lost.
+func TestReplaySkipsInFlightBatchesTheDestinationStored(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		lookupErr   error
+		wantPorts   string
+		wantStored  float64
+		wantFailure float64
+	}{
+		{"stored on the second shard", nil, "[7 8 9]", 3, 0},
+		{"lookup fails", fmt.Errorf("connection refused"), "[4 5 6 7 8 9]", 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t, "tcp://127.0.0.1:0")
+			cfg.Sinks.ClickHouse.Enabled = true // only its name is used here
+			cfg.Sinks.JSONL.Enabled = false
+			cfg.WAL.Enabled = true
+			cfg.WAL.Dir = filepath.Join(t.TempDir(), "wal")
+			if err := cfg.Finish(); err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Now().Add(-time.Minute)
+			w1, err := newWALStage(cfg, prometheus.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cw := w1.wrap("clickhouse", &shardFinder{}, 0)
+			var rows []*correlate.Record
+			for i := 0; i < 10; i++ {
+				w1.send(correlate.Input{Record: intraNode(i, t0), Exporter: "agent"}, func(in correlate.Input) {
+					rows = append(rows, &correlate.Record{Record: in.Record, Seqs: []uint64{in.Seq}})
+				})
+			}
+			// Batch 1 (rows 0-3) is committed; batch 2 (4-6) was in
+			// flight and the second shard stored it; batch 3 (7-9)
+			// was in flight and never arrived.
+			if _, err := cw.Write(context.Background(), &sink.Batch{ID: 1, Records: rows[0:4]}); err != nil {
+				t.Fatal(err)
+			}
+			for id, seqs := range map[uint64][]uint64{2: {5, 6, 7}, 3: {8, 9, 10}} {
+				if err := w1.log.Intend(0, id, seqs); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			w2, err := newWALStage(cfg, prometheus.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w2.close()
+			w2.lookupTimeout = 50 * time.Millisecond
+			shard0 := &shardFinder{stored: map[uint64]uint64{}, err: tc.lookupErr}
+			shard1 := &shardFinder{stored: map[uint64]uint64{2: 3, 1: 4}}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{}, 2)
+			var fan sink.Fanout
+			var shards []*sink.Sink
+			for _, f := range []*shardFinder{shard0, shard1} {
+				s, err := sink.New(sink.Config{Name: "clickhouse", Writer: w2.wrap("clickhouse", f, 0), CommitInterval: 10 * time.Millisecond}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				shards = append(shards, s)
+				go func() { _ = s.Run(ctx); done <- struct{}{} }()
+			}
+			fan = append(fan, shards[0]) // every replayed row to shard 0's sink
+			main, err := correlate.New(correlateConfig(cfg), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w2.replay(main, fan, correlateConfig(cfg)); err != nil {
+				t.Fatal(err)
+			}
+			main.Flush(fan.Put)
+			cancel()
+			<-done
+			<-done
+			if shard0.asked == 0 || (tc.lookupErr == nil && shard1.asked == 0) {
+				t.Errorf("shards asked %d and %d times, want both", shard0.asked, shard1.asked)
+			}
+			var ports []int
+			for _, r := range shard0.records() {
+				ports = append(ports, int(r.Tuple.SrcPort)-1024)
+			}
+			slices.Sort(ports)
+			if got := fmt.Sprint(ports); got != tc.wantPorts {
+				t.Errorf("replayed connections %s, want %s", got, tc.wantPorts)
+			}
+			if got := counterOf(t, w2.alreadyStored); got != tc.wantStored {
+				t.Errorf("rows already stored = %v, want %v", got, tc.wantStored)
+			}
+			if got := counterOf(t, w2.lookupFailures); got != tc.wantFailure {
+				t.Errorf("lookup failures = %v, want %v", got, tc.wantFailure)
+			}
+			if st := w2.log.Stats(); st.Uncommitted != 0 {
+				t.Errorf("%d records uncommitted after the replay", st.Uncommitted)
+			}
+		})
+	}
+}
+
+func counterOf(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }

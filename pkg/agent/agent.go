@@ -41,12 +41,15 @@ type Agent struct {
 	cfg      agentconfig.Config
 	reg      *prometheus.Registry
 	source   *conntrack.Source
-	exporter *ipfixexport.Exporter
-	context  *contextStage // nil: no workload context
-	reader   *eve.Reader   // nil: no L7
+	exporter *ipfixexport.Exporter // export.collector; nil when sharded
+	sharded  *ShardedSink          // export.collectors or collectorDNS
+	out      exportOutput          // whichever of the two is in use
+	context  *contextStage         // nil: no workload context
+	reader   *eve.Reader           // nil: no L7
 	handoff  *Handoff
 	health   *Health
 	loop     *Loop
+	ident    *clusterIdentity // the clusterId every record carries
 }
 
 // New builds every stage cfg (validated by agentconfig) asks for and
@@ -72,7 +75,7 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 		return nil, fmt.Errorf("conntrack source: %w", err)
 	}
 
-	a.exporter, err = ipfixexport.New(ipfixexport.Config{
+	expCfg := ipfixexport.Config{
 		Address:   cfg.Export.Collector,
 		Transport: ipfixexport.Transport(cfg.Export.Transport),
 		TLS: ipfixexport.TLSConfig{
@@ -88,12 +91,16 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 		TemplateRefreshInterval: cfg.Export.TemplateRefresh.D(),
 		TemplateRefreshMessages: cfg.Export.TemplateRefreshMessages,
 		L7DetailElements:        cfg.Export.L7DetailElements,
-	}, reg)
-	if err != nil {
-		return nil, fmt.Errorf("ipfix exporter: %w", err)
+		ReconnectMax:            cfg.Export.ReconnectMax.D(),
+		// The exporter's first retry (500ms) must not exceed the cap.
+		ReconnectMin: min(500*time.Millisecond, cfg.Export.ReconnectMax.D()),
+	}
+	if err := a.newOutput(expCfg, reg); err != nil {
+		return nil, err
 	}
 
-	if a.context, err = newContextStage(cfg, reg); err != nil {
+	a.ident = &clusterIdentity{id: cfg.ClusterID}
+	if a.context, err = newContextStage(cfg, a.ident, reg); err != nil {
 		return nil, err
 	}
 
@@ -112,13 +119,19 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 			ActiveTimeout: cfg.Connections.ActiveTimeout.D(),
 			IdleTimeout:   cfg.Connections.IdleTimeout.D(),
 		},
-		Sink:   a.exporter,
+		Sink:   a.out,
 		Health: a.health,
 	}
 	// Workload context, then L7: records are enriched in this order, and
 	// the L7 opt-in is decided by the context source.
 	if a.context != nil {
 		loopCfg.Enrichers = []Enricher{a.context.src}
+		if cfg.Export.CollectorKind == agentconfig.CollectorAntrea {
+			loopCfg.Enrichers = append(loopCfg.Enrichers, newAntreaHalves(cfg.NodeName))
+		}
+	}
+	if cfg.ClusterID != "" || cfg.Kubernetes.Enabled {
+		loopCfg.Enrichers = append(loopCfg.Enrichers, a.ident)
 	}
 	if cfg.L7.EVE.Source != "" {
 		if a.context == nil {
@@ -205,7 +218,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	// round are still sent after ctx ends.
 	exportCtx, stopExporter := context.WithCancel(context.Background())
 	exporterDone := make(chan error, 1)
-	go func() { exporterDone <- a.exporter.Run(exportCtx) }()
+	go func() { exporterDone <- a.out.Run(exportCtx) }()
 
 	var fatal error
 	readerDone := make(chan struct{})
@@ -224,7 +237,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 
 	klog.InfoS("flowlens-agent started", "node", a.cfg.NodeName, "netns", a.cfg.Conntrack.NetNS,
-		"collector", a.cfg.Export.Collector, "transport", a.cfg.Export.Transport)
+		"collector", a.cfg.Export.Collector, "collectors", a.cfg.Export.Collectors, "collectorDNS", a.cfg.Export.CollectorDNS, "transport", a.cfg.Export.Transport, "collectorKind", a.cfg.Export.CollectorKind)
 	started = true
 	a.loop.Run(ctx)
 
@@ -243,4 +256,45 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		a.handoff.DiscardRemaining()
 	}
 	return fatal
+}
+
+// newOutput builds the exporter of export.collector, or the sharded sink of
+// export.collectors / export.collectorDNS with one exporter per replica
+// (expCfg with the replica's address, its metrics labelled collector).
+func (a *Agent) newOutput(expCfg ipfixexport.Config, reg prometheus.Registerer) error {
+	ex := a.cfg.Export
+	if len(ex.Collectors) == 0 && ex.CollectorDNS == "" {
+		e, err := ipfixexport.New(expCfg, reg)
+		if err != nil {
+			return fmt.Errorf("ipfix exporter: %w", err)
+		}
+		a.exporter, a.out = e, e
+		return nil
+	}
+	if ex.CollectorDNS != "" {
+		// Replicas are only known once the name resolves: check the
+		// exporter configuration now (TLS files...), not at every resolution.
+		probe := expCfg
+		probe.Address, probe.BufferRecords = ex.CollectorDNS, 1
+		if _, err := ipfixexport.New(probe, nil); err != nil {
+			return fmt.Errorf("ipfix exporter: %w", err)
+		}
+	}
+	s, err := NewShardedSink(ShardedSinkConfig{
+		Collectors:      ex.Collectors,
+		CollectorDNS:    ex.CollectorDNS,
+		ResolveInterval: ex.ResolveInterval.D(),
+		FailoverAfter:   ex.FailoverAfter.D(),
+		HoldRecords:     ex.BufferRecords,
+		NewExporter: func(address string, reg prometheus.Registerer) (ReplicaExporter, error) {
+			c := expCfg
+			c.Address = address
+			return ipfixexport.New(c, reg)
+		},
+	}, reg)
+	if err != nil {
+		return fmt.Errorf("ipfix exporters: %w", err)
+	}
+	a.sharded, a.out = s, s
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
 
 	"github.com/flowlens/flowlens/pkg/agentconfig"
 	"github.com/flowlens/flowlens/pkg/eve"
@@ -32,10 +33,20 @@ type contextStage struct {
 	start func(ctx context.Context) (wait func() error, err error)
 }
 
+// clusterIdentity stamps every record with the cluster's id (Antrea's
+// clusterId IE): agentconfig's clusterID, or what the Kubernetes context
+// source resolves at start. Only the loop's goroutine reads it, and it is
+// set before the loop runs.
+type clusterIdentity struct{ id string }
+
+// Enrich sets r's cluster id.
+func (c *clusterIdentity) Enrich(r *flow.Record) { r.ClusterID = c.id }
+
 // newContextStage builds the configured context source; nil when none is
 // configured (records then carry no pod or Service names). Nothing runs
-// until start.
-func newContextStage(cfg agentconfig.Config, reg prometheus.Registerer) (*contextStage, error) {
+// until start. With Kubernetes and no configured clusterID, start fills
+// ident with the kube-system namespace's UID.
+func newContextStage(cfg agentconfig.Config, ident *clusterIdentity, reg prometheus.Registerer) (*contextStage, error) {
 	switch {
 	case cfg.Kubernetes.Enabled:
 		client, err := k8smeta.NewClient(cfg.Kubernetes.Kubeconfig)
@@ -55,6 +66,9 @@ func newContextStage(cfg agentconfig.Config, reg prometheus.Registerer) (*contex
 			wait := func() error { meta.Wait(); return nil }
 			if err := meta.Start(ctx); err != nil {
 				return wait, fmt.Errorf("kubernetes context: %w", err)
+			}
+			if ident.id == "" {
+				resolveClusterID(ctx, meta, ident)
 			}
 			return wait, nil
 		}
@@ -76,6 +90,20 @@ func newContextStage(cfg agentconfig.Config, reg prometheus.Registerer) (*contex
 		return &contextStage{src: inv, start: start}, nil
 	}
 	return nil, nil
+}
+
+// resolveClusterID reads the cluster id once. Without it records go out
+// with an empty clusterId rather than not at all: the id labels flows, it
+// does not count them (the failure is logged and counted by k8smeta).
+func resolveClusterID(ctx context.Context, meta *k8smeta.Meta, ident *clusterIdentity) {
+	uid, err := meta.ClusterUID(ctx)
+	if err != nil {
+		klog.ErrorS(err, "No cluster id: records carry an empty clusterId; set clusterID or allow get on namespace kube-system",
+			"namespace", k8smeta.ClusterUIDNamespace)
+		return
+	}
+	ident.id = uid
+	klog.InfoS("Cluster id from the kube-system namespace", "clusterID", uid)
 }
 
 // l7Config is the L7 enricher's configuration from the agent's; the

@@ -5,9 +5,12 @@ package agentconfig
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/flowlens/flowlens/pkg/confutil"
 	"github.com/flowlens/flowlens/pkg/flow"
@@ -19,7 +22,12 @@ type Config struct {
 	// NodeName identifies this node in exported records; defaults to the
 	// NODE_NAME environment variable (set from the downward API), else the
 	// host name.
-	NodeName    string      `yaml:"nodeName"`
+	NodeName string `yaml:"nodeName"`
+	// ClusterID names the cluster in every record (Antrea's clusterId IE,
+	// Theia's clusterUUID column), so one aggregator can tell clusters
+	// apart. Empty with kubernetes.enabled: the UID of the kube-system
+	// namespace, read once at start; empty otherwise: none.
+	ClusterID   string      `yaml:"clusterID"`
 	Conntrack   Conntrack   `yaml:"conntrack"`
 	Connections Connections `yaml:"connections"`
 	Export      Export      `yaml:"export"`
@@ -137,6 +145,24 @@ type Export struct {
 	Collector string `yaml:"collector"`
 	Transport string `yaml:"transport"` // tcp, udp or tls
 	TLS       TLS    `yaml:"tls"`
+	// Collectors and CollectorDNS shard the records over several
+	// aggregator replicas instead ("host:port" each, or one DNS name of a
+	// headless Service with the port, re-resolved every ResolveInterval):
+	// each connection goes to one replica chosen by rendezvous hashing of
+	// the connection, the same on every node. Only one of collector,
+	// collectors and collectorDNS may be set; a file that sets collectors
+	// or collectorDNS does not get the default collector.
+	Collectors   []string `yaml:"collectors"`
+	CollectorDNS string   `yaml:"collectorDNS"`
+	// ResolveInterval is how often CollectorDNS is resolved again.
+	ResolveInterval Duration `yaml:"resolveInterval"`
+	// FailoverAfter takes a replica that has been unreachable this long out
+	// of the ring: its connections go to the others until it is back.
+	FailoverAfter Duration `yaml:"failoverAfter"`
+	// ReconnectMax caps the backoff between attempts to reach a collector
+	// that went away. It is also how late, at worst, a replica that came
+	// back gets its share of the connections again.
+	ReconnectMax Duration `yaml:"reconnectMax"`
 	// ObservationDomainID defaults to a hash of the node name so that
 	// a collector can tell agents apart.
 	ObservationDomainID uint32 `yaml:"observationDomainID"`
@@ -157,10 +183,24 @@ type Export struct {
 	TemplateRefreshMessages int      `yaml:"templateRefreshMessages"`
 	// L7DetailElements exports flow.L7's DNS/TLS details as nine extra
 	// enterprise-32473 IEs (ipfixexport.Config.L7DetailElements). Off by
-	// default: a go-ipfix collector in Strict mode, such as Antrea's Flow
-	// Aggregator, rejects templates holding IEs it does not know.
+	// default: a go-ipfix collector in Strict mode (that library's default)
+	// rejects templates holding IEs it does not know, with every record.
+	// Antrea's Flow Aggregator decodes leniently since v2.3 and ignores
+	// them (docs/ipfix-elements.md).
 	L7DetailElements bool `yaml:"l7DetailElements"`
+	// CollectorKind is what reads the records: CollectorFlowlens (both
+	// ends' pods in every record; flowlens-aggregator tells halves by
+	// observation domain) or CollectorAntrea (only this node's pods, the
+	// halves Antrea's Flow Aggregator expects; docs/antrea-compatibility.md).
+	// IPFIX gives an exporter no way to ask, hence a setting.
+	CollectorKind string `yaml:"collectorKind"`
 }
+
+// Values of Export.CollectorKind.
+const (
+	CollectorFlowlens = "flowlens"
+	CollectorAntrea   = "antrea"
+)
 
 // TLS configures the tls transport.
 type TLS struct {
@@ -192,12 +232,16 @@ func Default() Config {
 		},
 		Export: Export{
 			Collector:               "127.0.0.1:4739",
+			ResolveInterval:         Duration(30 * time.Second),
+			FailoverAfter:           Duration(15 * time.Second),
+			ReconnectMax:            Duration(30 * time.Second),
 			Transport:               "tcp",
 			PathMTU:                 1500,
 			BufferRecords:           100000,
 			FlushInterval:           Duration(time.Second),
 			TemplateRefresh:         Duration(30 * time.Second),
 			TemplateRefreshMessages: 20,
+			CollectorKind:           CollectorFlowlens,
 		},
 		Server: Server{Listen: "127.0.0.1:9560"},
 		Kubernetes: Kubernetes{
@@ -226,9 +270,13 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
 	}
-	_, err = confutil.Decode(data, &cfg)
+	doc, err := confutil.Decode(data, &cfg)
 	if err != nil && len(confutil.Fields(err)) == 0 {
 		return Config{}, fmt.Errorf("config %s: %w", path, err) // not YAML
+	}
+	// The default collector is for a file that names none.
+	if (doc.Has("export", "collectors") || doc.Has("export", "collectorDNS")) && !doc.Has("export", "collector") {
+		cfg.Export.Collector = ""
 	}
 	// What could be read is validated too: every problem in one run.
 	var p confutil.Problems
@@ -266,10 +314,10 @@ func (c *Config) fillAndValidate() error {
 // (export.bufferRecords: 2000000000 did, issue 9 item 11) instead of an
 // error naming the option.
 const (
-	// MaxConnections: ~250 bytes per tracked connection.
+	// MaxConnections: ~270 bytes per tracked connection.
 	MaxConnections = 1 << 24
-	// MaxBufferRecords: the export buffer is allocated at start, 512 bytes
-	// a record (512 MiB at the bound).
+	// MaxBufferRecords: the export buffer is allocated at start, 544 bytes
+	// a record (544 MB at the bound).
 	MaxBufferRecords = 1_000_000
 	// MaxEVELineBytes bounds the memory one EVE record can take.
 	MaxEVELineBytes = 1 << 28
@@ -292,6 +340,7 @@ func (c *Config) validate() error {
 	if c.Conntrack.Mark&^c.Conntrack.MarkMask != 0 {
 		p.Addf("conntrack.mark", "0x%x has bits outside conntrack.markMask 0x%x, so nothing would match", c.Conntrack.Mark, c.Conntrack.MarkMask)
 	}
+	validateClusterID(&p, c.ClusterID)
 	p.PositiveDuration("conntrack.pollInterval", c.Conntrack.PollInterval)
 	confutil.Range(&p, "connections.maxConnections", c.Connections.MaxConnections, 1, MaxConnections)
 	p.PositiveDuration("connections.activeTimeout", c.Connections.ActiveTimeout)
@@ -300,7 +349,7 @@ func (c *Config) validate() error {
 	if c.Connections.TickInterval > c.Connections.ActiveTimeout {
 		p.Addf("connections.tickInterval", "%s is longer than connections.activeTimeout %s", c.Connections.TickInterval, c.Connections.ActiveTimeout)
 	}
-	p.HostPort("export.collector", c.Export.Collector, false)
+	c.validateReplicas(&p)
 	switch strings.ToLower(c.Export.Transport) {
 	case "tcp", "udp":
 		if c.Export.TLS != (TLS{}) {
@@ -324,6 +373,11 @@ func (c *Config) validate() error {
 	p.PositiveDuration("export.flushInterval", c.Export.FlushInterval)
 	p.PositiveDuration("export.templateRefresh", c.Export.TemplateRefresh)
 	confutil.Range(&p, "export.templateRefreshMessages", c.Export.TemplateRefreshMessages, 1, MaxTemplateRefreshMessages)
+	switch c.Export.CollectorKind {
+	case CollectorFlowlens, CollectorAntrea:
+	default:
+		p.Addf("export.collectorKind", "want %q or %q, got %q", CollectorFlowlens, CollectorAntrea, c.Export.CollectorKind)
+	}
 	p.HostPort("server.listen", c.Server.Listen, true)
 	if c.Kubernetes.Enabled && c.Inventory.File != "" {
 		p.Addf("inventory.file", "set together with kubernetes.enabled; choose one source of context")
@@ -361,4 +415,60 @@ func (c *Config) validate() error {
 		p.Addf("l7.closeDelay", "must be within 0..connections.idleTimeout, got %s", c.L7.CloseDelay)
 	}
 	return p.Err()
+}
+
+// validateReplicas checks export.collector, export.collectors and
+// export.collectorDNS: exactly one of them names where records go.
+func (c *Config) validateReplicas(p *confutil.Problems) {
+	e := &c.Export
+	p.PositiveDuration("export.resolveInterval", e.ResolveInterval)
+	p.PositiveDuration("export.failoverAfter", e.FailoverAfter)
+	p.PositiveDuration("export.reconnectMax", e.ReconnectMax)
+	set := 0
+	for _, v := range []bool{e.Collector != "", len(e.Collectors) > 0, e.CollectorDNS != ""} {
+		if v {
+			set++
+		}
+	}
+	switch {
+	case set > 1:
+		p.Addf("export.collectors", "collector %q, collectors %q and collectorDNS %q: set only one", e.Collector, e.Collectors, e.CollectorDNS)
+		return
+	case len(e.Collectors) > 0:
+		seen := map[string]bool{}
+		for i, hp := range e.Collectors {
+			field := fmt.Sprintf("export.collectors[%d]", i)
+			p.HostPort(field, hp, false)
+			if seen[hp] {
+				p.Addf(field, "%q is listed twice", hp)
+			}
+			seen[hp] = true
+		}
+	case e.CollectorDNS != "":
+		p.HostPort("export.collectorDNS", e.CollectorDNS, false)
+		if host, _, err := net.SplitHostPort(e.CollectorDNS); err == nil && host == "" {
+			p.Addf("export.collectorDNS", "want name:port, got %q", e.CollectorDNS)
+		}
+	default:
+		p.HostPort("export.collector", e.Collector, false)
+	}
+}
+
+// MaxClusterIDBytes bounds clusterID: a UUID is 36 bytes, a DNS name at
+// most 253, and the value travels in every record.
+const MaxClusterIDBytes = 253
+
+// validateClusterID refuses what would make the cluster column unusable
+// as a filter: control characters, invalid UTF-8, surrounding spaces.
+func validateClusterID(p *confutil.Problems, id string) {
+	switch {
+	case len(id) > MaxClusterIDBytes:
+		p.Addf("clusterID", "%d bytes, at most %d", len(id), MaxClusterIDBytes)
+	case !utf8.ValidString(id):
+		p.Addf("clusterID", "not valid UTF-8")
+	case strings.TrimSpace(id) != id:
+		p.Addf("clusterID", "%q has leading or trailing spaces", id)
+	case strings.IndexFunc(id, unicode.IsControl) >= 0:
+		p.Addf("clusterID", "%q has control characters", id)
+	}
 }

@@ -151,7 +151,27 @@ type ClickHouseSink struct {
 	PasswordFile string   `yaml:"passwordFile"`
 	DialTimeout  Duration `yaml:"dialTimeout"`
 	Compress     bool     `yaml:"compress"`
-	Queue        `yaml:",inline"`
+	// Cluster, when set, writes to a sharded cluster instead of Addr: see
+	// ClickHouseCluster.
+	Cluster *ClickHouseCluster `yaml:"cluster"`
+	// Queue applies to each shard of a cluster (its own queue, retries
+	// and spool file).
+	Queue `yaml:",inline"`
+}
+
+// ClickHouseCluster makes the sink write to a cluster of non-replicated
+// shards: a local MergeTree table on every shard and a Distributed table
+// (named Table) over them, which is what queries read. Each row goes
+// straight to the local table of shard connectionKey % len(Shards), the
+// shard the Distributed table's sharding key picks too.
+type ClickHouseCluster struct {
+	// Name is the cluster in the servers' remote_servers configuration.
+	Name string `yaml:"name"`
+	// Shards are the shards' native-protocol host:port, in the order of
+	// the remote_servers definition (the aggregator checks it at start).
+	Shards []string `yaml:"shards"`
+	// LocalTable is each shard's MergeTree table (default <table>_local).
+	LocalTable string `yaml:"localTable"`
 }
 
 // JSONLSink configures pkg/sink/jsonl.
@@ -180,8 +200,8 @@ type IPFIXSink struct {
 	Transport           string `yaml:"transport"`
 	ObservationDomainID uint32 `yaml:"observationDomainID"`
 	// L7DetailElements adds the DNS/TLS detail IEs (enterprise 32473) to
-	// the templates; off keeps the Antrea-compatible set that go-ipfix
-	// collectors in Strict mode accept.
+	// the templates; off keeps to IEs of go-ipfix's registry, which its
+	// collectors accept in Strict mode from go-ipfix v0.17.0.
 	L7DetailElements bool   `yaml:"l7DetailElements"`
 	CAFile           string `yaml:"caFile"`
 	CertFile         string `yaml:"certFile"`
@@ -204,7 +224,7 @@ const (
 	MaxTemplateFieldsPerSession = 1 << 20
 	// MaxInputQueue: the queue is allocated at start, ~550 bytes a slot.
 	MaxInputQueue = 1 << 20
-	// MaxCorrelationConnections: ~1 KiB per connection held.
+	// MaxCorrelationConnections: ~2 KiB per connection held (1.7 KiB RSS measured, docs/sizing.md).
 	MaxCorrelationConnections = 1 << 24
 	// MaxQueueRecords: records held per sink, ~1 KiB each when full.
 	MaxQueueRecords = 10_000_000
@@ -342,6 +362,11 @@ func (c *Config) decode(data []byte) error {
 			p.Addf("sinks."+name+".enabled", "missing: a sinks.%s block must say enabled: true or false", name)
 		}
 	}
+	// A cluster replaces the single server: the default addr does not
+	// apply, one the file sets is reported by Validate.
+	if doc.Has("sinks", "clickhouse", "cluster") && !doc.Has("sinks", "clickhouse", "addr") {
+		c.Sinks.ClickHouse.Addr = ""
+	}
 	return p.Err()
 }
 
@@ -356,6 +381,9 @@ func (c *Config) Finish() error {
 		c.AggregatorID = h
 	}
 	c.Sinks.IPFIX.Transport = strings.ToLower(c.Sinks.IPFIX.Transport)
+	if cl := c.Sinks.ClickHouse.Cluster; cl != nil && cl.LocalTable == "" && c.Sinks.ClickHouse.Table != "" {
+		cl.LocalTable = c.Sinks.ClickHouse.Table + "_local"
+	}
 	return c.Validate()
 }
 
@@ -441,7 +469,11 @@ func (c *Config) Validate() error {
 	enabled := 0
 	if s := c.Sinks.ClickHouse; s.Enabled {
 		enabled++
-		p.HostPort("sinks.clickhouse.addr", s.Addr, false)
+		if s.Cluster == nil {
+			p.HostPort("sinks.clickhouse.addr", s.Addr, false)
+		} else {
+			s.Cluster.validate(&p, s)
+		}
 		for _, f := range []struct{ field, v string }{
 			{"sinks.clickhouse.database", s.Database},
 			{"sinks.clickhouse.table", s.Table},
@@ -491,6 +523,36 @@ func (c *Config) Validate() error {
 		p.Addf("sinks", "enable at least one of clickhouse, jsonl, ipfix")
 	}
 	return p.Err()
+}
+
+func (cl *ClickHouseCluster) validate(p *confutil.Problems, s ClickHouseSink) {
+	const prefix = "sinks.clickhouse.cluster."
+	if s.Addr != "" {
+		p.Addf("sinks.clickhouse.addr", "must be empty when sinks.clickhouse.cluster is set (the shards are %sshards), got %q", prefix, s.Addr)
+	}
+	if cl.Name == "" {
+		p.Addf(prefix+"name", "must be set: the cluster's name in the servers' remote_servers")
+	} else if strings.ContainsFunc(cl.Name, func(r rune) bool { return r < 0x21 || r > 0x7e || r == '\'' || r == '\\' }) {
+		p.Addf(prefix+"name", "want a remote_servers cluster name (printable, no spaces or quotes), got %q", cl.Name)
+	}
+	if len(cl.Shards) == 0 {
+		p.Addf(prefix+"shards", "at least one shard is needed")
+	}
+	seen := map[string]int{}
+	for i, a := range cl.Shards {
+		field := fmt.Sprintf("%sshards[%d]", prefix, i)
+		if j, dup := seen[a]; dup {
+			p.Addf(field, "%s is shards[%d] already", a, j)
+			continue
+		}
+		seen[a] = i
+		p.HostPort(field, a, false)
+	}
+	if cl.LocalTable == "" {
+		p.Addf(prefix+"localTable", "must be set")
+	} else if cl.LocalTable == s.Table {
+		p.Addf(prefix+"localTable", "must differ from sinks.clickhouse.table %q (that is the Distributed table)", s.Table)
+	}
 }
 
 func (q Queue) validate(p *confutil.Problems, prefix string) {

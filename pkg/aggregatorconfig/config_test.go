@@ -240,3 +240,38 @@ func TestMissingFileIsAnError(t *testing.T) {
 		t.Fatal("missing config file accepted")
 	}
 }
+
+func TestClickHouseCluster(t *testing.T) {
+	const head = "sinks:\n  clickhouse:\n    enabled: true\n"
+	cfg, err := Parse([]byte(head + "    table: t\n    cluster:\n      name: flowlens\n      shards: [\"ch-0:9000\", \"ch-1:9000\"]\n"))
+	if err != nil {
+		t.Fatalf("cluster config: %v", err)
+	}
+	ch := cfg.Sinks.ClickHouse
+	if ch.Addr != "" || ch.Cluster == nil || ch.Cluster.Name != "flowlens" || ch.Cluster.LocalTable != "t_local" ||
+		!reflect.DeepEqual(ch.Cluster.Shards, []string{"ch-0:9000", "ch-1:9000"}) {
+		t.Errorf("parsed: addr %q, cluster %+v; want no addr, local table t_local", ch.Addr, ch.Cluster)
+	}
+	if cfg, err := Parse([]byte(head)); err != nil || cfg.Sinks.ClickHouse.Cluster != nil || cfg.Sinks.ClickHouse.Addr == "" {
+		t.Errorf("without a cluster: %v, cluster %+v, addr %q", err, cfg.Sinks.ClickHouse.Cluster, cfg.Sinks.ClickHouse.Addr)
+	}
+	for _, tc := range []struct {
+		name, yaml, field, text string
+	}{
+		{"addr and cluster", "    addr: ch-0:9000\n    cluster:\n      name: c\n      shards: [\"ch-0:9000\"]\n", "sinks.clickhouse.addr", "must be empty when sinks.clickhouse.cluster is set"},
+		{"no name", "    cluster:\n      shards: [\"ch-0:9000\"]\n", "sinks.clickhouse.cluster.name", "must be set"},
+		{"name with a quote", "    cluster:\n      name: \"a'b\"\n      shards: [\"ch-0:9000\"]\n", "sinks.clickhouse.cluster.name", "no spaces or quotes"},
+		{"no shards", "    cluster:\n      name: c\n", "sinks.clickhouse.cluster.shards", "at least one"},
+		{"shard without port", "    cluster:\n      name: c\n      shards: [\"ch-0:9000\", \"ch-1\"]\n", "sinks.clickhouse.cluster.shards[1]", "host:port"},
+		{"shard twice", "    cluster:\n      name: c\n      shards: [\"ch-0:9000\", \"ch-0:9000\"]\n", "sinks.clickhouse.cluster.shards[1]", "shards[0] already"},
+		{"local table is the table", "    cluster:\n      name: c\n      shards: [\"ch-0:9000\"]\n      localTable: flows\n", "sinks.clickhouse.cluster.localTable", "must differ"},
+		{"misspelt cluster option", "    cluster:\n      name: c\n      shard: [\"ch-0:9000\"]\n", "sinks.clickhouse.cluster.shard", "unknown option"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(head + tc.yaml))
+			if !slices.Contains(confutil.Fields(err), tc.field) || !strings.Contains(err.Error(), tc.text) {
+				t.Errorf("error %v: want field %s saying %q", err, tc.field, tc.text)
+			}
+		})
+	}
+}

@@ -26,7 +26,7 @@ const (
 	fDone // tombstone: exported with end-of-flow, kept to recognise late reports
 )
 
-// entry is one connection. 192 bytes, no pointers. A tombstone (fDone)
+// entry is one connection. 208 bytes, no pointers. A tombstone (fDone)
 // gives some fields another meaning; see tombstones.go.
 type entry struct {
 	conn flow.Conn

@@ -152,7 +152,9 @@ func u8(v []byte) (uint8, error) {
 // ICMP and ICMPv6 carry no ports; like NetFlow/IPFIX (icmpTypeCode, IE 32)
 // the destination port holds type<<8|code of the original direction and the
 // source port holds the echo identifier, so that two concurrent pings between
-// the same hosts are two connections.
+// the same hosts are two connections. ProxySnatIP/Port are the reply
+// direction's destination when it is not the original source (see
+// setProxySnat).
 func decodeConn(b []byte, c *flow.Conn) error {
 	*c = flow.Conn{}
 	var orig, reply tuple
@@ -211,7 +213,30 @@ func decodeConn(b []byte, c *flow.Conn) error {
 		c.Tuple.DstPort = reply.sport
 		c.OrigDstPort = orig.dport
 	}
+	setProxySnat(c, &orig, &reply)
 	return nil
+}
+
+// setProxySnat records where the connection's source was translated to:
+// replies go to the reply tuple's destination, which is the original source
+// unless the node applied source NAT (kube-proxy's masquerade of NodePort
+// and LoadBalancer traffic, or a port-only rewrite to avoid a clash). Like
+// Antrea's agent, a change of address or of port counts. ICMP has no port;
+// its echo identifier is not one.
+func setProxySnat(c *flow.Conn, orig, reply *tuple) {
+	if !reply.haveDst {
+		return
+	}
+	switch orig.proto {
+	case flow.ProtoICMP, flow.ProtoICMPv6:
+		if reply.dst != orig.src {
+			c.ProxySnatIP = reply.dst
+		}
+	default:
+		if reply.dst != orig.src || reply.dport != orig.sport {
+			c.ProxySnatIP, c.ProxySnatPort = reply.dst, reply.dport
+		}
+	}
 }
 
 func decodeTuple(b []byte, t *tuple) error {

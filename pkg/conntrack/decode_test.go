@@ -17,6 +17,9 @@ var (
 	cli6 = netip.MustParseAddr("fd00::1")
 	vip6 = netip.MustParseAddr("fd00:96::10")
 	ep6  = netip.MustParseAddr("fd00:1::2")
+	// node4/node6: a node's own address, the source masquerade picks.
+	node4 = netip.MustParseAddr("198.18.255.1")
+	node6 = netip.MustParseAddr("fd00:ff::1")
 )
 
 func a16(a netip.Addr) [16]byte { return a.As16() }
@@ -93,6 +96,53 @@ func TestDecodeConn(t *testing.T) {
 				ReplySrc: ep6, ReplyDst: cli6, ReplySrcPort: 7, ReplyDstPort: 129 << 8,
 			},
 			want: flow.Conn{Tuple: flow.NewTuple(cli6, ep6, 7, 128<<8, 58), OrigDstIP: a16(ep6), OrigDstPort: 128 << 8},
+		},
+		{
+			name: "NodePort from outside: DNAT to the endpoint and masquerade to the node keep the SNAT address and port",
+			entry: conntracktest.Entry{
+				Proto: 6, OrigSrc: cli4, OrigDst: node4, OrigSrcPort: 40003, OrigDstPort: 30080,
+				ReplySrc: ep4, ReplyDst: node4, ReplySrcPort: 8080, ReplyDstPort: 61000,
+				TCPState: 3,
+			},
+			want: flow.Conn{
+				Tuple:     flow.NewTuple(cli4, ep4, 40003, 8080, 6),
+				OrigDstIP: a16(node4), OrigDstPort: 30080, TCPState: flow.TCPStateEstablished,
+				ProxySnatIP: a16(node4), ProxySnatPort: 61000,
+			},
+		},
+		{
+			name: "a port-only source rewrite is SNAT too",
+			entry: conntracktest.Entry{
+				Proto: 17, OrigSrc: cli4, OrigDst: ep4, OrigSrcPort: 5000, OrigDstPort: 53,
+				ReplySrc: ep4, ReplyDst: cli4, ReplySrcPort: 53, ReplyDstPort: 5001,
+			},
+			want: flow.Conn{
+				Tuple: flow.NewTuple(cli4, ep4, 5000, 53, 17), OrigDstIP: a16(ep4), OrigDstPort: 53,
+				ProxySnatIP: a16(cli4), ProxySnatPort: 5001,
+			},
+		},
+		{
+			name: "IPv6 SNAT keeps the whole address",
+			entry: conntracktest.Entry{
+				Proto: 6, OrigSrc: cli6, OrigDst: vip6, OrigSrcPort: 40004, OrigDstPort: 443,
+				ReplySrc: ep6, ReplyDst: node6, ReplySrcPort: 8443, ReplyDstPort: 40004,
+			},
+			want: flow.Conn{
+				Tuple:     flow.NewTuple(cli6, ep6, 40004, 8443, 6),
+				OrigDstIP: a16(vip6), OrigDstPort: 443,
+				ProxySnatIP: a16(node6), ProxySnatPort: 40004,
+			},
+		},
+		{
+			name: "SNATed ICMP has an address but no port",
+			entry: conntracktest.Entry{
+				Proto: 1, OrigSrc: cli4, OrigDst: ep4, OrigSrcPort: 0x1234, OrigDstPort: 8 << 8,
+				ReplySrc: ep4, ReplyDst: node4, ReplySrcPort: 0x1234, ReplyDstPort: 0,
+			},
+			want: flow.Conn{
+				Tuple: flow.NewTuple(cli4, ep4, 0x1234, 8<<8, 1), OrigDstIP: a16(ep4), OrigDstPort: 8 << 8,
+				ProxySnatIP: a16(node4),
+			},
 		},
 	}
 	for _, tt := range tests {

@@ -331,10 +331,17 @@ func tiMoConn(f ct.Flow) flow.Conn {
 	if !f.Timestamp.Stop.IsZero() {
 		c.StopNanos = f.Timestamp.Stop.UnixNano()
 	}
+	// Source NAT, as Antrea's agent derives it from the same two tuples:
+	// replies go elsewhere than to the original source.
+	if f.TupleReply.IP.DestinationAddress != f.TupleOrig.IP.SourceAddress ||
+		f.TupleReply.Proto.DestinationPort != f.TupleOrig.Proto.SourcePort {
+		c.ProxySnatIP, c.ProxySnatPort = f.TupleReply.IP.DestinationAddress.As16(), f.TupleReply.Proto.DestinationPort
+	}
 	if p := f.TupleOrig.Proto; p.Protocol == flow.ProtoICMP || p.Protocol == flow.ProtoICMPv6 {
 		c.Tuple.SrcPort = p.ICMPID
 		c.Tuple.DstPort = uint16(p.ICMPType)<<8 | uint16(p.ICMPCode)
 		c.OrigDstPort = c.Tuple.DstPort
+		c.ProxySnatPort = 0
 	}
 	return c
 }

@@ -91,9 +91,13 @@ const (
 	sideUnknown
 )
 
-// entry is one connection in the table. Entries of one 5-tuple with
+// entry is one connection in the table. Entries of one key with
 // different start times (port reuse) are chained through next.
 type entry struct {
+	// rec's CorrelationTuple is the entry's table key: rec.Tuple changes
+	// only when the client's half joins the backend node's, and then the
+	// proxy SNAT it brings maps it back to the same key. Not storing the
+	// key keeps 40 bytes off every pending connection.
 	rec       Record
 	needsPeer bool
 	unmatched bool // exported alone at least once
@@ -166,14 +170,21 @@ func (c *Correlator) Add(in *Input, now time.Time, emit func(*Record)) {
 	} else {
 		c.m.Received.WithLabelValues(r.FlowType.String()).Inc()
 	}
-	// The exporting node, when known, is the surest sign of the side; the
+	peer := expectsPeer(in)
+	// Source NAT is applied by the node the connection entered by, the
+	// source side; the node it was handed to sees no NAT. Otherwise the
+	// exporting node, when known, is the surest sign of the side; the
 	// pods a half names only tell when it names one of them.
-	sd := classifyByNode(r, in.ExporterNode)
-	if sd == sideUnknown {
-		sd = classify(r, in.Exporter)
+	sd := sideSource
+	if !peer || !r.IsSNATed() {
+		sd = classifyByNode(r, in.ExporterNode)
+		if sd == sideUnknown {
+			sd = classify(r, in.Exporter)
+		}
 	}
-	e := c.find(r)
-	if e == nil && r.FlowType != flow.FlowTypeInterNode && r.EndReason == flow.EndOfFlow {
+	key := r.CorrelationTuple()
+	e := c.find(key, r)
+	if e == nil && !peer && r.EndReason == flow.EndOfFlow {
 		// A connection one node saw whole, already over, and with nothing
 		// held: pass it straight through (most short connections).
 		emit(c.passThrough(in))
@@ -182,13 +193,13 @@ func (c *Correlator) Add(in *Input, now time.Time, emit func(*Record)) {
 	if e == nil {
 		if c.entries >= c.cfg.MaxConnections {
 			c.m.Overflow.Inc()
-			tmp := c.newEntry(in, sd, now)
+			tmp := c.newEntry(in, sd, peer, now)
 			emit(c.export(tmp, r.EndReason))
 			return
 		}
-		e = c.newEntry(in, sd, now)
-		e.next = c.table[r.Tuple]
-		c.table[r.Tuple] = e
+		e = c.newEntry(in, sd, peer, now)
+		e.next = c.table[key]
+		c.table[key] = e
 		c.entries++
 		c.m.Pending.Set(float64(c.entries))
 		c.schedule(e, now, true)
@@ -206,9 +217,9 @@ func (c *Correlator) Add(in *Input, now time.Time, emit func(*Record)) {
 	c.schedule(e, now, false)
 }
 
-func (c *Correlator) newEntry(in *Input, sd side, now time.Time) *entry {
+func (c *Correlator) newEntry(in *Input, sd side, peer bool, now time.Time) *entry {
 	r := &in.Record
-	e := &entry{needsPeer: r.FlowType == flow.FlowTypeInterNode, lastUpdate: now, activeFrom: now, index: -1, dirty: true}
+	e := &entry{needsPeer: peer, lastUpdate: now, activeFrom: now, index: -1, dirty: true}
 	if in.Seq != 0 {
 		e.seqs = []uint64{in.Seq}
 	}
@@ -231,23 +242,53 @@ func (c *Correlator) newEntry(in *Input, sd side, now time.Time) *entry {
 	return e
 }
 
-// find returns the entry of r's connection: same 5-tuple, start within the
-// window. An unknown start time (zero) matches any.
-func (c *Correlator) find(r *flow.Record) *entry {
-	for e := c.table[r.Tuple]; e != nil; e = e.next {
-		a, b := e.rec.StartNanos, r.StartNanos
-		if a == 0 || b == 0 {
-			return e
+// find returns the entry of r's connection: same key, start within the
+// window, the closest start when several are (a port reused while the
+// previous connection still waits for its last end-of-flow). An unknown
+// start time (zero) matches any, after a known one.
+func (c *Correlator) find(key flow.Tuple, r *flow.Record) *entry {
+	var best *entry
+	var bestD time.Duration
+	for e := c.table[key]; e != nil; e = e.next {
+		// A source NAT port given to one client after another: the far
+		// node's view is the same, the clients are not.
+		if r.IsSNATed() && e.rec.IsSNATed() && e.rec.Tuple != r.Tuple {
+			continue
 		}
-		d := a - b
-		if d < 0 {
-			d = -d
+		d := c.cfg.StartWindow
+		if a, b := e.rec.StartNanos, r.StartNanos; a != 0 && b != 0 {
+			d = time.Duration(a - b)
+			if d < 0 {
+				d = -d
+			}
+			if d > c.cfg.StartWindow {
+				continue
+			}
 		}
-		if time.Duration(d) <= c.cfg.StartWindow {
-			return e
+		if best == nil || d < bestD {
+			best, bestD = e, d
 		}
 	}
-	return nil
+	return best
+}
+
+// expectsPeer reports whether another node reports the other half of in's
+// connection.
+func expectsPeer(in *Input) bool {
+	r := &in.Record
+	switch r.FlowType {
+	case flow.FlowTypeInterNode:
+		return true
+	case flow.FlowTypeIntraNode:
+		return false
+	}
+	// A node that source-NATs a connection to an endpoint on another node
+	// (NodePort or LoadBalancer traffic from outside) hands it over: that
+	// node reports it too, from the translated source. Unless the
+	// exporter is known to be the endpoint's own node, the half waits for
+	// its peer: a lone half is then late and flagged unmatched, where not
+	// waiting would split a joined connection into two rows.
+	return r.IsSNATed() && r.Destination.NodeName != "" && r.Destination.NodeName != in.ExporterNode
 }
 
 // classify tells which node exported r. Antrea's agents fill only the pods
@@ -338,7 +379,17 @@ func (c *Correlator) apply(e *entry, r *flow.Record, sd side, exporter string, n
 	c.applyCounters(s, r)
 
 	m := &e.rec.Record
-	mergeEndpoint(&m.Source, r.Source, sd == sideSource)
+	// The half of the node that source-NATed the connection names the
+	// client; the other node saw only the translated source (a node's
+	// address). The row shows the connection as the client made it.
+	farView := m.IsSNATed() && !r.IsSNATed()
+	if r.IsSNATed() && !m.IsSNATed() {
+		m.Tuple, m.Source, m.FlowType = r.Tuple, r.Source, r.FlowType
+		m.ProxySnatIP, m.ProxySnatPort = r.ProxySnatIP, r.ProxySnatPort
+	}
+	if !farView {
+		mergeEndpoint(&m.Source, r.Source, sd == sideSource)
+	}
 	mergeEndpoint(&m.Destination, r.Destination, sd == sideDestination)
 	if err := mergeL7(&m.L7, &r.L7); err != nil {
 		c.m.L7Errors.Inc()
@@ -360,6 +411,9 @@ func (c *Correlator) apply(e *entry, r *flow.Record, sd side, exporter string, n
 	}
 	if m.ServicePortName == "" {
 		m.ServicePortName = r.ServicePortName
+	}
+	if m.ClusterID == "" {
+		m.ClusterID = r.ClusterID
 	}
 	m.ClusterIP = m.ClusterIP || r.ClusterIP
 	if m.FlowType == flow.FlowTypeUnknown {
@@ -486,7 +540,7 @@ func (c *Correlator) Flush(emit func(*Record)) {
 
 func (c *Correlator) remove(e *entry, emit func(*Record), reason flow.EndReason) {
 	heap.Remove(&c.queue, e.index)
-	t := e.rec.Tuple
+	t := e.rec.CorrelationTuple()
 	if c.table[t] == e {
 		if e.next == nil {
 			delete(c.table, t)

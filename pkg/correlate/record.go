@@ -7,7 +7,9 @@
 // Key: the 5-tuple (flow.Tuple, which both nodes report the same way, DNAT
 // already undone) plus the start time: records of one tuple whose starts lie
 // within StartWindow are the same connection, so clock skew between nodes
-// is absorbed and a reused port is a new connection.
+// is absorbed and a reused port is a new connection. A half that carries a
+// proxy SNAT (a NodePort from outside) is keyed by the tuple the backend's
+// node sees, flow.Conn.CorrelationTuple; the row keeps the client's tuple.
 //
 // Sides: a record carrying only the source pod comes from the source node,
 // only the destination pod from the destination node (Antrea's agents fill

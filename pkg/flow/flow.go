@@ -131,10 +131,19 @@ type Conn struct {
 	OrigDstIP   [16]byte
 	OrigDstPort uint16
 	Zone        uint16
-	Mark        uint32
-	ID          uint32 // conntrack id; a new id on the same tuple is a new connection
-	Status      uint32 // conntrack status bits
-	TCPState    TCPState
+	// ProxySnatIP/ProxySnatPort are the source the connection was
+	// translated to on this node (the reply direction's destination), set
+	// only when it differs from Tuple.Src: kube-proxy's masquerade of
+	// NodePort/LoadBalancer traffic from outside, where the backend's node
+	// sees this address instead of the client. Zero when not SNATed; ICMP
+	// has no port. Without them the two nodes' records of such a
+	// connection cannot be joined (Antrea's proxySnatIPv4/IPv6/Port).
+	ProxySnatIP   [16]byte
+	ProxySnatPort uint16
+	Mark          uint32
+	ID            uint32 // conntrack id; a new id on the same tuple is a new connection
+	Status        uint32 // conntrack status bits
+	TCPState      TCPState
 	// StartNanos/StopNanos are Unix nanoseconds; zero when unknown
 	// (nf_conntrack_timestamp off). StopNanos is set once the kernel closed it.
 	StartNanos int64
@@ -145,6 +154,39 @@ type Conn struct {
 
 // OrigDst returns the destination the client dialled.
 func (c *Conn) OrigDst() netip.Addr { return netip.AddrFrom16(c.OrigDstIP).Unmap() }
+
+// ProxySnat returns the address the connection's source was translated
+// to, and whether it was.
+func (c *Conn) ProxySnat() (netip.AddrPort, bool) {
+	if !c.IsSNATed() {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(c.ProxySnatIP).Unmap(), c.ProxySnatPort), true
+}
+
+// IsSNATed reports whether the connection's source was translated on this
+// node. The zero array is never a translated address: an IPv4 one is
+// stored v4-mapped, and :: is not a source NAT can pick.
+func (c *Conn) IsSNATed() bool { return c.ProxySnatIP != [16]byte{} }
+
+// CorrelationTuple is the tuple under which the nodes that report a
+// connection meet (aggregator replica, correlation table, ClickHouse
+// shard). It is Tuple unless this node source-NATed the connection: the
+// node it was handed to (a NodePort or LoadBalancer backend's node) sees
+// only the translated source, so the connection is keyed by that view,
+// the one both nodes can name. ICMP keeps its identifier: NAT has no port
+// to report for it.
+func (c *Conn) CorrelationTuple() Tuple {
+	if !c.IsSNATed() {
+		return c.Tuple
+	}
+	t := c.Tuple
+	t.SrcIP = c.ProxySnatIP
+	if t.Proto != ProtoICMP && t.Proto != ProtoICMPv6 {
+		t.SrcPort = c.ProxySnatPort
+	}
+	return t
+}
 
 // IsDNATed reports whether the connection's destination was translated,
 // i.e. the client dialled a Service VIP rather than the endpoint.
@@ -255,7 +297,11 @@ type Record struct {
 	Destination     Endpoint
 	ServicePortName string // "namespace/service:port-name"
 	ClusterIP       bool   // OrigDst is a Service ClusterIP (fills destinationClusterIPv4/6)
-	L7              L7
+	// ClusterID identifies the cluster the exporting agent runs in
+	// (Antrea's clusterId IE): agentconfig's clusterID, else the UID of
+	// the kube-system namespace; empty when neither is known.
+	ClusterID string
+	L7        L7
 }
 
 // L7Want says which ends of a connection opted into L7 export through the

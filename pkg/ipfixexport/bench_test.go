@@ -281,6 +281,10 @@ func goIPFIXSetter(b testing.TB, name string) func(entities.InfoElementWithValue
 		"httpVals":                   str(func(r *flow.Record) string { return r.L7.HTTPVals }),
 		"sourcePodLabels":            str(func(r *flow.Record) string { return r.Source.Labels }),
 		"destinationPodLabels":       str(func(r *flow.Record) string { return r.Destination.Labels }),
+		"proxySnatIPv4":              ip(func(r *flow.Record) []byte { return r.ProxySnatIP[12:] }),
+		"proxySnatIPv6":              ip(func(r *flow.Record) []byte { return r.ProxySnatIP[:] }),
+		"proxySnatPort":              func(e ie, r *flow.Record) { e.SetUnsigned16Value(r.ProxySnatPort) },
+		"clusterId":                  str(func(r *flow.Record) string { return r.ClusterID }),
 	}[name]
 	if s == nil {
 		b.Fatalf("no go-ipfix setter for %s", name)

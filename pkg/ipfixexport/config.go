@@ -39,11 +39,13 @@ type Config struct {
 
 	// L7DetailElements adds the DNS and TLS details of flow.L7 to both
 	// templates as nine enterprise-specific IEs (enterprise 32473, see
-	// docs/ipfix-elements.md). Off (the default), the templates are exactly
-	// the Antrea-compatible set: go-ipfix's collector, on which Antrea's
-	// Flow Aggregator is built, decodes in Strict mode by default and
-	// rejects a whole template holding an IE it does not know. Turn it on
-	// for flowlens-aggregator, or a go-ipfix collector in a Lenient mode.
+	// docs/ipfix-elements.md). Off (the default), the templates hold only
+	// IEs of go-ipfix's registry: a go-ipfix collector in Strict mode, that
+	// library's default, rejects a whole template holding an IE it does not
+	// know and so loses every record, not just the details. Antrea's Flow
+	// Aggregator is not one (LenientKeepUnknown since Antrea v2.3), and
+	// nfdump, tshark, goflow2 and nfacctd skip the details; turn it on for
+	// flowlens-aggregator, which decodes them.
 	L7DetailElements bool
 
 	// MaxMessageSize caps one IPFIX message. Default and maximum: 65535 for

@@ -74,6 +74,11 @@ type Exporter struct {
 	tlsConf *tls.Config
 	m       *metrics
 	running atomic.Bool
+	// downSince is when the exporter last lost, or began trying to get, its
+	// connection (UnixNano); 0 while connected. See DownSince.
+	downSince atomic.Int64
+	// unsentAtStop is what dropRemaining dropped. See UnsentAtStop.
+	unsentAtStop atomic.Int64
 
 	mu     sync.Mutex
 	ring   []flow.Record
@@ -126,6 +131,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Exporter, error) {
 		wake:   make(chan struct{}, 1),
 		flush:  make(chan struct{}, 1),
 	}
+	e.downSince.Store(time.Now().UnixNano())
 	if e.tmplMsg, err = templateMessages(maxMsg, v4, v6); err != nil {
 		return nil, fmt.Errorf("ipfixexport config: %w", err)
 	}
@@ -238,9 +244,11 @@ func (e *Exporter) Run(ctx context.Context) error {
 			}
 			everConnected = true
 			e.m.connected.Set(1)
+			e.downSince.Store(0)
 			start := time.Now()
 			e.serve(ctx, c, flushTick.C)
 			e.m.connected.Set(0)
+			e.downSince.Store(time.Now().UnixNano())
 			// A connection that lasted restarts the backoff; one the
 			// collector drops at once keeps it growing.
 			if time.Since(start) >= backoff {
@@ -285,6 +293,7 @@ func (e *Exporter) dropRemaining() {
 	e.head, e.n = 0, 0
 	e.stopped = true
 	e.mu.Unlock()
+	e.unsentAtStop.Store(int64(n))
 	if n > 0 {
 		e.m.dropShutdown.Add(float64(n))
 		klog.InfoS("IPFIX records not sent at shutdown", "records", n)

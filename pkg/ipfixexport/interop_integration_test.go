@@ -23,7 +23,7 @@ func requireProgram(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Fatalf("%s not found: run hack/install-deps.sh as root (installs nfdump and tshark): %v", name, err)
+		t.Fatalf("%s not found: run hack/install-deps.sh ipfix-tools as root (installs nfdump, tshark, nfacctd and goflow2): %v", name, err)
 	}
 	return p
 }

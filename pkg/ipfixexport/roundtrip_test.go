@@ -30,6 +30,21 @@ var recordCases = []struct {
 	{"IPv4 ClusterIP connection", false, func(*flow.Record) {}},
 	{"IPv6 ClusterIP connection", true, func(*flow.Record) {}},
 	{"IPv4 NodePort connection without ClusterIP", false, func(r *flow.Record) { r.ClusterIP = false; r.OrigDstPort = 30080 }},
+	// From outside the cluster: kube-proxy masqueraded it to the node.
+	{"IPv4 NodePort connection from outside, masqueraded", false, func(r *flow.Record) {
+		r.ClusterIP, r.OrigDstIP, r.OrigDstPort = false, netip.MustParseAddr("172.18.0.3").As16(), 30080
+		r.Tuple.SrcIP = netip.MustParseAddr("203.0.113.9").As16()
+		r.ProxySnatIP, r.ProxySnatPort = netip.MustParseAddr("172.18.0.3").As16(), 61017
+		r.FlowType, r.Source = flow.FlowTypeFromExternal, flow.Endpoint{}
+		r.ClusterID = "7b0e3f62-3a8e-4c7d-9d2f-2f1c5e8a9b01"
+	}},
+	{"IPv6 LoadBalancer connection from outside, masqueraded", true, func(r *flow.Record) {
+		r.ClusterIP, r.OrigDstIP, r.OrigDstPort = false, netip.MustParseAddr("2001:db8:1b::10").As16(), 443
+		r.Tuple.SrcIP = netip.MustParseAddr("2001:db8:99::7").As16()
+		r.ProxySnatIP, r.ProxySnatPort = netip.MustParseAddr("fd00:172:18::3").As16(), 1025
+		r.FlowType, r.Source = flow.FlowTypeFromExternal, flow.Endpoint{}
+		r.ClusterID = "prod-eu-1"
+	}},
 	{"IPv6 direct connection that ended", true, func(r *flow.Record) {
 		r.ClusterIP, r.OrigDstIP, r.OrigDstPort = false, r.Tuple.DstIP, r.Tuple.DstPort
 		r.EndReason, r.StopNanos, r.TCPState = flow.EndOfFlow, r.StartNanos+5e9, flow.TCPStateTimeWait
@@ -60,6 +75,10 @@ func wantIEs(r *flow.Record) map[string]string {
 	}
 	if r.IsDNATed() {
 		svc, svcPort = r.OrigDst(), uint64(r.OrigDstPort)
+	}
+	snat, snatPort := zero, uint64(0)
+	if r.ProxySnatIP != [16]byte{} {
+		snat, snatPort = netip.AddrFrom16(r.ProxySnatIP).Unmap(), uint64(r.ProxySnatPort)
 	}
 	return map[string]string{
 		"flowStartSeconds":              u(uint64(r.StartNanos / 1e9)),
@@ -96,6 +115,9 @@ func wantIEs(r *flow.Record) map[string]string {
 		"httpVals":                      r.L7.HTTPVals,
 		"sourcePodLabels":               r.Source.Labels,
 		"destinationPodLabels":          r.Destination.Labels,
+		"proxySnat" + fam:               snat.String(),
+		"proxySnatPort":                 u(snatPort),
+		"clusterId":                     r.ClusterID,
 	}
 }
 
@@ -210,9 +232,10 @@ func TestEveryIEDecodesWithGoIPFIXCollector(t *testing.T) {
 	}
 }
 
-// Why L7DetailElements defaults to off: a Strict go-ipfix collector, as
-// Antrea's Flow Aggregator runs it, rejects the templates and so loses
-// every record, not only the details. A default exporter to the same
+// Why L7DetailElements defaults to off: a Strict go-ipfix collector (the
+// library's default mode; Antrea's Flow Aggregator has been lenient since
+// v2.3) rejects the templates and so loses every record, not only the
+// details. A default exporter to the same
 // collector, sending after the rejected record was written, shows the
 // collector was decoding meanwhile.
 func TestStrictGoIPFIXCollectorRejectsTemplatesWithL7Details(t *testing.T) {

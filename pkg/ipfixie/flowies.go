@@ -132,6 +132,31 @@ var FlowIEs = []FlowIE{
 	strIE("httpVals", func(r *flow.Record) *string { return &r.L7.HTTPVals }),
 	strIE("sourcePodLabels", func(r *flow.Record) *string { return &r.Source.Labels }),
 	strIE("destinationPodLabels", func(r *flow.Record) *string { return &r.Destination.Labels }),
+	// Where the node's source NAT sent the connection (NodePort and
+	// LoadBalancer traffic from outside, masqueraded to the node): the
+	// backend's node sees this address, so it is what joins the two
+	// nodes' records. Unspecified and 0 when not SNATed, as Antrea sends.
+	snatAddrIE("proxySnatIPv4", IPv4Only),
+	snatAddrIE("proxySnatIPv6", IPv6Only),
+	u16IE("proxySnatPort", EnterpriseAntrea, func(r *flow.Record) uint16 { return r.ProxySnatPort },
+		func(r *flow.Record, v uint16) { r.ProxySnatPort = v }),
+	// Antrea's Flow Aggregator adds clusterId itself; an agent that knows
+	// its cluster sends it so one aggregator can serve several clusters.
+	strIE("clusterId", func(r *flow.Record) *string { return &r.ClusterID }),
+}
+
+// snatAddrIE is proxySnatIPv4/IPv6: the SNAT address, or the unspecified
+// address when the connection was not SNATed. Received, the unspecified
+// address means none (flow.Conn.IsSNATed).
+func snatAddrIE(name string, fam Family) FlowIE {
+	return FlowIE{Name: name, Enterprise: EnterpriseAntrea, Family: fam,
+		put: func(b []byte, r *flow.Record) []byte { return appendAddr(b, fam, &r.ProxySnatIP) },
+		set: func(v *Value, r *flow.Record, _ *fixup) {
+			r.ProxySnatIP = [16]byte{}
+			if v.Addr.IsValid() && !v.Addr.IsUnspecified() {
+				r.ProxySnatIP = v.Addr.As16()
+			}
+		}}
 }
 
 func endNanos(r *flow.Record) int64 {
@@ -293,8 +318,8 @@ type TemplateOptions struct {
 	IDv4, IDv6 uint16
 	// L7Details appends the DNS/TLS detail IEs (L7Details, enterprise
 	// EnterprisePlaceholder) to both templates. Off, the templates are
-	// exactly FlowIEs, which a go-ipfix collector in Strict mode (its
-	// default, and so Antrea's Flow Aggregator's) accepts; on, such a
+	// exactly FlowIEs, which a go-ipfix collector in Strict mode (that
+	// library's default) accepts from go-ipfix v0.17.0; on, such a
 	// collector rejects the templates and every record sent with them.
 	L7Details bool
 }
@@ -424,6 +449,10 @@ func (fb *FlowBuilder) Record() flow.Record {
 		if r.EndReason == flow.EndOfFlow {
 			r.StopNanos = r.ExportNanos
 		}
+	}
+	if !r.IsSNATed() {
+		// A port without an address is no translation anyone can join on.
+		r.ProxySnatPort = 0
 	}
 	r.OrigDstIP, r.OrigDstPort = r.Tuple.DstIP, r.Tuple.DstPort
 	if fb.fx.serviceIP.IsValid() && !fb.fx.serviceIP.IsUnspecified() {

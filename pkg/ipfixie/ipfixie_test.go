@@ -2,6 +2,7 @@ package ipfixie
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -35,8 +36,9 @@ func TestFlowTemplatesResolveEveryIEOncePerFamily(t *testing.T) {
 					t.Errorf("%s has length 0", e.Name)
 				}
 			}
-			if len(tc.tmpl.Elements) != len(FlowIEs)-4 {
-				t.Errorf("%d elements, want every IE but the other family's four", len(tc.tmpl.Elements))
+			// The other family's addresses, ClusterIP, Service IP and proxy SNAT IP.
+			if len(tc.tmpl.Elements) != len(FlowIEs)-5 {
+				t.Errorf("%d elements, want every IE but the other family's five", len(tc.tmpl.Elements))
 			}
 		})
 	}
@@ -228,5 +230,62 @@ func TestFlowIEsMatchTheDocumentation(t *testing.T) {
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("docs list\n%s\nFlowIEs are\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// Antrea sends 0.0.0.0 and port 0 for a connection without source NAT; a
+// receiver must not take the unspecified address for a translation, nor
+// keep a port that goes with no address.
+func TestProxySnatDecodesOnlyARealAddress(t *testing.T) {
+	build := func(addr string, port uint64) flow.Record {
+		var fb FlowBuilder
+		name := "proxySnatIPv4"
+		if netip.MustParseAddr(addr).Is6() {
+			name = "proxySnatIPv6"
+		}
+		a, _ := LookupName(name, EnterpriseAntrea)
+		p, _ := LookupName("proxySnatPort", EnterpriseAntrea)
+		if !fb.Set(&a, &Value{Addr: netip.MustParseAddr(addr)}) || !fb.Set(&p, &Value{Uint: port}) {
+			t.Fatalf("FlowBuilder ignores %s or proxySnatPort", name)
+		}
+		return fb.Record()
+	}
+	for _, tc := range []struct {
+		addr string
+		port uint64
+		want netip.AddrPort
+		ok   bool
+	}{
+		{"172.18.0.3", 61017, netip.MustParseAddrPort("172.18.0.3:61017"), true},
+		{"fd00:172:18::3", 1025, netip.MustParseAddrPort("[fd00:172:18::3]:1025"), true},
+		{"0.0.0.0", 0, netip.AddrPort{}, false},
+		{"::", 0, netip.AddrPort{}, false},
+		{"0.0.0.0", 5, netip.AddrPort{}, false},
+	} {
+		r := build(tc.addr, tc.port)
+		got, ok := r.ProxySnat()
+		if got != tc.want || ok != tc.ok || (!ok && r.ProxySnatPort != 0) {
+			t.Errorf("%s port %d: ProxySnat() = %v, %v (port field %d); want %v, %v", tc.addr, tc.port, got, ok, r.ProxySnatPort, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestClusterIDIsAStringIEBothWays(t *testing.T) {
+	v4, _, err := FlowTemplates(256, 257)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := flow.Record{ClusterID: "5b9c1f0e-6a8e-4d2b-b7a5-0f3e2d1c4b5a"}
+	if b := v4.AppendData(nil, &r); !strings.HasSuffix(string(b), "\x24"+r.ClusterID) {
+		t.Errorf("clusterId is not the last field, length-prefixed: % x", b[len(b)-40:])
+	}
+	e, ok := LookupName("clusterId", EnterpriseAntrea)
+	if !ok || e.ID != 158 || e.Type != String {
+		t.Fatalf("clusterId = %+v, %v; want Antrea's 56506/158 string", e, ok)
+	}
+	var fb FlowBuilder
+	fb.Set(&e, &Value{Str: "prod-eu-1"})
+	if got := fb.Record().ClusterID; got != "prod-eu-1" {
+		t.Errorf("decoded ClusterID %q", got)
 	}
 }

@@ -29,7 +29,7 @@ func TestL7DetailsAreOptionalInTheTemplates(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, tmpl := range []*Template{v4, v6} {
-				if got, want := len(tmpl.Elements), len(FlowIEs)-4+tc.wantExtra; got != want {
+				if got, want := len(tmpl.Elements), len(FlowIEs)-5+tc.wantExtra; got != want {
 					t.Errorf("template %d: %d elements, want %d", tmpl.ID, got, want)
 				}
 				n32473 := 0

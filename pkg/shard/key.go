@@ -31,3 +31,9 @@ func Key(t flow.Tuple) uint64 {
 	h.Write(buf[:])
 	return h.Sum64()
 }
+
+// RecordKey is the key of the connection r reports, as every node that
+// reports it computes it: Key of r's CorrelationTuple, so a NodePort or
+// LoadBalancer connection that one node source-NATed maps to the same
+// replica from that node and from the backend's node.
+func RecordKey(r *flow.Record) uint64 { return Key(r.CorrelationTuple()) }

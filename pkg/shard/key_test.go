@@ -52,3 +52,23 @@ func TestKeyTellsConnectionsApart(t *testing.T) {
 		}
 	}
 }
+
+// The node that source-NATed a NodePort connection and the backend's node,
+// which sees only the translated source, pick the same replica.
+func TestRecordKeyJoinsTheSourceNATedConnection(t *testing.T) {
+	client, pod := netip.MustParseAddrPort("192.0.2.9:51234"), netip.MustParseAddrPort("10.244.2.2:8080")
+	snat := netip.MustParseAddrPort("172.18.0.2:40001")
+	var entry, backend flow.Record
+	entry.Tuple = flow.NewTuple(client.Addr(), pod.Addr(), client.Port(), pod.Port(), flow.ProtoTCP)
+	entry.ProxySnatIP, entry.ProxySnatPort = snat.Addr().As16(), snat.Port()
+	backend.Tuple = flow.NewTuple(snat.Addr(), pod.Addr(), snat.Port(), pod.Port(), flow.ProtoTCP)
+	if RecordKey(&entry) != RecordKey(&backend) {
+		t.Errorf("entry node key %x, backend node key %x: the halves go to different replicas", RecordKey(&entry), RecordKey(&backend))
+	}
+	if RecordKey(&entry) == Key(entry.Tuple) {
+		t.Error("the SNATed record is keyed by the client's tuple, which the backend's node never sees")
+	}
+	if RecordKey(&backend) != Key(backend.Tuple) {
+		t.Error("a record without SNAT is not keyed by its tuple")
+	}
+}

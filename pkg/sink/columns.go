@@ -229,13 +229,69 @@ var columns = func() []Column {
 		strCol("tlsJA4", func(r *rec) string { return r.L7.TLSJA4 }),
 		Column{Name: "aggregator", Type: TypeString, LowCardinality: true, str: func(_ *rec, m *Meta) string { return m.Aggregator }},
 		Column{Name: "batchId", Type: TypeUInt64, num: func(_ *rec, m *Meta) uint64 { return m.BatchID }},
-		// The connection's direction-independent hash, as agents compute it
-		// to pick an aggregator replica: a ClickHouse cluster shards on it,
-		// so every row of a connection lands on one shard.
-		u64Col("connectionKey", func(r *rec) uint64 { return shard.Key(r.Tuple) }),
+		// The connection's direction-independent hash, exactly as agents
+		// compute it to pick an aggregator replica (for a proxy-SNATed
+		// connection, of the far node's view): a ClickHouse cluster shards
+		// on it, so every row of a connection lands on one shard.
+		u64Col("connectionKey", func(r *rec) uint64 { return shard.RecordKey(&r.Record) }),
+		// Theia's cluster identity (its dashboards filter on it when
+		// several clusters share a database): the clusterId the agent
+		// exported (its clusterID, else the kube-system namespace UID).
+		strCol("clusterUUID", func(r *rec) string { return r.ClusterID }),
+	)
+	cs = append(cs, theiaCols()...)
+	cs = append(cs,
+		// Where the node's source NAT (kube-proxy's masquerade of
+		// NodePort/LoadBalancer traffic from outside) sent the
+		// connection: the source the backend's node saw. Theia has no
+		// such column; the names follow Antrea's proxySnat IEs.
+		strCol("proxySnatIP", func(r *rec) string {
+			if !r.IsSNATed() {
+				return ""
+			}
+			return addrString(r.ProxySnatIP)
+		}),
+		u16Col("proxySnatPort", func(r *rec) uint16 { return r.ProxySnatPort }),
 	)
 	return cs
 }()
+
+// theiaCols are the columns of Antrea Theia's flows table that flowlens
+// has no value for (NetworkPolicy verdicts, Egress, Theia's own flags):
+// they exist, empty or zero, so Theia's dashboards and the queries people
+// wrote for its table run against this one unchanged (docs/theia.md).
+// A column that gets a value later keeps its name and type and moves out
+// of this list in place; the order of the whole table stays append-only.
+func theiaCols() []Column {
+	var cs []Column
+	for _, dir := range []string{"ingress", "egress"} {
+		cs = append(cs,
+			emptyCol(dir+"NetworkPolicyName", TypeString),
+			emptyCol(dir+"NetworkPolicyNamespace", TypeString),
+			emptyCol(dir+"NetworkPolicyRuleName", TypeString),
+			// Antrea's ruleAction (1 allow, 2 drop, 3 reject) and
+			// policyType (1 K8s, 2 ACNP, 3 ANP): 0 is "no policy".
+			emptyCol(dir+"NetworkPolicyRuleAction", TypeUInt8),
+			emptyCol(dir+"NetworkPolicyType", TypeUInt8),
+		)
+	}
+	cs = append(cs,
+		emptyCol("egressName", TypeString),
+		emptyCol("egressIP", TypeString),
+		// Theia's policy recommendation marks rows it has checked.
+		emptyCol("trusted", TypeUInt8),
+	)
+	return cs
+}
+
+// emptyCol is a column every row leaves empty (String) or zero. It has
+// an accessor like any other, so a column always has exactly one.
+func emptyCol(name string, t Type) Column {
+	if t == TypeString {
+		return Column{Name: name, Type: t, str: func(*rec, *Meta) string { return "" }}
+	}
+	return Column{Name: name, Type: t, num: func(*rec, *Meta) uint64 { return 0 }}
+}
 
 // columnIndex finds a column by name; built once, read only.
 var columnIndex = func() map[string]int {

@@ -583,8 +583,19 @@ func (s *Sink) healthy() float64 {
 	return 1
 }
 
-// Fanout hands each record to several sinks.
-type Fanout []*Sink
+// Destination is one member of a Fanout: a Sink, or several sinks that
+// share the records between them (each to one, such as the shards of a
+// ClickHouse cluster).
+type Destination interface {
+	Put(r *correlate.Record)
+	Run(ctx context.Context) error
+	Healthy() error
+}
+
+var _ Destination = (*Sink)(nil)
+
+// Fanout hands each record to several destinations.
+type Fanout []Destination
 
 // Put queues r on every sink; r is shared and must not be modified after.
 func (f Fanout) Put(r *correlate.Record) {

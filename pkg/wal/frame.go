@@ -17,12 +17,14 @@ import (
 // caller's bytes. A commit frame's payload is the sink's name (one length
 // byte, then the name), the number of sequence numbers (uvarint) and the
 // numbers in ascending order, each as the uvarint difference from the one
-// before (the first from zero). The checksum is what tells a torn or
-// corrupted frame from a good one.
+// before (the first from zero). An intent frame is a commit frame's
+// payload with the batch id (uint64 LE) between the name and the count.
+// The checksum is what tells a torn or corrupted frame from a good one.
 const (
 	frameHeader  = 8
 	typeRecord   = 1
 	typeCommit   = 2
+	typeIntent   = 3
 	maxFrameBody = 16 << 20
 )
 
@@ -45,10 +47,22 @@ func appendRecordFrame(dst []byte, seq uint64, data []byte) []byte {
 
 // appendCommitFrame appends a commit frame; seqs must be ascending.
 func appendCommitFrame(dst []byte, sink string, seqs []uint64) []byte {
+	return appendSeqsFrame(dst, typeCommit, sink, 0, seqs)
+}
+
+// appendIntentFrame appends an intent frame; seqs must be ascending.
+func appendIntentFrame(dst []byte, sink string, batch uint64, seqs []uint64) []byte {
+	return appendSeqsFrame(dst, typeIntent, sink, batch, seqs)
+}
+
+func appendSeqsFrame(dst []byte, typ byte, sink string, batch uint64, seqs []uint64) []byte {
 	start := len(dst)
 	dst = append(dst, make([]byte, frameHeader)...)
-	dst = append(dst, typeCommit, byte(len(sink)))
+	dst = append(dst, typ, byte(len(sink)))
 	dst = append(dst, sink...)
+	if typ == typeIntent {
+		dst = binary.LittleEndian.AppendUint64(dst, batch)
+	}
 	dst = binary.AppendUvarint(dst, uint64(len(seqs)))
 	var prev uint64
 	for _, s := range seqs {
@@ -67,12 +81,13 @@ func sealFrame(dst []byte, start int) []byte {
 
 // frame is one decoded frame; its slices point into the segment's bytes.
 type frame struct {
-	typ  byte
-	seq  uint64 // record
-	data []byte // record
-	sink string // commit
-	seqs []uint64
-	size int // bytes on disk, header included
+	typ   byte
+	seq   uint64 // record
+	data  []byte // record
+	sink  string // commit, intent
+	batch uint64 // intent
+	seqs  []uint64
+	size  int // bytes on disk, header included
 }
 
 // parseFrame decodes the frame at the start of b. It fails on a short,
@@ -101,12 +116,19 @@ func parseFrame(b []byte, f *frame) error {
 		if f.seq == 0 {
 			return fmt.Errorf("%w: record with sequence 0", errBadFrame)
 		}
-	case typeCommit:
+	case typeCommit, typeIntent:
 		if len(p) < 1 || len(p) < 1+int(p[0]) {
 			return fmt.Errorf("%w: commit frame without its sink name", errBadFrame)
 		}
 		f.sink = string(p[1 : 1+p[0]])
 		p = p[1+p[0]:]
+		if f.typ == typeIntent {
+			if len(p) < 8 {
+				return fmt.Errorf("%w: intent frame without its batch id", errBadFrame)
+			}
+			f.batch = binary.LittleEndian.Uint64(p)
+			p = p[8:]
+		}
 		cnt, k := binary.Uvarint(p)
 		if k <= 0 || cnt > uint64(len(p)) {
 			return fmt.Errorf("%w: commit frame count", errBadFrame)

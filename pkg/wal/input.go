@@ -11,7 +11,9 @@ import (
 
 // inputVersion leads every encoded input; a field added to flow.Record
 // bumps it (TestInputCodecCoversEveryField fails until the codec has it).
-const inputVersion = 1
+// Version 2 appended the proxy SNAT address and port and the cluster id;
+// version 1 inputs, logged before an upgrade, still decode (without them).
+const inputVersion = 2
 
 // AppendInput appends the binary encoding of in (everything but Seq, which
 // the log assigns) to dst. Hand-written rather than reflective: it runs for
@@ -55,7 +57,10 @@ func AppendInput(dst []byte, in *correlate.Input) []byte {
 		dst = binary.AppendUvarint(dst, uint64(len(s)))
 		dst = append(dst, s...)
 	}
-	return dst
+	dst = append(dst, r.ProxySnatIP[:]...)
+	dst = binary.LittleEndian.AppendUint16(dst, r.ProxySnatPort)
+	dst = binary.AppendUvarint(dst, uint64(len(r.ClusterID)))
+	return append(dst, r.ClusterID...)
 }
 
 var errShort = errors.New("input record truncated")
@@ -125,8 +130,9 @@ func (d *decoder) str() string {
 // DecodeInput decodes what AppendInput wrote into in (Seq is left alone).
 func DecodeInput(b []byte, in *correlate.Input) error {
 	d := decoder{b: b}
-	if v := d.bytes(1)[0]; d.err == nil && v != inputVersion {
-		return fmt.Errorf("decode input: version %d, this aggregator reads %d", v, inputVersion)
+	v := d.bytes(1)[0]
+	if d.err == nil && (v < 1 || v > inputVersion) {
+		return fmt.Errorf("decode input: version %d, this aggregator reads 1 to %d", v, inputVersion)
 	}
 	var r flow.Record
 	copy(r.Tuple.SrcIP[:], d.bytes(16))
@@ -156,6 +162,11 @@ func DecodeInput(b []byte, in *correlate.Input) error {
 		&exporter, &exporterNode,
 	} {
 		*s = d.str()
+	}
+	if v >= 2 {
+		copy(r.ProxySnatIP[:], d.bytes(16))
+		r.ProxySnatPort = binary.LittleEndian.Uint16(d.bytes(2))
+		r.ClusterID = d.str()
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.err = fmt.Errorf("%d trailing bytes", len(d.b))

@@ -14,10 +14,15 @@
 // or older segments, so removing a prefix of segments never loses a commit
 // that a kept record needs.
 //
-// What is not exact (see Commit): a crash after a sink acknowledged a batch
-// and before its commit frame reached the kernel replays that batch's
+// What is not exact (see Commit): a crash after a sink's destination took a
+// batch and before its commit frame reached the kernel replays that batch's
 // records to that sink once more; with Sync "interval" a machine crash can
-// lose up to SyncInterval of commit frames the same way.
+// lose up to SyncInterval of commit frames the same way. A sink whose
+// destination can tell whether it stored a batch (ClickHouse, by batch id)
+// closes that window with an intent frame, written before the batch is
+// sent: it names the batch and its records, and after a crash Intents
+// returns the batches whose records are still uncommitted, so the caller
+// can ask the destination and commit those it has.
 package wal
 
 import (
@@ -161,6 +166,10 @@ type Log struct {
 	dataDirty bool
 	dirDirty  bool
 
+	// intents are the intent frames of the segments Open read, kept
+	// until Intents hands them out.
+	intents []Intent
+
 	// syncMu orders fsyncs with closing a rotated file; taken after mu,
 	// never the other way round.
 	syncMu sync.Mutex
@@ -282,6 +291,10 @@ func (l *Log) load() error {
 					for _, q := range f.seqs {
 						l.clearLocked(i, q)
 					}
+				}
+			case typeIntent:
+				if i, ok := l.sinkIdx[f.sink]; ok {
+					l.intents = append(l.intents, Intent{Sink: i, Batch: f.batch, Seqs: slices.Clone(f.seqs)})
 				}
 			}
 		})
@@ -489,12 +502,7 @@ func (l *Log) Commit(sink int, seqs []uint64) error {
 	if l.closed {
 		return ErrClosed
 	}
-	l.scratch = append(l.scratch[:0], seqs...)
-	slices.Sort(l.scratch)
-	l.scratch = slices.Compact(l.scratch)
-	if len(l.scratch) > 0 && l.scratch[0] == 0 {
-		l.scratch = l.scratch[1:]
-	}
+	l.scratch = sortedSeqs(l.scratch[:0], seqs)
 	if len(l.scratch) == 0 {
 		return nil
 	}
@@ -519,6 +527,119 @@ func (l *Log) Commit(sink int, seqs []uint64) error {
 	l.trimLocked()
 	l.boundLocked()
 	return werr
+}
+
+// sortedSeqs appends seqs to dst sorted, without repeats or 0 (the number
+// of a record that was never logged).
+func sortedSeqs(dst, seqs []uint64) []uint64 {
+	dst = append(dst, seqs...)
+	slices.Sort(dst)
+	dst = slices.Compact(dst)
+	if len(dst) > 0 && dst[0] == 0 {
+		dst = dst[1:]
+	}
+	return dst
+}
+
+// Intent is a batch a sink was about to send when the log was last
+// written: its id, and the records of its rows.
+type Intent struct {
+	Sink  int // index into Config.Sinks
+	Batch uint64
+	Seqs  []uint64
+}
+
+// Intend records, before a batch is sent, that sink (an index into
+// Config.Sinks) is sending batch with the records seqs. It is for sinks
+// whose destination can later be asked whether it stored a batch of that
+// id: after a crash between the send and the Commit, Intents names the
+// batch, and the caller commits it if the destination has it instead of
+// replaying its records to that sink again.
+func (l *Log) Intend(sink int, batch uint64, seqs []uint64) error {
+	if sink < 0 || sink >= len(l.cfg.Sinks) {
+		return fmt.Errorf("wal intent: sink %d of %d", sink, len(l.cfg.Sinks))
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	l.scratch = sortedSeqs(l.scratch[:0], seqs)
+	if len(l.scratch) == 0 {
+		return nil
+	}
+	const chunk = 1 << 20 // keeps a frame far below maxFrameBody
+	for rest := l.scratch; len(rest) > 0; {
+		n := min(len(rest), chunk)
+		l.buf = appendIntentFrame(l.buf[:0], l.cfg.Sinks[sink], batch, rest[:n])
+		rest = rest[n:]
+		if err := l.maybeRotateLocked(int64(len(l.buf))); err != nil {
+			return err
+		}
+		if err := l.writeLocked(); err != nil {
+			return err
+		}
+	}
+	if l.cfg.Sync == SyncAlways {
+		if err := l.fsyncLocked(); err != nil {
+			return err
+		}
+	}
+	l.boundLocked()
+	return nil
+}
+
+// Intents returns, once, the intents read by Open for sink whose records
+// that sink has not all committed (Seqs holds only the uncommitted ones),
+// one per batch. Call it before Replay: committing what the destination
+// turns out to have keeps Replay from passing it to that sink.
+func (l *Log) Intents(sink int) []Intent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	byBatch := map[uint64]int{}
+	var out []Intent
+	kept := l.intents[:0]
+	for _, in := range l.intents {
+		if in.Sink != sink {
+			kept = append(kept, in)
+			continue
+		}
+		var open []uint64
+		for _, q := range in.Seqs {
+			if l.needsLocked(sink, q) {
+				open = append(open, q)
+			}
+		}
+		if len(open) == 0 {
+			continue
+		}
+		// A retried batch is intended once per attempt.
+		if j, ok := byBatch[in.Batch]; ok {
+			out[j].Seqs = append(out[j].Seqs, open...)
+			slices.Sort(out[j].Seqs)
+			out[j].Seqs = slices.Compact(out[j].Seqs)
+			continue
+		}
+		byBatch[in.Batch] = len(out)
+		out = append(out, Intent{Sink: sink, Batch: in.Batch, Seqs: open})
+	}
+	clear(l.intents[len(kept):])
+	l.intents = kept
+	return out
+}
+
+// needsLocked reports whether seq is a kept record sink has not committed.
+func (l *Log) needsLocked(sink int, seq uint64) bool {
+	bit := uint8(1) << sink
+	for i := len(l.segs) - 1; i >= 0; i-- {
+		s := l.segs[i]
+		if s.first == 0 || seq < s.first {
+			continue
+		}
+		k := seq - s.first
+		return k < uint64(len(s.need)) && s.need[k]&bit != 0
+	}
+	return false
 }
 
 func (l *Log) clearLocked(sink int, seq uint64) {

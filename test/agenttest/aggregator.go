@@ -142,6 +142,19 @@ func (a *Aggregator) Stop() error {
 	return a.err
 }
 
+// Kill ends the aggregator with SIGKILL, as a crash or the OOM killer
+// would: nothing is flushed, only what its write-ahead log holds survives.
+// The test's cleanup (and Stop) then has nothing left to do.
+func (a *Aggregator) Kill() {
+	a.once.Do(func() {
+		_ = a.cmd.Process.Kill()
+		<-a.exited
+	})
+}
+
+// Pid is the aggregator's process id, for reading its /proc entries.
+func (a *Aggregator) Pid() int { return a.cmd.Process.Pid }
+
 func freeLoopbackPort() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -82,18 +82,28 @@ func New(dir string) (*Server, error) {
 		Dir:      dir,
 		Binary:   bin,
 	}
-	for _, d := range []string{"data", "tmp", "user_files", "format_schemas", "log"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			return nil, fmt.Errorf("create %s: %w", d, err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "config.xml"), []byte(s.config(ports[0], ports[1])), 0o644); err != nil {
-		return nil, fmt.Errorf("write config: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "users.xml"), []byte(usersXML), 0o644); err != nil {
-		return nil, fmt.Errorf("write users: %w", err)
+	if err := s.writeConfig(ports[0], ports[1], ""); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// writeConfig lays out the server's directory; extra is XML placed inside
+// the top-level element (a cluster's remote_servers).
+func (s *Server) writeConfig(tcp, http int, extra string) error {
+	dir := s.Dir
+	for _, d := range []string{"data", "tmp", "user_files", "format_schemas", "log"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.xml"), []byte(s.config(tcp, http, extra)), 0o644); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "users.xml"), []byte(usersXML), 0o644); err != nil {
+		return fmt.Errorf("write users: %w", err)
+	}
+	return nil
 }
 
 func freePorts(n int) ([]int, error) {
@@ -115,7 +125,7 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-func (s *Server) config(tcp, http int) string {
+func (s *Server) config(tcp, http int, extra string) string {
 	return fmt.Sprintf(`<?xml version="1.0"?>
 <yandex>
   <logger>
@@ -138,8 +148,8 @@ func (s *Server) config(tcp, http int) string {
   <max_concurrent_queries>100</max_concurrent_queries>
   <mark_cache_size>268435456</mark_cache_size>
   <uncompressed_cache_size>268435456</uncompressed_cache_size>
-</yandex>
-`, s.Dir, tcp, http)
+%[4]s</yandex>
+`, s.Dir, tcp, http, extra)
 }
 
 const usersXML = `<?xml version="1.0"?>

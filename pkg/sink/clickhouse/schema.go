@@ -72,6 +72,29 @@ func fill[T any](rs []*correlate.Record, f func(*correlate.Record) T) []T {
 // in one partition and is committed (or not) as a whole: what the retry
 // check for an ambiguous failure relies on.
 func CreateTableSQL(database, table string, v Version) string {
+	return createSQL(database, table, v) + "ENGINE = MergeTree()\nPARTITION BY toYYYYMMDD(timeInserted)\nORDER BY (timeInserted, flowEndSeconds)"
+}
+
+// CreateDistributedTableSQL is the DDL of a cluster's Distributed table
+// over every shard's localTable (CreateTableSQL), with the columns of
+// the local table. Its sharding key is connectionKey, with the equal
+// shard weights the writer checks for, so the shard it would pick for a
+// row is connectionKey % shards: the one ShardFor picks.
+func CreateDistributedTableSQL(database, table, cluster, localTable string, v Version) string {
+	return createSQL(database, table, v) + fmt.Sprintf("ENGINE = Distributed(%s, %s, %s, %s)",
+		quoteString(cluster), quoteString(database), quoteString(localTable), ShardingKey)
+}
+
+// ShardingKey is the column the Distributed table shards by.
+const ShardingKey = "connectionKey"
+
+// CreateDatabaseSQL creates the database a cluster's shard may not have
+// yet (a single server's database is the operator's).
+func CreateDatabaseSQL(database string) string {
+	return "CREATE DATABASE IF NOT EXISTS " + quoteIdent(database)
+}
+
+func createSQL(database, table string, v Version) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s.%s (\n", quoteIdent(database), quoteIdent(table))
 	b.WriteString("  timeInserted DateTime DEFAULT now(),\n")
@@ -84,8 +107,57 @@ func CreateTableSQL(database, table string, v Version) string {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString(") ENGINE = MergeTree()\nPARTITION BY toYYYYMMDD(timeInserted)\nORDER BY (timeInserted, flowEndSeconds)")
+	b.WriteString(") ")
 	return b.String()
+}
+
+// TheiaView is a view with the name and columns of one Antrea Theia reads
+// its dashboards from. Theia fills a SummingMergeTree per view from its
+// flows table; a plain view over the flows table gives its panels, which
+// sum or average per group, the same answers without a second copy of
+// the data (docs/theia.md).
+type TheiaView struct {
+	// Suffix follows the flows table's name: Theia's names for the
+	// default table "flows".
+	Suffix  string
+	Columns []string
+}
+
+// TheiaViews are the views of Theia's pod-to-pod (and pod-to-service,
+// pod-to-external), node-to-node and network-policy dashboards, each with
+// Theia's column list, in Theia's order.
+func TheiaViews() []TheiaView {
+	times := []string{"timeInserted", "flowEndSeconds", "flowEndSecondsFromSourceNode", "flowEndSecondsFromDestinationNode"}
+	cols := func(names ...string) []string { return append(append([]string(nil), times...), names...) }
+	return []TheiaView{
+		{Suffix: "_pod_view", Columns: cols(
+			"sourcePodName", "destinationPodName", "destinationIP", "destinationServicePort",
+			"destinationServicePortName", "flowType", "sourcePodNamespace", "destinationPodNamespace",
+			"sourceTransportPort", "destinationTransportPort", "octetDeltaCount", "reverseOctetDeltaCount",
+			"throughput", "reverseThroughput", "throughputFromSourceNode", "throughputFromDestinationNode",
+			"clusterUUID")},
+		{Suffix: "_node_view", Columns: cols(
+			"sourceNodeName", "destinationNodeName", "sourcePodNamespace", "destinationPodNamespace",
+			"octetDeltaCount", "reverseOctetDeltaCount", "throughput", "reverseThroughput",
+			"throughputFromSourceNode", "reverseThroughputFromSourceNode", "throughputFromDestinationNode",
+			"reverseThroughputFromDestinationNode", "clusterUUID")},
+		{Suffix: "_policy_view", Columns: cols(
+			"egressNetworkPolicyName", "egressNetworkPolicyNamespace", "egressNetworkPolicyRuleAction",
+			"ingressNetworkPolicyName", "ingressNetworkPolicyNamespace", "ingressNetworkPolicyRuleAction",
+			"sourcePodName", "sourceTransportPort", "sourcePodNamespace", "destinationPodName",
+			"destinationTransportPort", "destinationPodNamespace", "destinationServicePort",
+			"destinationServicePortName", "destinationIP", "octetDeltaCount", "reverseOctetDeltaCount",
+			"throughput", "reverseThroughput", "throughputFromSourceNode", "reverseThroughputFromSourceNode",
+			"throughputFromDestinationNode", "reverseThroughputFromDestinationNode", "clusterUUID")},
+	}
+}
+
+// CreateViewSQL is the DDL of one Theia view over the flows table. An
+// existing object of that name (Theia's own table, an operator's view) is
+// left alone.
+func CreateViewSQL(database, table string, v TheiaView) string {
+	return fmt.Sprintf("CREATE VIEW IF NOT EXISTS %s.%s AS SELECT %s FROM %s.%s", quoteIdent(database), quoteIdent(table+v.Suffix),
+		strings.Join(v.Columns, ", "), quoteIdent(database), quoteIdent(table))
 }
 
 // AddColumnSQL adds a column that an older flowlens did not create.
@@ -150,4 +222,9 @@ func ScanRow(rows driver.Rows) (sink.Row, error) {
 
 func quoteIdent(s string) string {
 	return "`" + strings.ReplaceAll(s, "`", "\\`") + "`"
+}
+
+// quoteString is a ClickHouse string literal.
+func quoteString(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }

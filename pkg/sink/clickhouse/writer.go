@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +34,23 @@ type Config struct {
 	DialTimeout time.Duration // default 5s
 	// Compress sends blocks LZ4-compressed.
 	Compress bool
+	// Cluster, when set, replaces Addr: see NewCluster.
+	Cluster *ClusterConfig
+}
+
+// ClusterConfig describes a cluster of non-replicated shards. Each shard
+// has a local MergeTree table, LocalTable, and a Distributed table named
+// Config.Table over all of them, which queries read from any shard.
+// Writers insert into the local tables directly, each row into the shard
+// the Distributed table would choose: ShardFor.
+type ClusterConfig struct {
+	// Name is the cluster in the servers' remote_servers.
+	Name string
+	// Shards are the shards' native-protocol host:port, in the order of
+	// the remote_servers definition, which the writers check.
+	Shards []string
+	// LocalTable is each shard's MergeTree table (default <table>_local).
+	LocalTable string
 }
 
 func (c *Config) setDefaults() {
@@ -47,12 +66,39 @@ func (c *Config) setDefaults() {
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 5 * time.Second
 	}
+	if c.Cluster != nil && c.Cluster.LocalTable == "" {
+		cl := *c.Cluster
+		cl.LocalTable = c.Table + "_local"
+		c.Cluster = &cl
+	}
 }
 
 // Validate reports the first invalid field.
 func (c Config) Validate() error {
+	if cl := c.Cluster; cl != nil {
+		switch {
+		case c.Addr != "":
+			return fmt.Errorf("addr: must be empty with a cluster (its shards are cluster.shards), got %q", c.Addr)
+		case cl.Name == "":
+			return errors.New("cluster.name: must be set")
+		case len(cl.Shards) == 0:
+			return errors.New("cluster.shards: at least one shard is needed")
+		case cl.LocalTable == "" || cl.LocalTable == c.Table:
+			return fmt.Errorf("cluster.localTable: must be set and differ from table %q, got %q", c.Table, cl.LocalTable)
+		}
+		seen := map[string]int{}
+		for i, a := range cl.Shards {
+			if j, dup := seen[a]; dup {
+				return fmt.Errorf("cluster.shards[%d]: %s is shards[%d] already", i, a, j)
+			}
+			seen[a] = i
+			if a == "" {
+				return fmt.Errorf("cluster.shards[%d]: must be set", i)
+			}
+		}
+	}
 	switch {
-	case c.Addr == "":
+	case c.Addr == "" && c.Cluster == nil:
 		return errors.New("addr: must be set")
 	case c.Aggregator == "":
 		return errors.New("aggregator: must be set")
@@ -62,11 +108,17 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Writer inserts batches into the flows table.
+// Writer inserts batches into the flows table: of one server, or of one
+// shard of a cluster (NewCluster).
 type Writer struct {
-	cfg       Config
-	conn      driver.Conn
+	cfg  Config
+	conn driver.Conn
+	// table is where rows go: Config.Table, or a shard's local table.
+	table     string
 	insertSQL string
+	// shard is the writer's index in cfg.Cluster.Shards (whose address
+	// is then cfg.Addr).
+	shard int
 
 	mu      sync.Mutex
 	ready   bool
@@ -83,9 +135,52 @@ func New(cfg Config) (*Writer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("clickhouse sink config: %w", err)
 	}
+	if cfg.Cluster != nil {
+		return nil, errors.New("clickhouse sink config: cluster: one writer per shard, use NewCluster")
+	}
+	return open(cfg, cfg.Table, 0)
+}
+
+// NewCluster validates cfg (Cluster set, Addr empty) and returns one
+// Writer per shard, in cfg.Cluster.Shards order: writer i inserts into
+// the local table of shard i, so a sink per writer keeps a shard's outage
+// to that shard's queue. Route each record to writer
+// ShardFor(connectionKey, n) (ClusterSink does). As with New, nothing is dialled yet.
+func NewCluster(cfg Config) ([]*Writer, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("clickhouse sink config: %w", err)
+	}
+	if cfg.Cluster == nil {
+		return nil, errors.New("clickhouse sink config: cluster: must be set for NewCluster")
+	}
+	var ws []*Writer
+	for i, addr := range cfg.Cluster.Shards {
+		c := cfg
+		c.Addr = addr
+		w, err := open(c, cfg.Cluster.LocalTable, i)
+		if err != nil {
+			for _, w := range ws {
+				_ = w.Close()
+			}
+			return nil, fmt.Errorf("shard %d: %w", i, err)
+		}
+		ws = append(ws, w)
+	}
+	return ws, nil
+}
+
+func open(cfg Config, table string, shard int) (*Writer, error) {
+	session := cfg.Database
+	if cfg.Cluster != nil {
+		// A shard may not have the database yet (EnsureSchema creates
+		// it), and a session in a missing one is refused: use the
+		// server's default (every statement names the database).
+		session = ""
+	}
 	opts := &ch.Options{
 		Addr:         []string{cfg.Addr},
-		Auth:         ch.Auth{Database: cfg.Database, Username: cfg.Username, Password: cfg.Password},
+		Auth:         ch.Auth{Database: session, Username: cfg.Username, Password: cfg.Password},
 		DialTimeout:  cfg.DialTimeout,
 		MaxOpenConns: 2,
 		MaxIdleConns: 1,
@@ -97,7 +192,7 @@ func New(cfg Config) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open clickhouse %s: %w", cfg.Addr, err)
 	}
-	return &Writer{cfg: cfg, conn: conn, insertSQL: InsertSQL(cfg.Database, cfg.Table)}, nil
+	return &Writer{cfg: cfg, conn: conn, table: table, shard: shard, insertSQL: InsertSQL(cfg.Database, table)}, nil
 }
 
 // Version is the server version seen by EnsureSchema (zero before).
@@ -124,10 +219,42 @@ func (w *Writer) EnsureSchema(ctx context.Context) error {
 	}
 	v := Version{Major: sv.Version.Major, Minor: sv.Version.Minor, Patch: sv.Version.Patch}
 	table := w.cfg.Database + "." + w.cfg.Table
-	if err := w.conn.Exec(ctx, CreateTableSQL(w.cfg.Database, w.cfg.Table, v)); err != nil {
+	if cl := w.cfg.Cluster; cl != nil {
+		if err := w.checkCluster(ctx); err != nil {
+			return err
+		}
+		if err := w.conn.Exec(ctx, CreateDatabaseSQL(w.cfg.Database)); err != nil {
+			return classify(fmt.Errorf("create database %s: %w", w.cfg.Database, err))
+		}
+		if err := w.ensureTable(ctx, w.table, CreateTableSQL(w.cfg.Database, w.table, v), v); err != nil {
+			return err
+		}
+		// Every shard gets the Distributed table too, so any of them
+		// answers queries (and the views below read all shards).
+		if err := w.ensureTable(ctx, w.cfg.Table, CreateDistributedTableSQL(w.cfg.Database, w.cfg.Table, cl.Name, w.table, v), v); err != nil {
+			return err
+		}
+	} else if err := w.ensureTable(ctx, w.cfg.Table, CreateTableSQL(w.cfg.Database, w.cfg.Table, v), v); err != nil {
+		return err
+	}
+	// After the columns: a view naming one the table lacks would fail.
+	for _, tv := range TheiaViews() {
+		if err := w.conn.Exec(ctx, CreateViewSQL(w.cfg.Database, w.cfg.Table, tv)); err != nil {
+			return classify(fmt.Errorf("create view %s%s: %w", table, tv.Suffix, err))
+		}
+	}
+	w.version, w.ready = v, true
+	klog.InfoS("ClickHouse schema ready", "addr", w.cfg.Addr, "version", v, "table", w.cfg.Database+"."+w.table)
+	return nil
+}
+
+// ensureTable runs create, then adds the columns the table lacks.
+func (w *Writer) ensureTable(ctx context.Context, name, create string, v Version) error {
+	table := w.cfg.Database + "." + name
+	if err := w.conn.Exec(ctx, create); err != nil {
 		return classify(fmt.Errorf("create table %s: %w", table, err))
 	}
-	have, err := w.existingColumns(ctx)
+	have, err := w.existingColumns(ctx, name)
 	if err != nil {
 		return classify(err)
 	}
@@ -139,20 +266,18 @@ func (w *Writer) EnsureSchema(ctx context.Context) error {
 		got, ok := have[c.Name]
 		switch {
 		case !ok:
-			if err := w.conn.Exec(ctx, AddColumnSQL(w.cfg.Database, w.cfg.Table, c.Name, typ)); err != nil {
+			if err := w.conn.Exec(ctx, AddColumnSQL(w.cfg.Database, name, c.Name, typ)); err != nil {
 				return classify(fmt.Errorf("migrate %s: add column %s: %w", table, c.Name, err))
 			}
-			klog.InfoS("Added ClickHouse column", "table", table, "column", c.Name, "type", typ)
+			klog.InfoS("Added ClickHouse column", "table", table, "addr", w.cfg.Addr, "column", c.Name, "type", typ)
 		case !compatible(c, got):
 			mismatched = append(mismatched, fmt.Sprintf("%s is %s, want %s", c.Name, got, typ))
 		}
 	}
 	if len(mismatched) > 0 {
-		return sink.Permanent(fmt.Errorf("table %s has columns of another type than flowlens writes (%s): "+
-			"change them back (ALTER TABLE ... MODIFY COLUMN) or point the sink at another table", table, strings.Join(mismatched, "; ")))
+		return sink.Permanent(fmt.Errorf("table %s on %s has columns of another type than flowlens writes (%s): "+
+			"change them back (ALTER TABLE ... MODIFY COLUMN) or point the sink at another table", table, w.cfg.Addr, strings.Join(mismatched, "; ")))
 	}
-	w.version, w.ready = v, true
-	klog.InfoS("ClickHouse schema ready", "addr", w.cfg.Addr, "version", v, "table", table)
 	return nil
 }
 
@@ -163,22 +288,22 @@ func (w *Writer) recheckSchema() {
 	w.mu.Unlock()
 }
 
-func (w *Writer) existingColumns(ctx context.Context) (map[string]string, error) {
-	rows, err := w.conn.Query(ctx, "SELECT name, type FROM system.columns WHERE database = ? AND table = ?", w.cfg.Database, w.cfg.Table)
+func (w *Writer) existingColumns(ctx context.Context, table string) (map[string]string, error) {
+	rows, err := w.conn.Query(ctx, "SELECT name, type FROM system.columns WHERE database = ? AND table = ?", w.cfg.Database, table)
 	if err != nil {
-		return nil, fmt.Errorf("list columns of %s.%s: %w", w.cfg.Database, w.cfg.Table, err)
+		return nil, fmt.Errorf("list columns of %s.%s: %w", w.cfg.Database, table, err)
 	}
 	defer rows.Close()
 	have := map[string]string{}
 	for rows.Next() {
 		var name, typ string
 		if err := rows.Scan(&name, &typ); err != nil {
-			return nil, fmt.Errorf("list columns of %s.%s: %w", w.cfg.Database, w.cfg.Table, err)
+			return nil, fmt.Errorf("list columns of %s.%s: %w", w.cfg.Database, table, err)
 		}
 		have[name] = typ
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list columns of %s.%s: %w", w.cfg.Database, w.cfg.Table, err)
+		return nil, fmt.Errorf("list columns of %s.%s: %w", w.cfg.Database, table, err)
 	}
 	return have, nil
 }
@@ -221,7 +346,7 @@ func (w *Writer) Write(ctx context.Context, b *sink.Batch) (int, error) {
 	if !isSchemaError(err) {
 		return 0, classify(err)
 	}
-	klog.ErrorS(err, "ClickHouse insert refused by the table's schema; checking it again", "table", w.cfg.Database+"."+w.cfg.Table, "batchId", b.ID)
+	klog.ErrorS(err, "ClickHouse insert refused by the table's schema; checking it again", "table", w.cfg.Database+"."+w.table, "addr", w.cfg.Addr, "batchId", b.ID)
 	w.recheckSchema()
 	if err := w.EnsureSchema(ctx); err != nil {
 		return 0, err
@@ -267,7 +392,7 @@ func (w *Writer) insert(ctx context.Context, b *sink.Batch) error {
 
 func (w *Writer) countBatch(ctx context.Context, id uint64) (uint64, error) {
 	rows, err := w.conn.Query(ctx, fmt.Sprintf("SELECT count() FROM %s.%s WHERE aggregator = ? AND batchId = %d",
-		quoteIdent(w.cfg.Database), quoteIdent(w.cfg.Table), id), w.cfg.Aggregator)
+		quoteIdent(w.cfg.Database), quoteIdent(w.table), id), w.cfg.Aggregator)
 	if err != nil {
 		return 0, fmt.Errorf("look up batch %d: %w", id, err)
 	}
@@ -282,6 +407,59 @@ func (w *Writer) countBatch(ctx context.Context, id uint64) (uint64, error) {
 		return 0, fmt.Errorf("look up batch %d: %w", id, err)
 	}
 	return n, nil
+}
+
+// storedBatchesChunk bounds the ids of one lookup query, keeping it far
+// below the server's max_query_size (256 KiB by default).
+const storedBatchesChunk = 5000
+
+// StoredBatches returns, for each of ids that this aggregator's rows in
+// the writer's table carry as batchId, how many rows carry it. After a
+// crash this tells which batches the server stored although their
+// delivery was never recorded (see wal.Log.Intend); the upper half of a
+// batch id is random per process (sink.Batch), so another process's batch
+// is practically never taken for one of them. It relies on
+// Config.Aggregator being the name the batches were written under.
+func (w *Writer) StoredBatches(ctx context.Context, ids []uint64) (map[uint64]uint64, error) {
+	if err := w.EnsureSchema(ctx); err != nil {
+		return nil, err
+	}
+	ids = slices.Compact(slices.Sorted(slices.Values(ids)))
+	out := map[uint64]uint64{}
+	var sb strings.Builder
+	for start := 0; start < len(ids); start += storedBatchesChunk {
+		chunk := ids[start:min(len(ids), start+storedBatchesChunk)]
+		sb.Reset()
+		for i, id := range chunk {
+			if i > 0 {
+				sb.WriteByte(',')
+			}
+			sb.WriteString(strconv.FormatUint(id, 10))
+		}
+		// The ids are numbers this process formats; the name is bound.
+		q := fmt.Sprintf("SELECT batchId, count() FROM %s.%s WHERE aggregator = ? AND batchId IN (%s) GROUP BY batchId",
+			quoteIdent(w.cfg.Database), quoteIdent(w.table), sb.String())
+		if err := w.scanCounts(ctx, q, out); err != nil {
+			return nil, classify(fmt.Errorf("look up %d batches in %s.%s on %s: %w", len(chunk), w.cfg.Database, w.table, w.cfg.Addr, err))
+		}
+	}
+	return out, nil
+}
+
+func (w *Writer) scanCounts(ctx context.Context, q string, out map[uint64]uint64) error {
+	rows, err := w.conn.Query(ctx, q, w.cfg.Aggregator)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, n uint64
+		if err := rows.Scan(&id, &n); err != nil {
+			return err
+		}
+		out[id] = n
+	}
+	return rows.Err()
 }
 
 // Close closes the connection pool.

@@ -34,6 +34,8 @@ func Record(i int) *correlate.Record {
 	r.Source = flow.Endpoint{PodName: "client", PodNamespace: "ns-a", NodeName: "node-a", Labels: fmt.Sprintf(`{"app":"c%d","q":"a\"b"}`, i)}
 	r.Destination = flow.Endpoint{PodName: "web", PodNamespace: "ns-b", NodeName: "node-b", Labels: "tab\tnewline\n\\ é"}
 	r.ServicePortName = "ns-b/web:http"
+	r.ProxySnatIP, r.ProxySnatPort = netip.MustParseAddr("172.18.0.3").As16(), uint16(40000+i)
+	r.ClusterID = "5b9c1f0e-6a8e-4d2b-b7a5-0f3e2d1c4b5a"
 	r.L7 = flow.L7{AppProtocolName: "http", HTTPVals: `{"0":{"url":"/x?y=\"z\"","hostname":"h\u00e9"}}`,
 		DNSQueryName: "q.example", DNSQueryType: "AAAA", DNSResponseCode: "NXDOMAIN", DNSAnswers: "::1,10.0.0.1",
 		TLSServerName: "s.example", TLSVersion: "TLS 1.2", TLSJA3: "ja3", TLSJA3S: "ja3s", TLSJA4: "ja4"}
