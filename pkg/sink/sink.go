@@ -361,6 +361,14 @@ func (s *Sink) release(k int) {
 func (s *Sink) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.CommitInterval)
 	defer t.Stop()
+	// A write in flight when ctx ends is not cut off: the server may still
+	// store a cancelled insert after the retry has looked the batch up and
+	// found nothing, and the batch would be stored twice. It may run until
+	// the flush deadline, as the shutdown's own writes do.
+	writeCtx, cancelWrites := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWrites()
+	stopAfter := context.AfterFunc(ctx, func() { time.AfterFunc(s.cfg.FlushTimeout, cancelWrites) })
+	defer stopAfter()
 	for {
 		select {
 		case <-ctx.Done():
@@ -372,7 +380,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		for {
 			// Deliver full batches back to back; a partial one waits for
 			// the next tick so inserts stay large.
-			if !s.deliver(ctx) || s.Len() < s.cfg.MaxBatch {
+			if !s.deliver(ctx, writeCtx) || s.Len() < s.cfg.MaxBatch {
 				break
 			}
 		}
@@ -383,7 +391,7 @@ func (s *Sink) shutdown() error {
 	fctx, cancel := context.WithTimeout(context.Background(), s.cfg.FlushTimeout)
 	defer cancel()
 	for s.Len() > 0 && fctx.Err() == nil {
-		s.deliver(fctx)
+		s.deliver(fctx, fctx)
 	}
 	if left := s.Len(); left > 0 {
 		klog.ErrorS(nil, "Sink stopped with undelivered records", "sink", s.cfg.Name, "records", left,
@@ -422,8 +430,9 @@ func (s *Sink) shutdown() error {
 
 // deliver writes one batch from the front of the queue, retrying with
 // backoff until it is delivered, fails permanently (then the rest is
-// parked) or ctx ends. It reports whether the batch is done with.
-func (s *Sink) deliver(ctx context.Context) bool {
+// parked) or ctx ends. Writes run under writeCtx, which may outlive ctx.
+// It reports whether the batch is done with.
+func (s *Sink) deliver(ctx, writeCtx context.Context) bool {
 	b := s.cur
 	if b == nil {
 		s.buf = s.peek(s.buf[:0], s.cfg.MaxBatch)
@@ -437,7 +446,7 @@ func (s *Sink) deliver(ctx context.Context) bool {
 	backoff := s.cfg.RetryMin
 	for {
 		start := time.Now()
-		n, err := s.cfg.Writer.Write(ctx, b)
+		n, err := s.cfg.Writer.Write(writeCtx, b)
 		s.m.latency.Observe(time.Since(start).Seconds())
 		n = max(0, min(n, len(b.Records)))
 		if n > 0 {
