@@ -17,14 +17,14 @@ import (
 // sink per shard (named clickhouse-shard<i>, each with the configured
 // queue, retries and its own spool file <spool.path>.shard<i>), behind one
 // destination that routes each record to its shard. All of them commit
-// to the write-ahead log as the one "clickhouse" sink: each row goes to
-// exactly one shard.
+// to the write-ahead log as the one "clickhouse" sink (each row goes to
+// exactly one shard), their intents naming the shard.
 func (a *aggregator) addClickHouseCluster(s aggregatorconfig.ClickHouseSink, password string) error {
 	cl := s.Cluster
 	ws, err := clickhouse.NewCluster(clickhouse.Config{
 		Database: s.Database, Table: s.Table, Username: s.Username, Password: password,
 		Aggregator: a.cfg.AggregatorID, DialTimeout: s.DialTimeout.D(), Compress: s.Compress,
-		Cluster: &clickhouse.ClusterConfig{Name: cl.Name, Shards: cl.Shards, LocalTable: cl.LocalTable},
+		Cluster: &clickhouse.ClusterConfig{Name: cl.Name, Shards: cl.Shards, LocalTable: cl.LocalTable, SkipAddressCheck: !cl.CheckAddresses()},
 	})
 	if err != nil {
 		return err
@@ -36,7 +36,8 @@ func (a *aggregator) addClickHouseCluster(s aggregatorconfig.ClickHouseSink, pas
 	}
 	// As for a single server: create or migrate now so problems show at
 	// start; a shard that is down is not fatal (its sink buffers), but a
-	// cluster definition that disagrees with the shard list is.
+	// cluster definition that disagrees with the shard list, or a table
+	// of that name that is not the cluster's, is.
 	errs := make([]error, len(ws))
 	ctx, cancel := context.WithTimeout(context.Background(), max(s.DialTimeout.D(), 5*time.Second)+5*time.Second)
 	var wg sync.WaitGroup
@@ -52,7 +53,7 @@ func (a *aggregator) addClickHouseCluster(s aggregatorconfig.ClickHouseSink, pas
 	for i, err := range errs {
 		switch {
 		case err == nil:
-		case clickhouse.IsClusterMismatch(err):
+		case clickhouse.IsClusterMismatch(err), clickhouse.IsForeignTable(err):
 			closeAll()
 			return fmt.Errorf("shards[%d] %s: %w", i, cl.Shards[i], err)
 		default:
@@ -67,7 +68,7 @@ func (a *aggregator) addClickHouseCluster(s aggregatorconfig.ClickHouseSink, pas
 		if q.Spool.Path != "" {
 			q.Spool.Path = fmt.Sprintf("%s.shard%d", q.Spool.Path, i)
 		}
-		if shards[i], err = sink.New(sinkConfig(a.cfg, name, a.wal.wrap("clickhouse", w, pos), q), a.reg); err != nil {
+		if shards[i], err = sink.New(sinkConfig(a.cfg, name, a.wal.wrapShard("clickhouse", w, pos, i), q), a.reg); err != nil {
 			closeAll()
 			return fmt.Errorf("%s: %w", name, err)
 		}

@@ -98,3 +98,30 @@ func TestAggregatorRefusesClusterThatDisagreesWithTheServers(t *testing.T) {
 		})
 	}
 }
+
+// A server that was the single ClickHouse (a MergeTree `flows`) made
+// shard 0 of a cluster: the aggregator refuses to start rather than
+// write to flows_local while `flows` there shows only the old rows.
+func TestAggregatorRefusesClusterOverASingleServersTable(t *testing.T) {
+	c := clickhousetest.StartCluster(t, 2)
+	if _, err := c.Query(0, clickhouse.CreateTableSQL("default", "flows", clickhouse.Version{Major: 18, Minor: 16})); err != nil {
+		t.Fatal(err)
+	}
+	cfg := clusterAggConfig(t, c, c.Shards(), "tcp://127.0.0.1:0")
+	if err := cfg.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := newAggregator(cfg, prometheus.NewRegistry())
+	if err == nil {
+		a.close()
+		t.Fatal("aggregator started with a MergeTree flows where the Distributed table belongs")
+	}
+	if !clickhouse.IsForeignTable(err) || !strings.Contains(err.Error(), "sinks.clickhouse.table") || !strings.Contains(err.Error(), "RENAME TABLE") {
+		t.Errorf("error %v: want a foreign-table error naming sinks.clickhouse.table and how to move it", err)
+	}
+	for i := 0; i < 2; i++ {
+		if out, err := c.Query(i, "SELECT count() FROM system.tables WHERE database = 'default' AND name = 'flows_local'"); err != nil || strings.TrimSpace(out) != "0" && i == 0 {
+			t.Errorf("shard %d: flows_local: %q, %v; want none next to the foreign flows", i, out, err)
+		}
+	}
+}

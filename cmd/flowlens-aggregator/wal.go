@@ -35,7 +35,8 @@ type walStage struct {
 	sinks []string // Config.Sinks of the log: bit i of a replayed need
 	pos   []int    // pos[i]: index of log sink i in the aggregator's Fanout
 	// finders[i] are the destinations of log sink i that can be asked
-	// which batches they stored (a ClickHouse cluster has one per shard).
+	// which batches they stored (a ClickHouse cluster has one per shard,
+	// at the shard's index: the destination its intents name).
 	finders [][]batchFinder
 	// lookupTimeout bounds the start-up lookup of those batches.
 	lookupTimeout time.Duration
@@ -105,7 +106,7 @@ func newWALStage(c *aggregatorconfig.Config, reg prometheus.Registerer) (*walSta
 		}),
 		lookupFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flowlens_aggregator_replay_lookup_failures_total",
-			Help: "Start-up lookups of batches in flight at a crash that failed; their records were replayed regardless and may be stored twice.",
+			Help: "Start-up lookups, per destination (a cluster's shard), of batches in flight at a crash that failed; the batches no other destination had were replayed regardless and may be stored twice.",
 		}),
 		alreadyStored: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flowlens_aggregator_replay_rows_already_stored_total",
@@ -139,16 +140,36 @@ func (w *walStage) send(in correlate.Input, queue func(correlate.Input)) {
 // wrap makes inner commit what the sink named name delivered; the sink
 // will be at index pos of the aggregator's Fanout.
 func (w *walStage) wrap(name string, inner sink.Writer, pos int) sink.Writer {
+	return w.wrapDest(name, inner, pos, -1)
+}
+
+// wrapShard is wrap for shard shard of a sink that spreads its rows over
+// several destinations (a ClickHouse cluster): its intents name the
+// shard, so after a crash each batch is asked of its shard alone, and a
+// shard that is down leaves only its own batches uncertain.
+func (w *walStage) wrapShard(name string, inner sink.Writer, pos, shard int) sink.Writer {
+	return w.wrapDest(name, inner, pos, shard)
+}
+
+func (w *walStage) wrapDest(name string, inner sink.Writer, pos, dest int) sink.Writer {
 	if w == nil {
 		return inner
 	}
 	for i, n := range w.sinks {
 		if n == name {
 			w.pos[i] = pos
-			c := &committingWriter{Writer: inner, stage: w, sink: i}
+			c := &committingWriter{Writer: inner, stage: w, sink: i, dest: -1}
 			if f, ok := inner.(batchFinder); ok {
 				c.finder = true
-				w.finders[i] = append(w.finders[i], f)
+				if dest >= 0 {
+					c.dest = dest
+					for len(w.finders[i]) <= dest {
+						w.finders[i] = append(w.finders[i], nil)
+					}
+					w.finders[i][dest] = f
+				} else {
+					w.finders[i] = append(w.finders[i], f)
+				}
 			}
 			return c
 		}
@@ -165,6 +186,7 @@ type committingWriter struct {
 	stage  *walStage
 	sink   int
 	finder bool     // Writer is a batchFinder: log intents
+	dest   int      // the intents' destination (shard), or -1
 	seqs   []uint64 // Write runs on the sink's goroutine only
 }
 
@@ -177,7 +199,13 @@ func (c *committingWriter) Write(ctx context.Context, b *sink.Batch) (int, error
 			c.seqs = append(c.seqs, r.Seqs...)
 		}
 		if len(c.seqs) > 0 {
-			if err := c.stage.log.Intend(c.sink, b.ID, c.seqs); err != nil {
+			var err error
+			if c.dest >= 0 {
+				err = c.stage.log.IntendTo(c.sink, c.dest, b.ID, c.seqs)
+			} else {
+				err = c.stage.log.Intend(c.sink, b.ID, c.seqs)
+			}
+			if err != nil {
 				c.stage.intentErrors.Inc()
 				klog.ErrorS(err, "WAL intent failed; a crash during this insert may store its rows twice", "sink", c.stage.sinks[c.sink], "batchId", b.ID)
 			}
@@ -262,40 +290,86 @@ func (w *walStage) replay(main *correlate.Correlator, sinks sink.Fanout, cc corr
 // were in flight at the crash and that its destination stored after all:
 // replaying them would store their rows twice. A replay correlates
 // afresh and forms other rows and batches, so this must be settled by
-// the original batch ids, before the replay. When the destination cannot
-// be asked within lookupTimeout the records are replayed regardless
-// (counted): a row stored twice is preferred to one lost.
+// the original batch ids, before the replay.
+//
+// A batch whose intent names its shard is asked of that shard alone; one
+// without (an older log, a shard index beyond today's list) of every
+// shard. The shards are asked in parallel, each retried until
+// lookupTimeout: a batch any shard has is stored (a batch id is unique,
+// so that is conclusive whatever another shard answers); one that every
+// shard it was asked of answered without is not; one not found while a
+// shard it was asked of kept failing is uncertain and replayed (counted):
+// a row stored twice is preferred to one lost. So a shard that is down
+// makes only its own batches uncertain.
 func (w *walStage) settleIntents(i int) {
 	// Taken for every sink, so the log lets go of them: a sink that has
 	// no finder now (the configuration changed) replays them.
 	intents := w.log.Intents(i)
-	if len(intents) == 0 || len(w.finders[i]) == 0 {
+	finders := w.finders[i]
+	if len(intents) == 0 || len(finders) == 0 {
 		return
 	}
-	ids := make([]uint64, len(intents))
-	for k, in := range intents {
-		ids[k] = in.Batch
+	ask := make([][]uint64, len(finders))
+	for _, in := range intents {
+		if in.HasDest && in.Dest < len(finders) && finders[in.Dest] != nil {
+			ask[in.Dest] = append(ask[in.Dest], in.Batch)
+			continue
+		}
+		for d, f := range finders {
+			if f != nil {
+				ask[d] = append(ask[d], in.Batch)
+			}
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.lookupTimeout)
 	defer cancel()
-	stored, err := w.lookup(ctx, i, ids)
-	if err != nil {
-		w.lookupFailures.Inc()
-		klog.ErrorS(err, "Could not ask the destination which in-flight batches it stored; replaying them, some rows may be stored twice",
-			"sink", w.sinks[i], "batches", len(ids))
-		return
+	answers := make([]map[uint64]uint64, len(finders))
+	failed := make([]error, len(finders))
+	var wg sync.WaitGroup
+	for d, ids := range ask {
+		if len(ids) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[d], failed[d] = w.lookup(ctx, i, d, finders[d], ids)
+		}()
+	}
+	wg.Wait()
+	stored := map[uint64]uint64{}
+	for d, err := range failed {
+		if err != nil {
+			w.lookupFailures.Inc()
+			klog.ErrorS(err, "Could not ask a destination which in-flight batches it stored; replaying those not found elsewhere, some rows may be stored twice",
+				"sink", w.sinks[i], "destination", d, "batches", len(ask[d]))
+		}
+		for id, n := range answers[d] {
+			stored[id] += n
+		}
+	}
+	uncertain := map[uint64]bool{}
+	for d, err := range failed {
+		if err != nil {
+			for _, id := range ask[d] {
+				uncertain[id] = true
+			}
+		}
 	}
 	var seqs []uint64
 	var rows uint64
-	batches := 0
+	batches, unsure := 0, 0
 	for _, in := range intents {
-		if n := stored[in.Batch]; n > 0 {
-			rows += n
+		switch {
+		case stored[in.Batch] > 0:
+			rows += stored[in.Batch]
 			batches++
 			seqs = append(seqs, in.Seqs...)
+		case uncertain[in.Batch]:
+			unsure++
 		}
 	}
-	klog.InfoS("Looked up the batches in flight at the last stop", "sink", w.sinks[i], "batches", len(ids), "stored", batches, "rows", rows)
+	klog.InfoS("Looked up the batches in flight at the last stop", "sink", w.sinks[i], "batches", len(intents), "stored", batches, "rows", rows, "uncertain", unsure)
 	if len(seqs) == 0 {
 		return
 	}
@@ -309,29 +383,18 @@ func (w *walStage) settleIntents(i int) {
 	}
 }
 
-// lookup asks every destination of log sink i (each shard: a batch is in
-// one shard, but which one may have changed with the shard list), retrying
-// until ctx ends.
-func (w *walStage) lookup(ctx context.Context, i int, ids []uint64) (map[uint64]uint64, error) {
+// lookup asks f, destination d of log sink i, which of ids it stored,
+// retrying until ctx ends.
+func (w *walStage) lookup(ctx context.Context, i, d int, f batchFinder, ids []uint64) (map[uint64]uint64, error) {
 	for {
-		out := map[uint64]uint64{}
-		var err error
-		for _, f := range w.finders[i] {
-			var m map[uint64]uint64
-			if m, err = f.StoredBatches(ctx, ids); err != nil {
-				break
-			}
-			for id, n := range m {
-				out[id] += n
-			}
-		}
+		m, err := f.StoredBatches(ctx, ids)
 		if err == nil {
-			return out, nil
+			return m, nil
 		}
-		klog.ErrorS(err, "Looking up in-flight batches failed; retrying", "sink", w.sinks[i])
+		klog.ErrorS(err, "Looking up in-flight batches failed; retrying", "sink", w.sinks[i], "destination", d)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("look up %d in-flight batches: %w", len(ids), err)
+			return nil, fmt.Errorf("look up %d in-flight batches on destination %d: %w", len(ids), d, err)
 		case <-time.After(time.Second):
 		}
 	}

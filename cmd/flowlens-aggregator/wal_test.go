@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -114,10 +115,14 @@ type shardFinder struct {
 	stored map[uint64]uint64
 	err    error
 	asked  int
+	// askedIDs are the ids asked about, sorted (every attempt).
+	askedIDs []uint64
 }
 
 func (f *shardFinder) StoredBatches(_ context.Context, ids []uint64) (map[uint64]uint64, error) {
 	f.asked++
+	f.askedIDs = append(f.askedIDs, ids...)
+	slices.Sort(f.askedIDs)
 	if f.err != nil {
 		return nil, f.err
 	}
@@ -130,20 +135,25 @@ func (f *shardFinder) StoredBatches(_ context.Context, ids []uint64) (map[uint64
 	return out, nil
 }
 
-// The batches in flight at a crash are looked up on every shard (a batch
-// is in one of them); those found are committed instead of replayed, the
-// others replay; when the lookup fails everything replays (counted): a row
-// stored twice rather than one lost.
+// The batches in flight at a crash whose intents do not name a shard
+// (an older log) are looked up on every shard (a batch is in one of
+// them); those found on any shard are committed instead of replayed, even
+// while another shard fails (a batch id is unique: found is conclusive);
+// the others replay; when no shard can be asked everything replays
+// (counted): a row stored twice rather than one lost.
 func TestReplaySkipsInFlightBatchesTheDestinationStored(t *testing.T) {
+	refused := fmt.Errorf("connection refused")
 	for _, tc := range []struct {
 		name        string
-		lookupErr   error
+		lookupErr   error // shard 0's
+		shard1Err   error
 		wantPorts   string
 		wantStored  float64
 		wantFailure float64
 	}{
-		{"stored on the second shard", nil, "[7 8 9]", 3, 0},
-		{"lookup fails", fmt.Errorf("connection refused"), "[4 5 6 7 8 9]", 0, 1},
+		{"stored on the second shard", nil, nil, "[7 8 9]", 3, 0},
+		{"first shard fails, the second has the batch", refused, nil, "[7 8 9]", 3, 1},
+		{"every lookup fails", refused, refused, "[4 5 6 7 8 9]", 0, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig(t, "tcp://127.0.0.1:0")
@@ -185,7 +195,7 @@ func TestReplaySkipsInFlightBatchesTheDestinationStored(t *testing.T) {
 			defer w2.close()
 			w2.lookupTimeout = 50 * time.Millisecond
 			shard0 := &shardFinder{stored: map[uint64]uint64{}, err: tc.lookupErr}
-			shard1 := &shardFinder{stored: map[uint64]uint64{2: 3, 1: 4}}
+			shard1 := &shardFinder{stored: map[uint64]uint64{2: 3, 1: 4}, err: tc.shard1Err}
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{}, 2)
 			var fan sink.Fanout
@@ -210,7 +220,7 @@ func TestReplaySkipsInFlightBatchesTheDestinationStored(t *testing.T) {
 			cancel()
 			<-done
 			<-done
-			if shard0.asked == 0 || (tc.lookupErr == nil && shard1.asked == 0) {
+			if shard0.asked == 0 || shard1.asked == 0 {
 				t.Errorf("shards asked %d and %d times, want both", shard0.asked, shard1.asked)
 			}
 			var ports []int
@@ -242,3 +252,116 @@ func counterOf(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// Intents that name their shard (wrapShard) are asked of that shard
+// alone: a shard that is down leaves only its own batches uncertain
+// (replayed, counted), while the healthy shard's stored batches are
+// committed and its unstored ones replay; a batch without a shard (an
+// older log) is asked of both and found on the healthy one.
+func TestReplayAsksEachInFlightBatchOfItsShard(t *testing.T) {
+	cfg := testConfig(t, "tcp://127.0.0.1:0")
+	cfg.Sinks.ClickHouse.Enabled = true // only its name is used here
+	cfg.Sinks.JSONL.Enabled = false
+	cfg.WAL.Enabled = true
+	cfg.WAL.Dir = filepath.Join(t.TempDir(), "wal")
+	if err := cfg.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now().Add(-time.Minute)
+	w1, err := newWALStage(cfg, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []*correlate.Record
+	for i := 0; i < 12; i++ {
+		w1.send(correlate.Input{Record: intraNode(i, t0), Exporter: "agent"}, func(in correlate.Input) {
+			rows = append(rows, &correlate.Record{Record: in.Record, Seqs: []uint64{in.Seq}})
+		})
+	}
+	// The shard sinks log their intents through wrapShard; each write
+	// is cut short by the crash before its commit (the writer blocks).
+	crash := errors.New("crash before the commit")
+	for _, tc := range []struct {
+		shard int
+		b     *sink.Batch
+	}{
+		{0, &sink.Batch{ID: 10, Records: rows[0:3]}}, // shard 0 stored it
+		{0, &sink.Batch{ID: 11, Records: rows[3:6]}}, // shard 0 never got it
+		{1, &sink.Batch{ID: 12, Records: rows[6:9]}}, // on the shard that is down
+	} {
+		cw := w1.wrapShard("clickhouse", &intentOnly{err: crash}, 0, tc.shard)
+		if _, err := cw.Write(context.Background(), tc.b); err != crash {
+			t.Fatalf("write batch %d: %v", tc.b.ID, err)
+		}
+	}
+	// An older flowlens's intent, without a shard: stored on shard 0.
+	if err := w1.log.Intend(0, 13, []uint64{10, 11, 12}); err != nil {
+		t.Fatal(err)
+	}
+
+	w2, err := newWALStage(cfg, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.close()
+	w2.lookupTimeout = 100 * time.Millisecond
+	shard0 := &shardFinder{stored: map[uint64]uint64{10: 3, 13: 3}}
+	shard1 := &shardFinder{err: errors.New("connection refused")}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	var shards []*sink.Sink
+	for d, f := range []*shardFinder{shard0, shard1} {
+		s, err := sink.New(sink.Config{Name: fmt.Sprintf("clickhouse-shard%d", d), Writer: w2.wrapShard("clickhouse", f, 0, d), CommitInterval: 10 * time.Millisecond}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shards = append(shards, s)
+		go func() { _ = s.Run(ctx); done <- struct{}{} }()
+	}
+	fan := sink.Fanout{shards[0]} // every replayed row to shard 0's sink
+	main, err := correlate.New(correlateConfig(cfg), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.replay(main, fan, correlateConfig(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	main.Flush(fan.Put)
+	cancel()
+	<-done
+	<-done
+	if got, want := fmt.Sprint(shard0.askedIDs), "[10 11 13]"; got != want {
+		t.Errorf("shard 0 asked about %s, want %s (its own batches and the one without a shard)", got, want)
+	}
+	if got, want := fmt.Sprint(shard1.askedIDs), "[12 13]"; got != want {
+		t.Errorf("shard 1 asked about %s, want %s", got, want)
+	}
+	var ports []int
+	for _, r := range shard0.records() {
+		ports = append(ports, int(r.Tuple.SrcPort)-1024)
+	}
+	slices.Sort(ports)
+	// 0-2 (batch 10) and 9-11 (batch 13) were stored; 3-5 were not,
+	// 6-8 are uncertain (shard 1 down): those replay.
+	if got, want := fmt.Sprint(ports), "[3 4 5 6 7 8]"; got != want {
+		t.Errorf("replayed connections %s, want %s", got, want)
+	}
+	if got := counterOf(t, w2.alreadyStored); got != 6 {
+		t.Errorf("rows already stored = %v, want 6", got)
+	}
+	if got := counterOf(t, w2.lookupFailures); got != 1 {
+		t.Errorf("lookup failures = %v, want 1 (shard 1)", got)
+	}
+	if st := w2.log.Stats(); st.Uncommitted != 0 {
+		t.Errorf("%d records uncommitted after the replay", st.Uncommitted)
+	}
+}
+
+// intentOnly is a batchFinder writer whose Write fails (the crash): only
+// the intent the committing writer logs first remains.
+type intentOnly struct {
+	shardFinder
+	err error
+}
+
+func (w *intentOnly) Write(context.Context, *sink.Batch) (int, error) { return 0, w.err }

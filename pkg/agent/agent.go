@@ -99,7 +99,7 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 		return nil, err
 	}
 
-	a.ident = &clusterIdentity{id: cfg.ClusterID}
+	a.ident = newClusterIdentity(cfg.ClusterID)
 	if a.context, err = newContextStage(cfg, a.ident, reg); err != nil {
 		return nil, err
 	}
@@ -126,8 +126,13 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 	// the L7 opt-in is decided by the context source.
 	if a.context != nil {
 		loopCfg.Enrichers = []Enricher{a.context.src}
-		if cfg.Export.CollectorKind == agentconfig.CollectorAntrea {
-			loopCfg.Enrichers = append(loopCfg.Enrichers, newAntreaHalves(cfg.NodeName))
+	}
+	if cfg.Export.CollectorKind == agentconfig.CollectorAntrea {
+		// In front of the Sink, not among the enrichers: it may skip a
+		// record, and only after the store and the queue took it as
+		// exported (agentconfig requires a context source for this mode).
+		if loopCfg.Sink, err = newAntreaHalves(cfg.NodeName, a.out, reg); err != nil {
+			return nil, err
 		}
 	}
 	if cfg.ClusterID != "" || cfg.Kubernetes.Enabled {

@@ -61,7 +61,7 @@ func TestClusterIDFromKubeSystemUIDWithTheShippedRBAC(t *testing.T) {
 		cfg := agentconfig.Default()
 		cfg.NodeName, cfg.ClusterID = "node-a", clusterID
 		cfg.Kubernetes.Enabled, cfg.Kubernetes.Kubeconfig = true, saKubeconfig
-		ident := &clusterIdentity{id: cfg.ClusterID}
+		ident := newClusterIdentity(cfg.ClusterID)
 		st, err := newContextStage(cfg, ident, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -72,7 +72,7 @@ func TestClusterIDFromKubeSystemUIDWithTheShippedRBAC(t *testing.T) {
 		if werr := wait(); err != nil || werr != nil {
 			t.Fatalf("context stage: start %v, stop %v", err, werr)
 		}
-		return ident.id
+		return ident.get()
 	}
 	t.Run("from kube-system", func(t *testing.T) {
 		if got := run(t, ""); got != want {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
@@ -35,20 +37,34 @@ type contextStage struct {
 
 // clusterIdentity stamps every record with the cluster's id (Antrea's
 // clusterId IE): agentconfig's clusterID, or what the Kubernetes context
-// source resolves at start. Only the loop's goroutine reads it, and it is
-// set before the loop runs.
-type clusterIdentity struct{ id string }
+// source resolves. The loop reads it while a background retry may still
+// be setting it, hence atomic.
+type clusterIdentity struct{ id atomic.Pointer[string] }
+
+func newClusterIdentity(id string) *clusterIdentity {
+	c := &clusterIdentity{}
+	c.set(id)
+	return c
+}
+
+func (c *clusterIdentity) set(id string) { c.id.Store(&id) }
+
+func (c *clusterIdentity) get() string { return *c.id.Load() }
 
 // Enrich sets r's cluster id.
-func (c *clusterIdentity) Enrich(r *flow.Record) { r.ClusterID = c.id }
+func (c *clusterIdentity) Enrich(r *flow.Record) { r.ClusterID = c.get() }
 
 // newContextStage builds the configured context source; nil when none is
 // configured (records then carry no pod or Service names). Nothing runs
 // until start. With Kubernetes and no configured clusterID, start fills
-// ident with the kube-system namespace's UID.
+// ident with the kube-system namespace's UID (see clusterIDLookup).
 func newContextStage(cfg agentconfig.Config, ident *clusterIdentity, reg prometheus.Registerer) (*contextStage, error) {
 	switch {
 	case cfg.Kubernetes.Enabled:
+		lookup, err := newClusterIDLookup(ident, clusterIDRetryMin, clusterIDRetryMax, reg)
+		if err != nil {
+			return nil, err
+		}
 		client, err := k8smeta.NewClient(cfg.Kubernetes.Kubeconfig)
 		if err != nil {
 			return nil, fmt.Errorf("kubernetes client: %w", err)
@@ -67,8 +83,9 @@ func newContextStage(cfg agentconfig.Config, ident *clusterIdentity, reg prometh
 			if err := meta.Start(ctx); err != nil {
 				return wait, fmt.Errorf("kubernetes context: %w", err)
 			}
-			if ident.id == "" {
-				resolveClusterID(ctx, meta, ident)
+			if ident.get() == "" {
+				lookupDone := lookup.start(ctx, meta)
+				return func() error { <-lookupDone; meta.Wait(); return nil }, nil
 			}
 			return wait, nil
 		}
@@ -92,18 +109,94 @@ func newContextStage(cfg agentconfig.Config, ident *clusterIdentity, reg prometh
 	return nil, nil
 }
 
-// resolveClusterID reads the cluster id once. Without it records go out
-// with an empty clusterId rather than not at all: the id labels flows, it
-// does not count them (the failure is logged and counted by k8smeta).
-func resolveClusterID(ctx context.Context, meta *k8smeta.Meta, ident *clusterIdentity) {
-	uid, err := meta.ClusterUID(ctx)
-	if err != nil {
-		klog.ErrorS(err, "No cluster id: records carry an empty clusterId; set clusterID or allow get on namespace kube-system",
-			"namespace", k8smeta.ClusterUIDNamespace)
-		return
+// Backoff of the cluster id lookup after a failure: 1s doubling to 1 min.
+const (
+	clusterIDRetryMin = time.Second
+	clusterIDRetryMax = time.Minute
+)
+
+// clusterUIDReader is what the lookup needs of k8smeta.Meta.
+type clusterUIDReader interface {
+	ClusterUID(ctx context.Context) (string, error)
+}
+
+// clusterIDLookup fills a clusterIdentity from the kube-system namespace's
+// UID. The first read happens before the loop runs, so that with a working
+// API server the first records carry the id. If it fails (a transient API
+// error, missing RBAC) it is retried in the background with backoff until
+// it succeeds or the agent stops; until then records go out with an empty
+// clusterId rather than not at all: the id labels flows, it does not count
+// them. Each failed read is counted by k8smeta
+// (flowlens_k8smeta_cluster_uid_errors_total), each retry here.
+type clusterIDLookup struct {
+	ident    *clusterIdentity
+	min, max time.Duration
+	retries  prometheus.Counter
+}
+
+func newClusterIDLookup(ident *clusterIdentity, minWait, maxWait time.Duration, reg prometheus.Registerer) (*clusterIDLookup, error) {
+	l := &clusterIDLookup{
+		ident: ident, min: minWait, max: maxWait,
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_agent_cluster_id_retries_total",
+			Help: "Reads of the cluster id (kube-system namespace UID) retried after a failure; records exported before one succeeds carry an empty clusterId.",
+		}),
 	}
-	ident.id = uid
+	if reg != nil {
+		if err := reg.Register(l.retries); err != nil {
+			return nil, fmt.Errorf("register cluster id metrics: %w", err)
+		}
+	}
+	return l, nil
+}
+
+// start reads the id once and, if that fails, keeps retrying in the
+// background. The returned channel is closed when nothing runs any more.
+func (l *clusterIDLookup) start(ctx context.Context, src clusterUIDReader) <-chan struct{} {
+	done := make(chan struct{})
+	if l.try(ctx, src) {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		l.retry(ctx, src)
+	}()
+	return done
+}
+
+func (l *clusterIDLookup) retry(ctx context.Context, src clusterUIDReader) {
+	wait := l.min
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		l.retries.Inc()
+		if l.try(ctx, src) {
+			return
+		}
+		wait = min(2*wait, l.max)
+		timer.Reset(wait)
+	}
+}
+
+// try reads the id once and reports whether it is set now.
+func (l *clusterIDLookup) try(ctx context.Context, src clusterUIDReader) bool {
+	uid, err := src.ClusterUID(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			klog.ErrorS(err, "No cluster id yet: records carry an empty clusterId until a retry succeeds; set clusterID or allow get on namespace kube-system",
+				"namespace", k8smeta.ClusterUIDNamespace)
+		}
+		return false
+	}
+	l.ident.set(uid)
 	klog.InfoS("Cluster id from the kube-system namespace", "clusterID", uid)
+	return true
 }
 
 // l7Config is the L7 enricher's configuration from the agent's; the

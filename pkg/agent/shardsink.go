@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
+	"github.com/flowlens/flowlens/pkg/agentconfig"
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/shard"
 )
@@ -58,6 +59,12 @@ type ShardedSinkConfig struct {
 	// HoldRecords bounds the records kept while no replica is known (the
 	// name has not resolved yet); beyond it they are dropped and counted.
 	HoldRecords int
+	// MaxReplicas bounds the replicas (0: agentconfig.MaxCollectors), since
+	// each exporter allocates its own buffer. A longer Collectors list is
+	// an error; of more addresses than that the DNS name resolves to, the
+	// lowest MaxReplicas in sorted order are used, so that every agent
+	// picks the same ones, and the others are ignored, logged and counted.
+	MaxReplicas int
 	// NewExporter builds the exporter of the replica at address, its
 	// metrics registered on reg (nil: not registered). Required.
 	NewExporter func(address string, reg prometheus.Registerer) (ReplicaExporter, error)
@@ -77,8 +84,12 @@ type ShardedSinkConfig struct {
 //
 // A replica unreachable for longer than FailoverAfter leaves the ring: only
 // its share of the connections moves (HRW), and moves back when it is
-// reachable again. Every agent decides this on its own, so around a
-// failover the two halves of a connection can meet on different replicas;
+// reachable again. Unreachable starts when its exporter's connection fails:
+// at once on a reset or close, and, when its host vanished (packets
+// dropped, no reset), once written data stayed unacknowledged for the
+// exporter's WriteTimeout (TCP_USER_TIMEOUT on the socket), so such a
+// replica leaves the ring WriteTimeout + FailoverAfter after it went.
+// Every agent decides this on its own, so around a failover the two halves of a connection can meet on different replicas;
 // those are stored unmatched there, not lost.
 //
 // What a replica that leaves the ring holds (the bound asked in issue 15):
@@ -95,6 +106,19 @@ type ShardedSinkConfig struct {
 //     the collector may have read part of them. If the agent stops first
 //     they are dropped and counted
 //     (flowlens_ipfix_exporter_records_dropped_total{reason="shutdown"}).
+//   - Not covered, and counted nowhere: what the replica's kernel had
+//     acknowledged but its process had not read when it was killed
+//     (SIGKILL, OOM kill, node crash): its socket receive buffer, up to
+//     tcp_rmem's maximum per agent connection. IPFIX has no
+//     application-level acknowledgement, so the agent cannot know; the
+//     aggregator's write-ahead log covers only what it read.
+//   - With CollectorDNS, a replica the name stops naming (its pod left the
+//     headless Service) leaves the ring at once, its buffer moved as above;
+//     its exporter keeps running for FailoverAfter + ResolveInterval, so a
+//     restarted pod named again under the same address gets the messages
+//     encoded for it. After that it is retired and what it still holds is
+//     dropped and counted as collector_removed: unlike a replica of the
+//     static list, which keeps it for its return however long it is away.
 //
 // Between the outage and FailoverAfter the replica's share keeps going to
 // its buffer (BufferRecords; beyond it dropped and counted as buffer_full).
@@ -102,7 +126,11 @@ type ShardedSinkConfig struct {
 // down (the exporter reconnects after WriteTimeout), and over UDP nothing
 // is ever seen as down: there is no failover for those.
 //
-// Memory: each replica's exporter allocates BufferRecords records.
+// Memory: each replica's exporter allocates BufferRecords records, about
+// 544 bytes each, so at most MaxReplicas × BufferRecords × ~544 B (with
+// agentconfig's bounds, 64 × 100000 × 544 B ≈ 3.5 GB at the default
+// bufferRecords), plus per replica its socket's send buffer and up to two
+// partly filled 64 KiB messages.
 type ShardedSink struct {
 	cfg      ShardedSinkConfig
 	clock    Clock
@@ -111,6 +139,9 @@ type ShardedSink struct {
 	dnsHost  string
 	dnsPort  string
 	m        shardMetrics
+	// ignoredLast is how many addresses the last resolution ignored (owned
+	// by whoever calls resolve: Run's goroutine).
+	ignoredLast int
 
 	// mu guards the routing state. Export holds it while it hands a record
 	// to an exporter, so once a failover changed the ring and released mu,
@@ -124,6 +155,11 @@ type ShardedSink struct {
 	moveBuf  []flow.Record
 	running  bool
 	stopped  bool
+	// leaving holds replicas the DNS name stopped naming, out of the ring,
+	// their exporters still running, until the deadline: one that is named
+	// again by then (a restarted pod back under its address) gets its
+	// exporter back, with the messages it had already encoded.
+	leaving  map[string]leavingReplica
 	retiring map[string]bool
 	errs     []error
 
@@ -140,6 +176,11 @@ type replica struct {
 	done    chan struct{}      // closed when its Run returned
 }
 
+type leavingReplica struct {
+	rep   *replica
+	until time.Time
+}
+
 type shardMetrics struct {
 	records       *prometheus.CounterVec
 	failovers     prometheus.Counter
@@ -147,6 +188,7 @@ type shardMetrics struct {
 	ringSize      prometheus.Gauge
 	replicas      prometheus.Gauge
 	resolveErrors prometheus.Counter
+	ignored       prometheus.Gauge
 	moved         prometheus.Counter
 	dropped       *prometheus.CounterVec
 }
@@ -175,10 +217,18 @@ func NewShardedSink(cfg ShardedSinkConfig, reg prometheus.Registerer) (*ShardedS
 		return nil, fmt.Errorf("sharded sink: HoldRecords %d must not be negative", cfg.HoldRecords)
 	case cfg.NewExporter == nil:
 		return nil, errors.New("sharded sink: NewExporter is required")
+	case cfg.MaxReplicas < 0:
+		return nil, fmt.Errorf("sharded sink: MaxReplicas %d must not be negative", cfg.MaxReplicas)
+	}
+	if cfg.MaxReplicas == 0 {
+		cfg.MaxReplicas = agentconfig.MaxCollectors
+	}
+	if len(cfg.Collectors) > cfg.MaxReplicas {
+		return nil, fmt.Errorf("sharded sink: %d collectors, at most %d", len(cfg.Collectors), cfg.MaxReplicas)
 	}
 	s := &ShardedSink{
 		cfg: cfg, clock: cfg.Clock, resolver: cfg.Resolver, reg: reg,
-		replicas: map[string]*replica{}, retiring: map[string]bool{},
+		replicas: map[string]*replica{}, retiring: map[string]bool{}, leaving: map[string]leavingReplica{},
 		ring: shard.NewRing(), moveBuf: make([]flow.Record, 0, moveChunk),
 	}
 	if s.clock == nil {
@@ -234,6 +284,10 @@ func (s *ShardedSink) newMetrics(reg prometheus.Registerer) error {
 			Name: "flowlens_agent_collector_resolve_errors_total",
 			Help: "Resolutions of export.collectorDNS that failed or named no address (the last replicas were kept).",
 		}),
+		ignored: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flowlens_agent_collector_addresses_ignored",
+			Help: fmt.Sprintf("Addresses the last resolution of export.collectorDNS named beyond the replica limit (%d), not used as replicas.", s.cfg.MaxReplicas),
+		}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flowlens_agent_collector_records_moved_total",
 			Help: "Records taken from the buffer of a replica that left the ring, or the DNS name, and handed to their new replica.",
@@ -249,7 +303,7 @@ func (s *ShardedSink) newMetrics(reg prometheus.Registerer) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{s.m.records, s.m.failovers, s.m.returns, s.m.ringSize, s.m.replicas,
-		s.m.resolveErrors, s.m.moved, s.m.dropped} {
+		s.m.resolveErrors, s.m.ignored, s.m.moved, s.m.dropped} {
 		if err := reg.Register(c); err != nil {
 			return fmt.Errorf("register sharded sink metrics: %w", err)
 		}
@@ -368,7 +422,19 @@ func (s *ShardedSink) check(now time.Time) {
 			}
 		}
 	}
+	for id, l := range s.leaving {
+		if !now.Before(l.until) {
+			delete(s.leaving, id)
+			klog.InfoS("Collector replica not named by DNS again within the grace period; retired", "collector", id, "name", s.dnsHost)
+			s.retireLocked(l.rep)
+		}
+	}
 }
+
+// leaveGrace is how long a replica the DNS name stopped naming keeps its
+// exporter: failoverAfter, the outage a replica may have without losing
+// its share, plus one resolution to see it named again.
+func (s *ShardedSink) leaveGrace() time.Duration { return s.cfg.FailoverAfter + s.cfg.ResolveInterval }
 
 // ringHasHealthyLocked reports whether the ring is made of replicas in it,
 // rather than of all of them because none is.
@@ -509,12 +575,27 @@ func (s *ShardedSink) resolve(ctx context.Context) {
 		ids = append(ids, net.JoinHostPort(a, s.dnsPort))
 	}
 	slices.Sort(ids)
-	s.setReplicas(slices.Compact(ids))
+	ids = slices.Compact(ids)
+	n := max(0, len(ids)-s.cfg.MaxReplicas)
+	if n > 0 && n != s.ignoredLast {
+		// Logged when the count changes, not at every resolution.
+		klog.ErrorS(nil, "The collector DNS name resolves to more addresses than the replica limit; the highest ones are ignored",
+			"name", s.dnsHost, "addresses", len(ids), "limit", s.cfg.MaxReplicas, "ignored", ids[s.cfg.MaxReplicas:])
+	}
+	if n > 0 {
+		// Sorted, so every agent that sees the same answer uses the same
+		// replicas and agrees on every connection's owner.
+		ids = ids[:s.cfg.MaxReplicas]
+	}
+	s.ignoredLast = n
+	s.m.ignored.Set(float64(n))
+	s.setReplicas(ids)
 }
 
 // setReplicas makes ids the replica set: new ones get an exporter, gone
-// ones leave the ring at once, their buffers moved to the new owners, and
-// stop (sending what they had already encoded, if connected).
+// ones leave the ring at once, their buffers moved to the new owners; their
+// exporters keep running for leaveGrace (sending what they had encoded, if
+// connected) and stop then unless the name names them again.
 func (s *ShardedSink) setReplicas(ids []string) {
 	s.mu.Lock()
 	want := map[string]bool{}
@@ -532,6 +613,13 @@ func (s *ShardedSink) setReplicas(ids []string) {
 		if _, ok := s.replicas[id]; ok {
 			continue
 		}
+		if l, ok := s.leaving[id]; ok {
+			delete(s.leaving, id)
+			s.replicas[id] = l.rep
+			l.rep.inRing = true // check takes it out again if it cannot be reached
+			klog.InfoS("Collector replica named by DNS again within the grace period; it keeps its exporter", "collector", id, "name", s.dnsHost)
+			continue
+		}
 		if s.retiring[id] {
 			// Its old exporter's metrics are still registered; the next
 			// resolution adds it.
@@ -544,10 +632,16 @@ func (s *ShardedSink) setReplicas(ids []string) {
 		klog.InfoS("Collector replica added", "collector", id, "name", s.dnsHost)
 	}
 	s.rebuildLocked()
+	until := s.clock.Now().Add(s.leaveGrace())
 	for _, rep := range removed {
-		klog.InfoS("Collector replica no longer named by DNS; its share of the connections moves to the others", "collector", rep.id, "name", s.dnsHost)
+		klog.InfoS("Collector replica no longer named by DNS; its share of the connections moves to the others",
+			"collector", rep.id, "name", s.dnsHost, "retiredUnlessNamedAgainWithin", s.leaveGrace())
 		s.moveLocked(rep)
-		s.retireLocked(rep)
+		// Its exporter keeps running (sending what it had encoded if it is
+		// connected) and is retired only if the name does not name it
+		// again within the grace period.
+		rep.inRing = false
+		s.leaving[rep.id] = leavingReplica{rep: rep, until: until}
 	}
 	s.mu.Unlock()
 }
@@ -612,6 +706,13 @@ func (s *ShardedSink) shutdown() {
 	for _, rep := range s.replicas {
 		if rep.cancel != nil {
 			rep.cancel()
+		}
+	}
+	for _, l := range s.leaving {
+		// What it still holds was already encoded for it: dropped and
+		// counted by its exporter (shutdown), like any replica's.
+		if l.rep.cancel != nil {
+			l.rep.cancel()
 		}
 	}
 	s.mu.Unlock()

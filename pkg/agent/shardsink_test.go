@@ -531,6 +531,22 @@ func TestDNSReplicasFollowTheName(t *testing.T) {
 			t.Fatalf("new record %d is in %v, want %s", i, got[uint64(i)], want)
 		}
 	}
+	// The removed replica's exporter (and metrics) stay for the grace
+	// period, in case the name names it again; then it is retired.
+	if got, want := exporterLabels(t, reg), []string{"collector=10.1.0.1:4739", "collector=10.1.0.2:4739", "collector=10.1.0.3:4739"}; !slices.Equal(got, want) {
+		t.Errorf("exporter metrics within the grace period labelled %v, want %v", got, want)
+	}
+	s.check(t0.Add(s.leaveGrace()))
+	if got, want := exporterLabels(t, reg), []string{"collector=10.1.0.2:4739", "collector=10.1.0.3:4739"}; !slices.Equal(got, want) {
+		t.Errorf("exporter metrics labelled %v, want %v", got, want)
+	}
+	if v := value(s.m.replicas); v != 2 {
+		t.Errorf("replicas %v, want 2", v)
+	}
+}
+
+func exporterLabels(t *testing.T, reg *prometheus.Registry) []string {
+	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -547,16 +563,12 @@ func TestDNSReplicasFollowTheName(t *testing.T) {
 		}
 	}
 	slices.Sort(labels)
-	if want := []string{"collector=10.1.0.2:4739", "collector=10.1.0.3:4739"}; !slices.Equal(labels, want) {
-		t.Errorf("exporter metrics labelled %v, want %v", labels, want)
-	}
-	if v := value(s.m.replicas); v != 2 {
-		t.Errorf("replicas %v, want 2", v)
-	}
+	return labels
 }
 
-// A replica the name stops naming while the sink runs is stopped; what it
-// could not send is counted; if it comes back it gets a new exporter.
+// A replica the name stops naming while the sink runs is stopped once the
+// grace period passed; what it could not send is counted; if it comes back
+// later it gets a new exporter.
 func TestRemovedReplicaIsStoppedAndCanComeBack(t *testing.T) {
 	fs := newFakeReplicas()
 	res := &fakeResolver{}
@@ -565,7 +577,8 @@ func TestRemovedReplicaIsStoppedAndCanComeBack(t *testing.T) {
 	s := newTestSink(t, fs, reg, func(c *ShardedSinkConfig) {
 		c.Collectors = nil
 		c.CollectorDNS = "flowlens-aggregator.flowlens.svc:4739"
-		c.ResolveInterval = time.Hour
+		c.ResolveInterval = 200 * time.Millisecond
+		c.FailoverAfter = 100 * time.Millisecond
 		c.Resolver = res
 		c.Clock = SystemClock{}
 	})
@@ -582,10 +595,14 @@ func TestRemovedReplicaIsStoppedAndCanComeBack(t *testing.T) {
 	gone.mu.Unlock()
 
 	res.set(nil, "10.1.0.2")
+	removed := time.Now()
 	s.resolve(ctx)
 	waitUntil(t, "the removed replica stopped and counted", func() bool {
 		return value(s.m.dropped.WithLabelValues(dropRemoved)) == 7
 	})
+	if d := time.Since(removed); d < s.leaveGrace() {
+		t.Errorf("retired %s after the name stopped naming it, before the %s grace period", d, s.leaveGrace())
+	}
 	res.set(nil, "10.1.0.1", "10.1.0.2")
 	s.resolve(ctx)
 	if again := fs.get("10.1.0.1:4739"); again == gone {
@@ -751,5 +768,115 @@ func TestRunResolvesEveryInterval(t *testing.T) {
 		if f := fs.get(id); f == nil || f.runCount() != 1 {
 			t.Errorf("exporter of %s not run once", id)
 		}
+	}
+}
+
+// A DNS name that resolves to more addresses than MaxReplicas gets the
+// lowest ones, in sorted order, whatever order the answer came in, so every
+// agent picks the same replicas; the others are ignored and counted.
+func TestDNSUsesAtMostMaxReplicasTheSameOnEveryAgent(t *testing.T) {
+	addrs := []string{"10.1.0.5", "10.1.0.3", "10.1.0.1", "10.1.0.4", "10.1.0.2", "10.1.0.3"}
+	var members [][]string
+	for _, answer := range [][]string{addrs, {"10.1.0.2", "10.1.0.4", "10.1.0.1", "10.1.0.5", "10.1.0.3"}} {
+		fs := newFakeReplicas()
+		res := &fakeResolver{}
+		res.set(nil, answer...)
+		s := newTestSink(t, fs, nil, func(c *ShardedSinkConfig) {
+			c.Collectors = nil
+			c.CollectorDNS = "flowlens-aggregator.flowlens.svc:4739"
+			c.ResolveInterval = time.Hour
+			c.Resolver = res
+			c.MaxReplicas = 3
+		})
+		s.resolve(context.Background())
+		if v := value(s.m.replicas); v != 3 {
+			t.Errorf("answer %v: %v replicas, want 3", answer, v)
+		}
+		if v := value(s.m.ignored); v != 2 {
+			t.Errorf("answer %v: %v addresses ignored, want 2", answer, v)
+		}
+		members = append(members, s.ring.Members())
+		res.set(nil, "10.1.0.9")
+		s.resolve(context.Background())
+		if v := value(s.m.ignored); v != 0 {
+			t.Errorf("%v addresses ignored after an answer within the limit", v)
+		}
+	}
+	want := []string{"10.1.0.1:4739", "10.1.0.2:4739", "10.1.0.3:4739"}
+	for _, m := range members {
+		if !slices.Equal(m, want) {
+			t.Errorf("replicas %v, want %v", m, want)
+		}
+	}
+
+	fs := newFakeReplicas()
+	_, err := NewShardedSink(ShardedSinkConfig{
+		Collectors: []string{"a:1", "b:1", "c:1", "d:1"}, FailoverAfter: time.Second, NewExporter: fs.new, MaxReplicas: 3,
+	}, nil)
+	if err == nil || !strings.Contains(err.Error(), "at most 3") {
+		t.Errorf("4 collectors, MaxReplicas 3: %v", err)
+	}
+}
+
+// A replica the name stops naming and names again within the grace period
+// (a restarted aggregator pod back under its address) keeps its exporter,
+// so the messages it had already encoded for it are neither dropped nor
+// counted as collector_removed; its share returns to it.
+func TestReplicaNamedAgainWithinTheGracePeriodKeepsItsExporter(t *testing.T) {
+	fs := newFakeReplicas()
+	res := &fakeResolver{}
+	res.set(nil, "10.1.0.1", "10.1.0.2")
+	clock := newFakeClock(t0)
+	s := newTestSink(t, fs, nil, func(c *ShardedSinkConfig) {
+		c.Collectors = nil
+		c.CollectorDNS = "flowlens-aggregator.flowlens.svc:4739"
+		c.ResolveInterval = 30 * time.Second
+		c.Resolver = res
+		c.Clock = clock
+	})
+	ctx := context.Background()
+	s.resolve(ctx)
+	fs.connectAll()
+	first := fs.get("10.1.0.1:4739")
+
+	res.set(nil, "10.1.0.2")
+	s.resolve(ctx)
+	if m := s.ring.Members(); !slices.Equal(m, []string{"10.1.0.2:4739"}) {
+		t.Fatalf("ring %v after the removal, want only 10.1.0.2:4739", m)
+	}
+	clock.set(t0.Add(s.leaveGrace() - time.Second))
+	s.check(clock.Now())
+	res.set(nil, "10.1.0.1", "10.1.0.2")
+	s.resolve(ctx)
+	if again := fs.get("10.1.0.1:4739"); again != first {
+		t.Fatal("the replica named again within the grace period got a new exporter: what the old one encoded is lost")
+	}
+	s.check(clock.Now().Add(time.Hour))
+	if m := s.ring.Members(); !slices.Equal(m, []string{"10.1.0.1:4739", "10.1.0.2:4739"}) {
+		t.Errorf("ring %v, want both replicas back", m)
+	}
+	if v := value(s.m.dropped.WithLabelValues(dropRemoved)); v != 0 {
+		t.Errorf("%v records counted as collector_removed", v)
+	}
+	if v := value(s.m.replicas); v != 2 {
+		t.Errorf("%v replicas, want 2", v)
+	}
+
+	// Not named again within the grace period: retired.
+	res.set(nil, "10.1.0.2")
+	clock.set(t0.Add(2 * time.Hour))
+	s.resolve(ctx)
+	s.check(clock.Now().Add(s.leaveGrace() - time.Millisecond))
+	if len(s.leaving) != 1 {
+		t.Fatalf("%d replicas leaving before the grace period ended, want 1", len(s.leaving))
+	}
+	s.check(clock.Now().Add(s.leaveGrace()))
+	if len(s.leaving) != 0 {
+		t.Fatalf("%d replicas leaving after the grace period, want 0", len(s.leaving))
+	}
+	res.set(nil, "10.1.0.1", "10.1.0.2")
+	s.resolve(ctx)
+	if again := fs.get("10.1.0.1:4739"); again == first {
+		t.Error("a replica named again after the grace period reuses its retired exporter")
 	}
 }

@@ -14,7 +14,10 @@ func TestCollectorKind(t *testing.T) {
 	}{
 		{"", CollectorFlowlens},
 		{"export:\n  collectorKind: flowlens\n", CollectorFlowlens},
-		{"export:\n  collectorKind: antrea\n", CollectorAntrea},
+		{"kubernetes:\n  enabled: true\nexport:\n  collectorKind: antrea\n", CollectorAntrea},
+		// Any case, like export.transport; normalised at load.
+		{"kubernetes:\n  enabled: true\nexport:\n  collectorKind: Antrea\n", CollectorAntrea},
+		{"export:\n  collectorKind: FLOWLENS\n", CollectorFlowlens},
 	} {
 		cfg, err := Load(writeConfig(t, "nodeName: n\n"+tc.yaml))
 		if err != nil {
@@ -32,10 +35,11 @@ func TestBadCollectorKindNamesTheField(t *testing.T) {
 		fields     []string
 		mention    string
 	}{
-		// Values are exact: "Antrea" is refused rather than guessed at.
-		{"unknown kind", "export:\n  collectorKind: ipfix\n", []string{"export.collectorKind"}, `want "flowlens" or "antrea", got "ipfix"`},
-		{"wrong case", "export:\n  collectorKind: Antrea\n", []string{"export.collectorKind"}, `got "Antrea"`},
+		// The error quotes the value as written.
+		{"unknown kind", "export:\n  collectorKind: IPFIX\n", []string{"export.collectorKind"}, `want "flowlens" or "antrea", got "IPFIX"`},
 		{"empty", "export:\n  collectorKind: \"\"\n", []string{"export.collectorKind"}, `got ""`},
+		// Without pod names every record would be skipped in this mode.
+		{"antrea without context", "export:\n  collectorKind: antrea\n", []string{"export.collectorKind"}, "needs kubernetes.enabled or inventory.file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Load(writeConfig(t, "nodeName: n\n"+tc.yaml))

@@ -192,7 +192,8 @@ type Export struct {
 	// ends' pods in every record; flowlens-aggregator tells halves by
 	// observation domain) or CollectorAntrea (only this node's pods, the
 	// halves Antrea's Flow Aggregator expects; docs/antrea-compatibility.md).
-	// IPFIX gives an exporter no way to ask, hence a setting.
+	// IPFIX gives an exporter no way to ask, hence a setting. Any case
+	// in the file; Load lower-cases it.
 	CollectorKind string `yaml:"collectorKind"`
 }
 
@@ -319,6 +320,13 @@ const (
 	// MaxBufferRecords: the export buffer is allocated at start, 544 bytes
 	// a record (544 MB at the bound).
 	MaxBufferRecords = 1_000_000
+	// MaxCollectors bounds the aggregator replicas (export.collectors, or
+	// the addresses export.collectorDNS resolves to: beyond it the lowest
+	// MaxCollectors in sorted order are used, the same on every agent).
+	// Every replica's exporter allocates its own buffer, so the export
+	// buffers take up to replicas × bufferRecords × ~544 bytes: 64 ×
+	// 100000 × 544 B ≈ 3.5 GB at the bound with the default bufferRecords.
+	MaxCollectors = 64
 	// MaxEVELineBytes bounds the memory one EVE record can take.
 	MaxEVELineBytes = 1 << 28
 	// MaxEVEClients and MaxEVEBufferedBytes bound the EVE socket's memory.
@@ -373,8 +381,17 @@ func (c *Config) validate() error {
 	p.PositiveDuration("export.flushInterval", c.Export.FlushInterval)
 	p.PositiveDuration("export.templateRefresh", c.Export.TemplateRefresh)
 	confutil.Range(&p, "export.templateRefreshMessages", c.Export.TemplateRefreshMessages, 1, MaxTemplateRefreshMessages)
-	switch c.Export.CollectorKind {
+	// Case-insensitive like export.transport: "Antrea" is not worth a
+	// failed start. Normalised here so the agent compares exact values.
+	switch kind := strings.ToLower(c.Export.CollectorKind); kind {
 	case CollectorFlowlens, CollectorAntrea:
+		c.Export.CollectorKind = kind
+		// Antrea's records are told apart by pod names: with no source of
+		// context every record would be nameless and dropped as one whose
+		// source is not a pod.
+		if kind == CollectorAntrea && !c.Kubernetes.Enabled && c.Inventory.File == "" {
+			p.Addf("export.collectorKind", "%q needs kubernetes.enabled or inventory.file to know which ends are this node's pods", CollectorAntrea)
+		}
 	default:
 		p.Addf("export.collectorKind", "want %q or %q, got %q", CollectorFlowlens, CollectorAntrea, c.Export.CollectorKind)
 	}
@@ -434,6 +451,8 @@ func (c *Config) validateReplicas(p *confutil.Problems) {
 	case set > 1:
 		p.Addf("export.collectors", "collector %q, collectors %q and collectorDNS %q: set only one", e.Collector, e.Collectors, e.CollectorDNS)
 		return
+	case len(e.Collectors) > MaxCollectors:
+		p.Addf("export.collectors", "%d collectors, at most %d (each replica's exporter allocates bufferRecords records)", len(e.Collectors), MaxCollectors)
 	case len(e.Collectors) > 0:
 		seen := map[string]bool{}
 		for i, hp := range e.Collectors {

@@ -1,6 +1,7 @@
 package agentconfig
 
 import (
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -74,5 +75,25 @@ func TestCollectorFlagOverReplicaListIsRefused(t *testing.T) {
 	cfg.Export.Collector = "c:1"
 	if err := cfg.Finish(); err == nil || !strings.Contains(err.Error(), "export.collectors") {
 		t.Errorf("Finish = %v, want the conflict named", err)
+	}
+}
+
+// Every replica's exporter allocates bufferRecords records: the list is
+// bounded like bufferRecords itself.
+func TestTooManyCollectorsNamesTheField(t *testing.T) {
+	list := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "\"10.0.%d.%d:4739\",", i/256, i%256)
+		}
+		return "nodeName: n\nexport:\n  collectors: [" + strings.TrimSuffix(b.String(), ",") + "]\n"
+	}
+	cfg, err := Load(writeConfig(t, list(MaxCollectors)))
+	if err != nil || len(cfg.Export.Collectors) != MaxCollectors {
+		t.Fatalf("%d collectors: %v", MaxCollectors, err)
+	}
+	_, err = Load(writeConfig(t, list(MaxCollectors+1)))
+	if !slices.Contains(confutil.Fields(err), "export.collectors") {
+		t.Errorf("%d collectors: want an error on export.collectors, got %v", MaxCollectors+1, err)
 	}
 }

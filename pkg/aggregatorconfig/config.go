@@ -172,6 +172,17 @@ type ClickHouseCluster struct {
 	Shards []string `yaml:"shards"`
 	// LocalTable is each shard's MergeTree table (default <table>_local).
 	LocalTable string `yaml:"localTable"`
+	// CheckShardAddresses (default true) makes the start-up check also
+	// match Shards[i] against the address remote_servers gives shard i+1.
+	// Set it false when the aggregator reaches the shards through other
+	// addresses (port-forward, proxy, NAT); the shard count, replica and
+	// weight checks stay. Read it with CheckAddresses.
+	CheckShardAddresses *bool `yaml:"checkShardAddresses"`
+}
+
+// CheckAddresses is CheckShardAddresses, true when unset.
+func (cl *ClickHouseCluster) CheckAddresses() bool {
+	return cl.CheckShardAddresses == nil || *cl.CheckShardAddresses
 }
 
 // JSONLSink configures pkg/sink/jsonl.

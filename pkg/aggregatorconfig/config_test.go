@@ -252,6 +252,21 @@ func TestClickHouseCluster(t *testing.T) {
 		!reflect.DeepEqual(ch.Cluster.Shards, []string{"ch-0:9000", "ch-1:9000"}) {
 		t.Errorf("parsed: addr %q, cluster %+v; want no addr, local table t_local", ch.Addr, ch.Cluster)
 	}
+	if !ch.Cluster.CheckAddresses() {
+		t.Errorf("checkShardAddresses: want true by default")
+	}
+	for _, tc := range []struct {
+		yaml string
+		want bool
+	}{{"false", false}, {"true", true}} {
+		cfg, err := Parse([]byte(head + "    cluster:\n      name: c\n      shards: [\"ch-0:9000\"]\n      checkShardAddresses: " + tc.yaml + "\n"))
+		if err != nil {
+			t.Fatalf("checkShardAddresses: %s: %v", tc.yaml, err)
+		}
+		if got := cfg.Sinks.ClickHouse.Cluster.CheckAddresses(); got != tc.want {
+			t.Errorf("checkShardAddresses: %s: CheckAddresses() = %v", tc.yaml, got)
+		}
+	}
 	if cfg, err := Parse([]byte(head)); err != nil || cfg.Sinks.ClickHouse.Cluster != nil || cfg.Sinks.ClickHouse.Addr == "" {
 		t.Errorf("without a cluster: %v, cluster %+v, addr %q", err, cfg.Sinks.ClickHouse.Cluster, cfg.Sinks.ClickHouse.Addr)
 	}
@@ -266,6 +281,7 @@ func TestClickHouseCluster(t *testing.T) {
 		{"shard twice", "    cluster:\n      name: c\n      shards: [\"ch-0:9000\", \"ch-0:9000\"]\n", "sinks.clickhouse.cluster.shards[1]", "shards[0] already"},
 		{"local table is the table", "    cluster:\n      name: c\n      shards: [\"ch-0:9000\"]\n      localTable: flows\n", "sinks.clickhouse.cluster.localTable", "must differ"},
 		{"misspelt cluster option", "    cluster:\n      name: c\n      shard: [\"ch-0:9000\"]\n", "sinks.clickhouse.cluster.shard", "unknown option"},
+		{"checkShardAddresses not a bool", "    cluster:\n      name: c\n      shards: [\"ch-0:9000\"]\n      checkShardAddresses: sometimes\n", "sinks.clickhouse.cluster.checkShardAddresses", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(head + tc.yaml))

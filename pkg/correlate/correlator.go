@@ -205,10 +205,23 @@ func (c *Correlator) Add(in *Input, now time.Time, emit func(*Record)) {
 		c.schedule(e, now, true)
 		return
 	}
-	if e.needsPeer {
-		sd = c.resolveSide(e, sd, in.Exporter)
-	} else {
+	switch {
+	case !e.needsPeer:
 		sd = sideSource
+	case r.IsSNATed():
+		// The node that source-NATed the connection is its entry node,
+		// whatever names the half carries (an agent in Antrea mode
+		// clears every end that is not one of its own pods).
+		if !e.rec.IsSNATed() {
+			e.moveFarView(in.Exporter)
+		}
+		sd = sideSource
+	case e.rec.IsSNATed():
+		// The entry node's half is held, so this half without NAT is the
+		// node the connection was handed to: the destination side.
+		sd = sideDestination
+	default:
+		sd = c.resolveSide(e, sd, in.Exporter)
 	}
 	c.apply(e, r, sd, in.Exporter, now)
 	if in.Seq != 0 {
@@ -282,13 +295,32 @@ func expectsPeer(in *Input) bool {
 	case flow.FlowTypeIntraNode:
 		return false
 	}
-	// A node that source-NATs a connection to an endpoint on another node
-	// (NodePort or LoadBalancer traffic from outside) hands it over: that
-	// node reports it too, from the translated source. Unless the
-	// exporter is known to be the endpoint's own node, the half waits for
-	// its peer: a lone half is then late and flagged unmatched, where not
-	// waiting would split a joined connection into two rows.
-	return r.IsSNATed() && r.Destination.NodeName != "" && r.Destination.NodeName != in.ExporterNode
+	// A node that source-NATs a connection from outside to an endpoint on
+	// another node (NodePort or LoadBalancer, externalTrafficPolicy
+	// Cluster) hands it over: that node reports it too, from the
+	// translated source. Unless the endpoint is known to be on the
+	// exporting node, the half waits for its peer: a lone half is then
+	// late and flagged unmatched, where not waiting would split a joined
+	// connection into two rows and count its bytes twice. An empty
+	// destination node waits too: an agent in Antrea mode clears a remote
+	// pod, so it cannot mean "this node". A pod's own egress masquerade
+	// (to-external) has no far node that reports it.
+	if !r.IsSNATed() || r.FlowType != flow.FlowTypeFromExternal {
+		return false
+	}
+	return r.Destination.NodeName == "" || r.Destination.NodeName != in.ExporterNode
+}
+
+// moveFarView makes room on the source side for the entry node's half
+// (exported by exporter) when the backend node's half, which carries no
+// NAT, was placed there because nothing it named told its side.
+func (e *entry) moveFarView(exporter string) {
+	src, dst := &e.rec.FromSource, &e.rec.FromDestination
+	if !src.Seen || dst.Seen || src.Exporter == exporter {
+		return
+	}
+	*dst, *src = *src, Side{}
+	e.prevEnd[sideDestination], e.prevEnd[sideSource] = e.prevEnd[sideSource], 0
 }
 
 // classify tells which node exported r. Antrea's agents fill only the pods

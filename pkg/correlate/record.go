@@ -18,7 +18,8 @@
 // Timing: an inter-node half waits up to CorrelationWait for its peer, then
 // is exported alone with StatusUnmatched (and merged with the peer should it
 // still come). Intra-node, to-external and from-external records never wait
-// for a peer. Every connection is then exported on the aggregator's active
+// for a peer, except a from-external half its node source-NATed to an
+// endpoint not known to be on that node (NodePort, LoadBalancer). Every connection is then exported on the aggregator's active
 // timeout, inactive timeout, or at once when every node reporting it said
 // end-of-flow (a correlated connection waits at most CorrelationWait for
 // the second end). An ended one-node connection with nothing held passes

@@ -59,6 +59,11 @@ func TestMergedRowKeepsProxySnatAndClusterID(t *testing.T) {
 func TestPassThroughKeepsProxySnatAndClusterID(t *testing.T) {
 	in := srcHalf(flow.EndOfFlow)
 	in.Record.FlowType = flow.FlowTypeFromExternal
+	// The backend is on the exporting node: nothing else reports it. (An
+	// empty destination would wait: in Antrea mode it is a remote pod.)
+	in.Record.Source = flow.Endpoint{}
+	in.Record.Destination = flow.Endpoint{PodName: "web", PodNamespace: "ns-b", NodeName: "node-a"}
+	in.ExporterNode = "node-a"
 	in.Record.ProxySnatIP, in.Record.ProxySnatPort = netip.MustParseAddr("fd00:172:18::3").As16(), 1025
 	in.Record.ClusterID = "5b9c1f0e-6a8e-4d2b-b7a5-0f3e2d1c4b5a"
 	c := newTestCorrelator(t, Config{})

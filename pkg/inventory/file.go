@@ -43,7 +43,11 @@ type Group struct {
 	Annotations map[string]string `yaml:"annotations"`
 }
 
-// Node is a host whose addresses map to it.
+// Node is a host whose addresses map to it. List every address the host
+// sends from, not only its main one: source NAT picks the address of the
+// interface a packet leaves by (an overlay's tunnel or gateway address),
+// and a source that maps to no node looks external, which splits a
+// NodePort connection's two halves into two rows.
 type Node struct {
 	Name string   `yaml:"name"`
 	IPs  []string `yaml:"ips"`

@@ -84,6 +84,14 @@ func TestLoadedInventoryEnriches(t *testing.T) {
 			src:  flow.Endpoint{NodeName: "host-b"}, dst: web, ft: flow.FlowTypeInterNode, l7: flow.L7Destination,
 		},
 		{
+			// A NodePort's masquerade on an overlay picks the tunnel or
+			// gateway address (flannel.1's): still the node, so the
+			// connection is inter-node and waits for the entry node's half.
+			name: "node's second (tunnel) address maps to the node",
+			conn: conn("10.20.0.0", "10.10.0.10", 8080),
+			src:  flow.Endpoint{NodeName: "host-b"}, dst: web, ft: flow.FlowTypeInterNode, l7: flow.L7Destination,
+		},
+		{
 			name: "unknown address is external",
 			conn: conn("203.0.113.1", "10.10.0.10", 8080),
 			dst:  web, ft: flow.FlowTypeFromExternal, l7: flow.L7Destination,

@@ -66,6 +66,19 @@ func (e *Exporter) dial(ctx context.Context) (*conn, error) {
 		network = "udp"
 	}
 	d := net.Dialer{KeepAlive: 15 * time.Second}
+	if e.cfg.Transport != UDP {
+		// A collector whose host vanished (packets dropped, no RST) would
+		// otherwise look connected for as long as writes fit in the send
+		// buffer (tcp_wmem's maximum, minutes to hours at a low rate) and
+		// the kernel keeps retransmitting (~15 minutes): nothing would
+		// take it out of a sharded agent's ring. With TCP_USER_TIMEOUT
+		// the kernel fails the connection once written data stays
+		// unacknowledged for WriteTimeout (or, while idle, once a
+		// keepalive probe does), the reader sees the error, and the
+		// exporter is down: the same bound as a collector that stops
+		// reading.
+		d.Control = userTimeoutControl(e.cfg.WriteTimeout)
+	}
 	nc, err := d.DialContext(dctx, network, e.cfg.Address)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s %s: %w", network, e.cfg.Address, err)

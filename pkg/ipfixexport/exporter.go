@@ -9,8 +9,11 @@
 //
 // What is guaranteed when the collector goes away (TCP and TLS, Linux):
 //   - The exporter notices at once when the collector closes or resets the
-//     connection (a reader goroutine sees EOF/RST), and within WriteTimeout
-//     when it stops reading. Records exported meanwhile wait in the buffer
+//     connection (a reader goroutine sees EOF/RST), within WriteTimeout
+//     when it stops reading, and within WriteTimeout of unacknowledged data
+//     when its host vanished (packets dropped, no RST): the socket carries
+//     TCP_USER_TIMEOUT = WriteTimeout, without which writes would go on
+//     filling the send buffer for minutes. Records exported meanwhile wait in the buffer
 //     (BufferRecords) and are sent after reconnecting, templates first;
 //     records beyond the bound are dropped and counted (buffer_full).
 //   - Messages already written to the failed connection are kept until the

@@ -262,13 +262,7 @@ func (m *Meta) setRemote(key string, entries map[string]remoteEntry) {
 }
 
 func (m *Meta) onNode(n *corev1.Node) {
-	ss := make([]string, 0, len(n.Status.Addresses))
-	for _, a := range n.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
-			ss = append(ss, a.Address)
-		}
-	}
-	m.idx.SetHost("node/"+n.Name, n.Name, m.parseAddrs("node", ss...))
+	m.idx.SetHost("node/"+n.Name, n.Name, m.nodeAddresses(n))
 }
 
 func (m *Meta) onNodeDelete(n *corev1.Node) { m.idx.DeleteHost("node/" + n.Name) }

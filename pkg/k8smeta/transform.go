@@ -173,6 +173,18 @@ func transformNode(n *corev1.Node) *corev1.Node {
 			out.Status.Addresses = append(out.Status.Addresses, a)
 		}
 	}
+	// The node's other addresses (see nodeAddresses): pod CIDRs and the
+	// CNI's address annotations, nothing else of either.
+	out.Spec.PodCIDR = n.Spec.PodCIDR
+	out.Spec.PodCIDRs = slices.Clone(n.Spec.PodCIDRs)
+	for k, v := range n.Annotations {
+		if nodeAddressAnnotation(k) {
+			if out.Annotations == nil {
+				out.Annotations = map[string]string{}
+			}
+			out.Annotations[k] = v
+		}
+	}
 	return out
 }
 

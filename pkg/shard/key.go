@@ -16,6 +16,14 @@ import (
 // Reverse: the two endpoints are ordered before hashing. FNV-1a is used
 // rather than a seeded hash because every agent and aggregator, in separate
 // processes and versions, must compute the same value.
+//
+// FNV-1a alone is not enough: ClickHouse shards by key % n, and FNV-1a's
+// low bit is the XOR of the low bits of every input byte, so connections of
+// one pod pair whose ephemeral ports step by 2 (Linux connect()) would all
+// land on one of two shards. The SplitMix64 finaliser makes every output bit
+// depend on every input bit. Changing this function moves connections to
+// other replicas and shards: it is an incompatible change (see
+// TestOwnersArePinned and TestKeysArePinned).
 func Key(t flow.Tuple) uint64 {
 	aIP, aPort, bIP, bPort := t.SrcIP, t.SrcPort, t.DstIP, t.DstPort
 	if c := bytes.Compare(aIP[:], bIP[:]); c > 0 || (c == 0 && aPort > bPort) {
@@ -29,7 +37,8 @@ func Key(t flow.Tuple) uint64 {
 	buf[36] = t.Proto
 	h := fnv.New64a()
 	h.Write(buf[:])
-	return h.Sum64()
+	// mix64 (ring.go) is a bijection: distinct FNV values stay distinct.
+	return mix64(h.Sum64())
 }
 
 // RecordKey is the key of the connection r reports, as every node that

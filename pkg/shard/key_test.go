@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -70,5 +71,62 @@ func TestRecordKeyJoinsTheSourceNATedConnection(t *testing.T) {
 	}
 	if RecordKey(&backend) != Key(backend.Tuple) {
 		t.Error("a record without SNAT is not keyed by its tuple")
+	}
+}
+
+// ClickHouse shards rows by connectionKey % n. Connections of one pod pair
+// differ only in the client's ephemeral port, which Linux connect() steps
+// by 2: they must still spread evenly over 2, 3 and 4 shards (raw FNV-1a put
+// every one with both port bytes even on one of two shards).
+func TestKeysOfConsecutivePortsSpreadOverShards(t *testing.T) {
+	src, dst := netip.MustParseAddr("10.244.1.17"), netip.MustParseAddr("10.244.2.33")
+	portSets := map[string][]int{}
+	for _, start := range []int{32768, 32769} {
+		name := fmt.Sprintf("%d, %d+2, ... 65535", start, start)
+		for p := start; p < 65536; p += 2 {
+			portSets[name] = append(portSets[name], p)
+		}
+	}
+	for p := 0; p < 65536; p++ {
+		if p&0x0101 == 0 {
+			portSets["both port bytes even"] = append(portSets["both port bytes even"], p)
+		}
+	}
+	for _, proto := range []uint8{flow.ProtoTCP, flow.ProtoUDP} {
+		for name, ports := range portSets {
+			for n := 2; n <= 4; n++ {
+				cnt := make([]int, n)
+				for _, p := range ports {
+					cnt[Key(flow.NewTuple(src, dst, uint16(p), 8080, proto))%uint64(n)]++
+				}
+				want := float64(len(ports)) / float64(n)
+				for i, c := range cnt {
+					// ±5% of an even share: over 3.5 standard deviations of
+					// a uniform hash with these 16384 keys.
+					if d := float64(c) - want; d > 0.05*want || d < -0.05*want {
+						t.Errorf("proto %d, source ports %s: key %% %d = %d for %d keys, want %.0f±5%% (%v)",
+							proto, name, n, i, c, want, cnt)
+						break
+					}
+				}
+			}
+		}
+	}
+}
+
+// Aggregators and agents of different versions compute connectionKey for
+// the same ClickHouse shards: a change to these values is incompatible.
+func TestKeysArePinned(t *testing.T) {
+	cases := []struct {
+		tuple flow.Tuple
+		want  uint64
+	}{
+		{flow.NewTuple(netip.MustParseAddr("10.1.0.5"), netip.MustParseAddr("10.2.0.7"), 40000, 80, flow.ProtoTCP), 0x35ace303bd7e1d0a},
+		{flow.NewTuple(netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), 5353, 53, flow.ProtoUDP), 0xc04a94782c972a64},
+	}
+	for _, c := range cases {
+		if got := Key(c.tuple); got != c.want {
+			t.Errorf("Key(%v) = %#x, pinned %#x", c.tuple, got, c.want)
+		}
 	}
 }

@@ -79,10 +79,11 @@ func replicaHash(id string) uint64 {
 }
 
 // mix64 is the SplitMix64 finaliser: a bijection on 64 bits in which every
-// input bit flips about half of the output bits. Key is an FNV hash whose
-// bits are not uniformly mixed either; mixing it before and after combining
-// it with the replica's hash makes the scores of two replicas for the same
-// key behave as independent, which HRW's balance needs.
+// input bit flips about half of the output bits. Key ends with it too;
+// mixing the key again before and after combining it with the replica's
+// hash makes the scores of two replicas for the same key behave as
+// independent (a bare XOR would keep their differences linear), which HRW's
+// balance needs.
 func mix64(x uint64) uint64 {
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9

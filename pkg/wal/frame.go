@@ -18,7 +18,11 @@ import (
 // byte, then the name), the number of sequence numbers (uvarint) and the
 // numbers in ascending order, each as the uvarint difference from the one
 // before (the first from zero). An intent frame is a commit frame's
-// payload with the batch id (uint64 LE) between the name and the count.
+// payload with the batch id (uint64 LE) between the name and the count,
+// optionally followed by the destination (uvarint, its index within the
+// sink plus one: a ClickHouse cluster's shard). Older intent frames end
+// after the numbers, and older readers ignore what follows them, so the
+// destination needs no new frame type in either direction.
 // The checksum is what tells a torn or corrupted frame from a good one.
 const (
 	frameHeader  = 8
@@ -50,9 +54,16 @@ func appendCommitFrame(dst []byte, sink string, seqs []uint64) []byte {
 	return appendSeqsFrame(dst, typeCommit, sink, 0, seqs)
 }
 
-// appendIntentFrame appends an intent frame; seqs must be ascending.
-func appendIntentFrame(dst []byte, sink string, batch uint64, seqs []uint64) []byte {
-	return appendSeqsFrame(dst, typeIntent, sink, batch, seqs)
+// appendIntentFrame appends an intent frame; seqs must be ascending. A
+// negative dest is not recorded.
+func appendIntentFrame(dst []byte, sink string, dest int, batch uint64, seqs []uint64) []byte {
+	start := len(dst)
+	dst = appendSeqsFrame(dst, typeIntent, sink, batch, seqs)
+	if dest < 0 {
+		return dst
+	}
+	dst = binary.AppendUvarint(dst, uint64(dest)+1)
+	return sealFrame(dst, start)
 }
 
 func appendSeqsFrame(dst []byte, typ byte, sink string, batch uint64, seqs []uint64) []byte {
@@ -86,6 +97,7 @@ type frame struct {
 	data  []byte // record
 	sink  string // commit, intent
 	batch uint64 // intent
+	dest  int    // intent: -1 when not recorded
 	seqs  []uint64
 	size  int // bytes on disk, header included
 }
@@ -104,7 +116,7 @@ func parseFrame(b []byte, f *frame) error {
 	if crc32.Checksum(body, castagnoli) != binary.LittleEndian.Uint32(b[4:]) {
 		return fmt.Errorf("%w: checksum mismatch", errBadFrame)
 	}
-	*f = frame{typ: body[0], size: frameHeader + int(n), seqs: f.seqs[:0]}
+	*f = frame{typ: body[0], size: frameHeader + int(n), seqs: f.seqs[:0], dest: -1}
 	p := body[1:]
 	switch f.typ {
 	case typeRecord:
@@ -143,6 +155,13 @@ func parseFrame(b []byte, f *frame) error {
 			p = p[k:]
 			prev += d
 			f.seqs = append(f.seqs, prev)
+		}
+		if f.typ == typeIntent && len(p) > 0 {
+			d, k := binary.Uvarint(p)
+			if k <= 0 || d > 1<<31 {
+				return fmt.Errorf("%w: intent frame destination", errBadFrame)
+			}
+			f.dest = int(d) - 1
 		}
 	default:
 		return fmt.Errorf("%w: unknown frame type %d", errBadFrame, f.typ)

@@ -102,17 +102,68 @@ func TestTornIntentIsIgnored(t *testing.T) {
 }
 
 func TestIntentFrameRoundTrip(t *testing.T) {
-	b := appendIntentFrame(nil, "clickhouse", 1<<63|5, []uint64{3, 4, 1000})
+	for _, dest := range []int{-1, 0, 3} {
+		b := appendIntentFrame(nil, "clickhouse", dest, 1<<63|5, []uint64{3, 4, 1000})
+		var f frame
+		if err := parseFrame(b, &f); err != nil {
+			t.Fatal(err)
+		}
+		if f.typ != typeIntent || f.sink != "clickhouse" || f.batch != 1<<63|5 || fmt.Sprint(f.seqs) != "[3 4 1000]" || f.size != len(b) || f.dest != dest {
+			t.Errorf("dest %d: parsed %+v", dest, f)
+		}
+		for n := range len(b) {
+			if err := parseFrame(b[:n], &f); err == nil {
+				t.Errorf("dest %d: a frame cut to %d of %d bytes parsed", dest, n, len(b))
+			}
+		}
+	}
+}
+
+// The destination is a trailing field: an intent frame without it (an
+// older flowlens) reads as "not recorded", and one with it is the older
+// frame plus bytes an older reader leaves alone (it stops after the
+// numbers), so logs stay readable both ways.
+func TestIntentDestinationIsATrailingOptionalField(t *testing.T) {
+	old := appendIntentFrame(nil, "clickhouse", -1, 9, []uint64{1, 2})
+	withDest := appendIntentFrame(nil, "clickhouse", 2, 9, []uint64{1, 2})
+	if got, want := withDest[frameHeader:len(withDest)-1], old[frameHeader:]; string(got) != string(want) {
+		t.Errorf("frame with a destination is not the older frame plus a trailing field:\n%x\n%x", got, want)
+	}
 	var f frame
-	if err := parseFrame(b, &f); err != nil {
+	if err := parseFrame(old, &f); err != nil || f.dest != -1 {
+		t.Errorf("older frame: dest %d, %v; want -1 (not recorded)", f.dest, err)
+	}
+}
+
+// IntendTo's destination comes back from Intents after a restart; an
+// Intend without one (as an older flowlens wrote) comes back without.
+func TestIntentsNameTheirDestination(t *testing.T) {
+	cfg := Config{Dir: t.TempDir(), Sinks: []string{"clickhouse"}, Sync: SyncNever}
+	l, err := Open(cfg, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if f.typ != typeIntent || f.sink != "clickhouse" || f.batch != 1<<63|5 || fmt.Sprint(f.seqs) != "[3 4 1000]" || f.size != len(b) {
-		t.Errorf("parsed %+v", f)
-	}
-	for n := range len(b) {
-		if err := parseFrame(b[:n], &f); err == nil {
-			t.Errorf("a frame cut to %d of %d bytes parsed", n, len(b))
+	seqs := appendN(t, l, 9)
+	for _, err := range []error{
+		l.IntendTo(0, 1, 10, seqs[0:3]),
+		l.IntendTo(0, 0, 11, seqs[3:5]),
+		l.Intend(0, 12, seqs[5:7]),
+		// A retry of batch 10 to the same shard keeps the shard.
+		l.IntendTo(0, 1, 10, seqs[0:3]),
+		l.IntendTo(0, -1, 13, seqs[7:9]),
+	} {
+		if err != nil && err.Error() != "wal intent: destination -1" {
+			t.Fatal(err)
 		}
+	}
+	l2 := open(t, cfg)
+	got := fmt.Sprint(l2.Intents(0))
+	want := fmt.Sprint([]Intent{
+		{Sink: 0, Batch: 10, Seqs: seqs[0:3], Dest: 1, HasDest: true},
+		{Sink: 0, Batch: 11, Seqs: seqs[3:5], Dest: 0, HasDest: true},
+		{Sink: 0, Batch: 12, Seqs: seqs[5:7]},
+	})
+	if got != want {
+		t.Errorf("Intents = %s, want %s", got, want)
 	}
 }

@@ -294,7 +294,11 @@ func (l *Log) load() error {
 				}
 			case typeIntent:
 				if i, ok := l.sinkIdx[f.sink]; ok {
-					l.intents = append(l.intents, Intent{Sink: i, Batch: f.batch, Seqs: slices.Clone(f.seqs)})
+					in := Intent{Sink: i, Batch: f.batch, Seqs: slices.Clone(f.seqs)}
+					if f.dest >= 0 {
+						in.Dest, in.HasDest = f.dest, true
+					}
+					l.intents = append(l.intents, in)
 				}
 			}
 		})
@@ -547,6 +551,10 @@ type Intent struct {
 	Sink  int // index into Config.Sinks
 	Batch uint64
 	Seqs  []uint64
+	// Dest is the destination within the sink the batch went to (a
+	// ClickHouse cluster's shard), when HasDest: IntendTo recorded it.
+	Dest    int
+	HasDest bool
 }
 
 // Intend records, before a batch is sent, that sink (an index into
@@ -556,6 +564,21 @@ type Intent struct {
 // batch, and the caller commits it if the destination has it instead of
 // replaying its records to that sink again.
 func (l *Log) Intend(sink int, batch uint64, seqs []uint64) error {
+	return l.intend(sink, -1, batch, seqs)
+}
+
+// IntendTo is Intend for a sink with several destinations, each batch
+// going to one of them (dest, an index the caller defines: a ClickHouse
+// cluster's shard). Intents then names dest, so the batch is asked of
+// that destination alone.
+func (l *Log) IntendTo(sink, dest int, batch uint64, seqs []uint64) error {
+	if dest < 0 {
+		return fmt.Errorf("wal intent: destination %d", dest)
+	}
+	return l.intend(sink, dest, batch, seqs)
+}
+
+func (l *Log) intend(sink, dest int, batch uint64, seqs []uint64) error {
 	if sink < 0 || sink >= len(l.cfg.Sinks) {
 		return fmt.Errorf("wal intent: sink %d of %d", sink, len(l.cfg.Sinks))
 	}
@@ -571,7 +594,7 @@ func (l *Log) Intend(sink int, batch uint64, seqs []uint64) error {
 	const chunk = 1 << 20 // keeps a frame far below maxFrameBody
 	for rest := l.scratch; len(rest) > 0; {
 		n := min(len(rest), chunk)
-		l.buf = appendIntentFrame(l.buf[:0], l.cfg.Sinks[sink], batch, rest[:n])
+		l.buf = appendIntentFrame(l.buf[:0], l.cfg.Sinks[sink], dest, batch, rest[:n])
 		rest = rest[n:]
 		if err := l.maybeRotateLocked(int64(len(l.buf))); err != nil {
 			return err
@@ -618,10 +641,15 @@ func (l *Log) Intents(sink int) []Intent {
 			out[j].Seqs = append(out[j].Seqs, open...)
 			slices.Sort(out[j].Seqs)
 			out[j].Seqs = slices.Compact(out[j].Seqs)
+			if !in.HasDest || in.Dest != out[j].Dest {
+				// Attempts that disagree (never written so): ask
+				// every destination.
+				out[j].Dest, out[j].HasDest = 0, false
+			}
 			continue
 		}
 		byBatch[in.Batch] = len(out)
-		out = append(out, Intent{Sink: sink, Batch: in.Batch, Seqs: open})
+		out = append(out, Intent{Sink: sink, Batch: in.Batch, Seqs: open, Dest: in.Dest, HasDest: in.HasDest})
 	}
 	clear(l.intents[len(kept):])
 	l.intents = kept

@@ -35,7 +35,20 @@ import (
 // client's tuple and the backend node's view belong to different
 // replicas: both the agents' routing and the correlation must use the
 // backend node's view for the connection to be one row.
+//
+// On an overlay (flannel VXLAN, Calico IPIP/VXLAN, Antrea encap) the
+// masquerade picks the tunnel or gateway interface's address, not the
+// node's InternalIP: the second subtest SNATs to np-node-a's pod CIDR
+// network address (flannel.1's), which the inventory lists among
+// np-node-a's addresses like k8smeta does from the Node object. The
+// backend node must still see a node source (inter-node, waiting for its
+// peer), or the connection is two rows with every byte counted twice.
 func TestNodePortFromOutsideIsOneCorrelatedRow(t *testing.T) {
+	t.Run("SNAT to the node's InternalIP", func(t *testing.T) { npFromOutside(t, false) })
+	t.Run("SNAT to the node's overlay address", func(t *testing.T) { npFromOutside(t, true) })
+}
+
+func npFromOutside(t *testing.T, overlay bool) {
 	const (
 		npNodeA, npNodeB = "np-node-a", "np-node-b"
 		nodePortPort     = 30080
@@ -55,6 +68,18 @@ func TestNodePortFromOutsideIsOneCorrelatedRow(t *testing.T) {
 	must(t, err)
 	nodePort := netip.AddrPortFrom(a.NodeIPv4(), nodePortPort)
 	webAddr := web.Addr(webPort)
+	// snatIP is where np-node-a masquerades the connection to. The
+	// overlay address is routed to np-node-a by np-node-b (its route to
+	// np-node-a's pod CIDR) and is np-node-a's own, like flannel.1's (on
+	// lo: the test kernel may lack the dummy and vxlan link types).
+	snatIP, aIPs := a.NodeIPv4(), a.NodeIPv4().String()
+	if overlay {
+		snatIP = a.PodCIDRv4.Masked().Addr()
+		aIPs += ", " + snatIP.String()
+		if out, err := a.Exec("ip", "addr", "add", snatIP.String()+"/32", "dev", "lo"); err != nil {
+			t.Fatalf("ip addr add %s dev lo in %s: %v: %s", snatIP, npNodeA, err, out)
+		}
+	}
 
 	// The outside node and its client are in no inventory: external.
 	dir := t.TempDir()
@@ -64,7 +89,7 @@ func TestNodePortFromOutsideIsOneCorrelatedRow(t *testing.T) {
   - {name: %[3]s, ips: [%[4]s]}
 entries:
   - {name: web, group: shop, node: %[3]s, ips: [%[5]s], labels: {app: web}}
-`, npNodeA, a.NodeIPv4(), npNodeB, b.NodeIPv4(), web.IPv4)), 0o644))
+`, npNodeA, aIPs, npNodeB, b.NodeIPv4(), web.IPv4)), 0o644))
 
 	aggCfg := func(id string) string {
 		return fmt.Sprintf(`aggregatorID: %s
@@ -104,7 +129,7 @@ sinks:
 	for cp := uint16(32000); cp < 32100 && clientPort == 0; cp++ {
 		for sp := uint16(40000); sp < 40100; sp++ {
 			clientView := flow.NewTuple(client.IPv4, webAddr.Addr(), cp, webPort, flow.ProtoTCP)
-			backendView := flow.NewTuple(a.NodeIPv4(), webAddr.Addr(), sp, webPort, flow.ProtoTCP)
+			backendView := flow.NewTuple(snatIP, webAddr.Addr(), sp, webPort, flow.ProtoTCP)
 			if ring.OwnerID(shard.Key(clientView)) != ring.OwnerID(shard.Key(backendView)) {
 				clientPort, snatPort = cp, sp
 				break
@@ -114,7 +139,7 @@ sinks:
 	if clientPort == 0 {
 		t.Fatal("no client and SNAT ports split between the replicas: the ring is broken")
 	}
-	backendView := flow.NewTuple(a.NodeIPv4(), webAddr.Addr(), snatPort, webPort, flow.ProtoTCP)
+	backendView := flow.NewTuple(snatIP, webAddr.Addr(), snatPort, webPort, flow.ProtoTCP)
 	owner := ring.OwnerID(shard.Key(backendView))
 	t.Logf("client port %d (replica %s by the client's tuple), SNAT port %d (replica %s by the backend node's view)",
 		clientPort, idOf[ring.OwnerID(shard.Key(flow.NewTuple(client.IPv4, webAddr.Addr(), clientPort, webPort, flow.ProtoTCP)))], snatPort, idOf[owner])
@@ -127,15 +152,15 @@ sinks:
 	}
 	chain post {
 		type nat hook postrouting priority srcnat; policy accept;
-		ct status dnat ip daddr %[4]s tcp dport %[5]d snat to %[1]s:%[6]d
+		ct status dnat ip daddr %[4]s tcp dport %[5]d snat to %[7]s:%[6]d
 	}
 }
-`, nodePort.Addr(), nodePort.Port(), webAddr, webAddr.Addr(), webAddr.Port(), snatPort)), 0o600))
+`, nodePort.Addr(), nodePort.Port(), webAddr, webAddr.Addr(), webAddr.Port(), snatPort, snatIP)), 0o600))
 	if out, err := a.Exec("nft", "-f", rules); err != nil {
 		t.Fatalf("nft -f: %v: %s", err, out)
 	}
 
-	agentCfg := func(n *netnstest.Node) string {
+	agentCfg := func(n *netnstest.Node, flush time.Duration) string {
 		return fmt.Sprintf(`nodeName: %s
 conntrack:
   netns: %s
@@ -147,15 +172,22 @@ connections:
 export:
   collectors: [%s]
   transport: tcp
-  flushInterval: 100ms
+  flushInterval: %s
 server:
   listen: 127.0.0.1:0
 inventory:
   file: %s
-`, n.Name, n.NetnsPath, strings.Join(collectors, ", "), inventory)
+`, n.Name, n.NetnsPath, strings.Join(collectors, ", "), flush, inventory)
 	}
-	agentA := agenttest.StartAgent(t, agentBin, agentCfg(a))
-	agentB := agenttest.StartAgent(t, agentBin, agentCfg(b))
+	// The overlay case fails only when np-node-b's half arrives first
+	// (np-node-a's, held, would catch it otherwise): np-node-a's agent
+	// sends 2s later, well within correlationWait.
+	flushA := 100 * time.Millisecond
+	if overlay {
+		flushA = 2 * time.Second
+	}
+	agentA := agenttest.StartAgent(t, agentBin, agentCfg(a, flushA))
+	agentB := agenttest.StartAgent(t, agentBin, agentCfg(b, 100*time.Millisecond))
 
 	xfer, err := netnstest.SendExactly(client, nodePort, sent, reply)
 	must(t, err)
@@ -165,8 +197,8 @@ inventory:
 	// What the kernel did, read independently of the agents: np-node-a's
 	// reply tuple, and the peer the backend saw.
 	snat := npReplyDst(t, a, xfer.Local)
-	if snat != netip.AddrPortFrom(a.NodeIPv4(), snatPort) || srv.Stats().LastPeer != snat {
-		t.Fatalf("conntrack on %s: reply to %s, backend saw %s; want the SNAT to %s:%d the test set up", npNodeA, snat, srv.Stats().LastPeer, a.NodeIPv4(), snatPort)
+	if snat != netip.AddrPortFrom(snatIP, snatPort) || srv.Stats().LastPeer != snat {
+		t.Fatalf("conntrack on %s: reply to %s, backend saw %s; want the SNAT to %s:%d the test set up", npNodeA, snat, srv.Stats().LastPeer, snatIP, snatPort)
 	}
 	t.Logf("client %s -> NodePort %s -> %s, SNAT %s", xfer.Local, nodePort, webAddr, snat)
 

@@ -61,11 +61,19 @@ func TestClusterProblem(t *testing.T) {
 		{"by address", []string{"10.0.0.1:9000", "10.0.0.2:9000"}, two, ""},
 		{"host names ignore case", []string{"CH1:9000", "ch2:9000"}, two, ""},
 		{"other order", []string{"ch2:9000", "ch1:9000"}, two, "cluster.shards[0] is ch2:9000, but the server's shard 1 is ch1:9000"},
+		{"both lists and the causes", []string{"localhost:19000", "localhost:19001"}, two,
+			"the aggregator was given [localhost:19000, localhost:19001], remote_servers (system.clusters) lists [ch1:9000, ch2:9000]. " +
+				"Either the shards are listed in another order than remote_servers"},
+		{"port-forward hint", []string{"localhost:19000", "localhost:19001"}, two, "port-forward, proxy"},
+		{"opt-out named", []string{"localhost:19000", "localhost:19001"}, two, "sinks.clickhouse.cluster.checkShardAddresses: false"},
 		{"other port", []string{"ch1:9000", "ch2:9001"}, two, "cluster.shards[1] is ch2:9001, but the server's shard 2 is ch2:9000"},
 		{"fewer shards listed", []string{"ch1:9000"}, two, "the server defines 2 shards, cluster.shards lists 1"},
 		{"more shards listed", []string{"ch1:9000", "ch2:9000", "ch3:9000"}, two, "defines 2 shards, cluster.shards lists 3"},
 		{"no such cluster", []string{"ch1:9000"}, nil, "no such cluster"},
-		{"unequal weights", []string{"ch1:9000", "ch2:9000"}, []clusterReplica{rep(1, 1, 1, "ch1", 9000), rep(2, 2, 1, "ch2", 9000)}, "shard weights differ"},
+		{"unequal weights", []string{"ch1:9000", "ch2:9000"}, []clusterReplica{rep(1, 1, 1, "ch1", 9000), rep(2, 2, 1, "ch2", 9000)}, "shard 2 (ch2:9000) has weight 2"},
+		// Equal but not 1: the Distributed table then picks
+		// (key % 4) / 2, not key % 2.
+		{"equal weights of 2", []string{"ch1:9000", "ch2:9000"}, []clusterReplica{rep(1, 2, 1, "ch1", 9000), rep(2, 2, 1, "ch2", 9000)}, "shard 1 (ch1:9000) has weight 2: give every shard <weight>1</weight>"},
 		{"replicated shard", []string{"ch1:9000", "ch2:9000"}, []clusterReplica{rep(1, 1, 1, "ch1", 9000), rep(1, 1, 2, "ch3", 9000), rep(2, 1, 1, "ch2", 9000)}, "shard 1 has 2 replicas"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,6 +91,28 @@ func TestClusterProblem(t *testing.T) {
 	}
 	if got := clusterProblem(context.Background(), []string{"shard-a.example:9000", "ch2:9000"}, two, resolves); got != "" {
 		t.Errorf("a name resolving to the replica's address: %q", got)
+	}
+
+	// checkShardAddresses: false (nil lookup) accepts other addresses
+	// but still checks the cluster's shape.
+	forwarded := []string{"localhost:19000", "localhost:19001"}
+	if got := clusterProblem(context.Background(), forwarded, two, nil); got != "" {
+		t.Errorf("address check off, forwarded addresses: %q", got)
+	}
+	for _, tc := range []struct {
+		name   string
+		shards []string
+		got    []clusterReplica
+		want   string
+	}{
+		{"count", forwarded[:1], two, "the server defines 2 shards, cluster.shards lists 1"},
+		{"replicas", forwarded, []clusterReplica{rep(1, 1, 1, "ch1", 9000), rep(1, 1, 2, "ch3", 9000), rep(2, 1, 1, "ch2", 9000)}, "shard 1 has 2 replicas"},
+		{"weight", forwarded, []clusterReplica{rep(1, 1, 1, "ch1", 9000), rep(2, 3, 1, "ch2", 9000)}, "shard 2 (ch2:9000) has weight 3"},
+		{"no cluster", forwarded, nil, "no such cluster"},
+	} {
+		if got := clusterProblem(context.Background(), tc.shards, tc.got, nil); !strings.Contains(got, tc.want) || tc.want == "" {
+			t.Errorf("address check off, %s: problem = %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }
 
@@ -195,5 +225,30 @@ func TestClusterSinkRoutesByConnectionKey(t *testing.T) {
 	}
 	if _, err := NewClusterSink([]*fakeShard{}); err == nil {
 		t.Error("a cluster sink without shards")
+	}
+}
+
+func TestDistributedProblem(t *testing.T) {
+	for _, tc := range []struct {
+		engine, full string
+		want         string // "" = ours
+	}{
+		{"Distributed", "Distributed('flowlens', 'default', 'flows_local', connectionKey)", ""},
+		{"Distributed", "Distributed(flowlens, default, flows_local, connectionKey)", ""},
+		{"Distributed", "Distributed(`flowlens`, \"default\", 'flows_local', connectionKey)", ""},
+		{"MergeTree", "MergeTree() PARTITION BY toYYYYMMDD(timeInserted) ORDER BY (timeInserted, flowEndSeconds) SETTINGS index_granularity = 8192", "its engine is MergeTree, not Distributed"},
+		{"Distributed", "Distributed('other', 'default', 'flows_local', connectionKey)", `its cluster is "other"`},
+		{"Distributed", "Distributed('flowlens', 'db2', 'flows_local', connectionKey)", `its database is "db2"`},
+		{"Distributed", "Distributed('flowlens', 'default', 'flows', connectionKey)", `its local table is "flows"`},
+		{"Distributed", "Distributed('flowlens', 'default', 'flows_local', rand())", `its sharding key is "rand()"`},
+		{"Distributed", "Distributed('flowlens', 'default', 'flows_local', intHash64(connectionKey))", `its sharding key is "intHash64(connectionKey)"`},
+		{"Distributed", "Distributed('flowlens', 'default', 'flows_local')", "is not Distributed(cluster, database, table, connectionKey)"},
+		{"Distributed", "Distributed('flowlens, 'default', 'flows_local', connectionKey)", "is not Distributed("},
+		{"Distributed", "Distributed('flow,lens', 'default', 'flows_local', connectionKey)", `its cluster is "flow,lens"`},
+	} {
+		got := distributedProblem(tc.engine, tc.full, "flowlens", "default", "flows_local")
+		if tc.want == "" && got != "" || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: problem = %q, want %q", tc.full, got, tc.want)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package clickhouse
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -77,8 +78,8 @@ func CreateTableSQL(database, table string, v Version) string {
 
 // CreateDistributedTableSQL is the DDL of a cluster's Distributed table
 // over every shard's localTable (CreateTableSQL), with the columns of
-// the local table. Its sharding key is connectionKey, with the equal
-// shard weights the writer checks for, so the shard it would pick for a
+// the local table. Its sharding key is connectionKey, with the shard
+// weights of 1 the writer checks for, so the shard it would pick for a
 // row is connectionKey % shards: the one ShardFor picks.
 func CreateDistributedTableSQL(database, table, cluster, localTable string, v Version) string {
 	return createSQL(database, table, v) + fmt.Sprintf("ENGINE = Distributed(%s, %s, %s, %s)",
@@ -154,10 +155,44 @@ func TheiaViews() []TheiaView {
 
 // CreateViewSQL is the DDL of one Theia view over the flows table. An
 // existing object of that name (Theia's own table, an operator's view) is
-// left alone.
+// left alone; ExistingViewsSQL and ViewReadsTable tell whether it is one
+// the dashboards can use.
 func CreateViewSQL(database, table string, v TheiaView) string {
 	return fmt.Sprintf("CREATE VIEW IF NOT EXISTS %s.%s AS SELECT %s FROM %s.%s", quoteIdent(database), quoteIdent(table+v.Suffix),
 		strings.Join(v.Columns, ", "), quoteIdent(database), quoteIdent(table))
+}
+
+// ExistingViewsSQL lists what holds the Theia view names next to table:
+// name, engine and create_table_query, which system.tables has since
+// before 18.16 (the oldest server flowlens supports).
+func ExistingViewsSQL(database, table string) string {
+	names := make([]string, 0, len(TheiaViews()))
+	for _, v := range TheiaViews() {
+		names = append(names, quoteString(table+v.Suffix))
+	}
+	return fmt.Sprintf("SELECT name, engine, create_table_query FROM system.tables WHERE database = %s AND name IN (%s)",
+		quoteString(database), strings.Join(names, ", "))
+}
+
+// ViewReadsTable reports whether an object found under a Theia view's
+// name, with this engine and create_table_query, is a view reading
+// database.table: one CreateViewSQL made, or an operator's own view of the
+// flows (SELECT * FROM flows WHERE ...), either of which the dashboards
+// can read. Anything else (Theia's own SummingMergeTree or Distributed
+// table, a view of another table) holds the name while CREATE VIEW IF NOT
+// EXISTS skips ours, and the dashboards would show its data instead.
+//
+// The server stores the query normalised but not canonically across
+// versions (18.16: "... AS SELECT a, b FROM default.flows"; later ones
+// backquote more), so this looks for a FROM of the table, qualified by
+// its database or not (a view lives in the same database), quoted or not.
+func ViewReadsTable(engine, createQuery, database, table string) bool {
+	if engine != "View" {
+		return false
+	}
+	q := strings.NewReplacer("`", "", `"`, "").Replace(createQuery)
+	re := regexp.MustCompile(`(?i)\bFROM\s+(?:` + regexp.QuoteMeta(database) + `\.)?` + regexp.QuoteMeta(table) + `(?:[^\w.]|$)`)
+	return re.MatchString(q)
 }
 
 // AddColumnSQL adds a column that an older flowlens did not create.

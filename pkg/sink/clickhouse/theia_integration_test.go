@@ -5,6 +5,7 @@ package clickhouse
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,5 +81,50 @@ func TestOldTableGainsTheiaColumnsAndViews(t *testing.T) {
 	}
 	if got := query(t, s, "SELECT engine FROM system.tables WHERE database = 'default' AND name = 'flows_node_view'"); got != "Memory" {
 		t.Errorf("the existing flows_node_view is now a %s, want it left alone (Memory)", got)
+	}
+}
+
+// A Theia view name already taken by something that does not read the
+// flows table (Theia's own table, a view of something else) is reported,
+// and left in place; a missing one is created, and a view of the flows
+// table an operator made is accepted.
+func TestForeignViewsAreReportedNotDropped(t *testing.T) {
+	s := clickhousetest.Start(t)
+	query(t, s, "CREATE TABLE other (x UInt8) ENGINE = Memory")
+	query(t, s, "CREATE TABLE flows_pod_view (timeInserted DateTime, octetDeltaCount UInt64) ENGINE = Memory")
+	query(t, s, "CREATE VIEW flows_node_view AS SELECT x FROM other")
+	query(t, s, "INSERT INTO flows_pod_view VALUES (toDateTime(1700000000), 42)")
+
+	w := newWriter(t, s, "")
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.EnsureSchema(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := w.ForeignViews()
+	slices.Sort(got)
+	if want := []string{"default.flows_node_view", "default.flows_pod_view"}; !slices.Equal(got, want) {
+		t.Errorf("foreign views %v, want %v", got, want)
+	}
+	if got := query(t, s, "SELECT octetDeltaCount FROM flows_pod_view"); got != "42" {
+		t.Errorf("Theia's flows_pod_view holds %q, want its row 42 untouched", got)
+	}
+	if got := query(t, s, "SELECT engine FROM system.tables WHERE database = 'default' AND name = 'flows_policy_view'"); got != "View" {
+		t.Errorf("flows_policy_view engine %q, want the View flowlens creates", got)
+	}
+
+	// Once they are fixed (an operator's own view of the flows included),
+	// a new writer finds nothing to report.
+	query(t, s, "DROP TABLE flows_pod_view")
+	query(t, s, "DROP TABLE flows_node_view")
+	query(t, s, "CREATE VIEW flows_node_view AS SELECT * FROM flows WHERE octetDeltaCount > 0")
+	w2 := newWriter(t, s, "")
+	defer w2.Close()
+	if err := w2.EnsureSchema(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := w2.ForeignViews(); len(got) != 0 {
+		t.Errorf("foreign views %v after the fix, want none", got)
 	}
 }

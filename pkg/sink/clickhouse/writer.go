@@ -51,6 +51,11 @@ type ClusterConfig struct {
 	Shards []string
 	// LocalTable is each shard's MergeTree table (default <table>_local).
 	LocalTable string
+	// SkipAddressCheck keeps the start-up check of the cluster's shape
+	// (shard count, one replica, weight 1) but not whether Shards[i] is
+	// the address remote_servers gives shard i+1: for an aggregator that
+	// reaches the shards through other addresses (port-forward, proxy).
+	SkipAddressCheck bool
 }
 
 func (c *Config) setDefaults() {
@@ -123,6 +128,8 @@ type Writer struct {
 	mu      sync.Mutex
 	ready   bool
 	version Version
+	// foreignViews: see ForeignViews.
+	foreignViews []string
 }
 
 var _ sink.Writer = (*Writer)(nil)
@@ -226,6 +233,9 @@ func (w *Writer) EnsureSchema(ctx context.Context) error {
 		if err := w.conn.Exec(ctx, CreateDatabaseSQL(w.cfg.Database)); err != nil {
 			return classify(fmt.Errorf("create database %s: %w", w.cfg.Database, err))
 		}
+		if err := w.checkClusterTables(ctx); err != nil {
+			return err
+		}
 		if err := w.ensureTable(ctx, w.table, CreateTableSQL(w.cfg.Database, w.table, v), v); err != nil {
 			return err
 		}
@@ -243,9 +253,49 @@ func (w *Writer) EnsureSchema(ctx context.Context) error {
 			return classify(fmt.Errorf("create view %s%s: %w", table, tv.Suffix, err))
 		}
 	}
+	if err := w.checkViews(ctx); err != nil {
+		return err
+	}
 	w.version, w.ready = v, true
 	klog.InfoS("ClickHouse schema ready", "addr", w.cfg.Addr, "version", v, "table", w.cfg.Database+"."+w.table)
 	return nil
+}
+
+// checkViews warns about each Theia view name held by something that does
+// not read the flows table (CREATE VIEW IF NOT EXISTS skipped it): the
+// dashboards would read that object instead. Nothing is dropped: it may be
+// Theia's own data. ForeignViews lists them for the caller.
+func (w *Writer) checkViews(ctx context.Context) error {
+	rows, err := w.conn.Query(ctx, ExistingViewsSQL(w.cfg.Database, w.cfg.Table))
+	if err != nil {
+		return classify(fmt.Errorf("list views of %s.%s: %w", w.cfg.Database, w.cfg.Table, err))
+	}
+	defer rows.Close()
+	var foreign []string
+	for rows.Next() {
+		var name, engine, create string
+		if err := rows.Scan(&name, &engine, &create); err != nil {
+			return classify(fmt.Errorf("list views of %s.%s: %w", w.cfg.Database, w.cfg.Table, err))
+		}
+		if !ViewReadsTable(engine, create, w.cfg.Database, w.cfg.Table) {
+			foreign = append(foreign, w.cfg.Database+"."+name)
+			klog.ErrorS(nil, "A Theia view name is taken by an object that does not read flowlens's table; Theia's dashboards read it instead of flowlens's records. Rename or drop it to let flowlens create the view",
+				"addr", w.cfg.Addr, "object", w.cfg.Database+"."+name, "engine", engine, "table", w.cfg.Database+"."+w.cfg.Table)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return classify(fmt.Errorf("list views of %s.%s: %w", w.cfg.Database, w.cfg.Table, err))
+	}
+	w.foreignViews = foreign
+	return nil
+}
+
+// ForeignViews are the Theia view names EnsureSchema found held by an
+// object that does not read the flows table (database.name).
+func (w *Writer) ForeignViews() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.foreignViews)
 }
 
 // ensureTable runs create, then adds the columns the table lacks.
