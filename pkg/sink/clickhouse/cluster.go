@@ -279,7 +279,7 @@ func (w *Writer) tableEngine(ctx context.Context, table string) (engine, full st
 // flows_local while `flows` there kept showing only the old ones.
 func (w *Writer) checkClusterTables(ctx context.Context) error {
 	cl := w.cfg.Cluster
-	engine, full, err := w.tableEngine(ctx, w.table)
+	engine, _, err := w.tableEngine(ctx, w.table)
 	if err != nil {
 		return classify(err)
 	}
@@ -288,7 +288,7 @@ func (w *Writer) checkClusterTables(ctx context.Context) error {
 			Problem: fmt.Sprintf("its engine is %s, the shard's local table (sinks.clickhouse.cluster.localTable) must be a MergeTree: "+
 				"rename or drop it, or set another localTable", engine)})
 	}
-	engine, full, err = w.tableEngine(ctx, w.cfg.Table)
+	engine, full, err := w.tableEngine(ctx, w.cfg.Table)
 	if err != nil {
 		return classify(err)
 	}
