@@ -5,6 +5,7 @@ package ipfixexport
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -192,4 +193,34 @@ func addrString(a [16]byte) string { return netip.AddrFrom16(a).Unmap().String()
 func readFileOrEmpty(path string) []byte {
 	b, _ := os.ReadFile(path)
 	return b
+}
+
+// compareJSONFlows decodes a collector's JSON lines (one flow each) and
+// checks that it shows every sent record exactly once, equal to what want
+// says that collector must show for it; flows are matched by source port,
+// which interopRecords keeps distinct.
+func compareJSONFlows[F comparable](t *testing.T, collector string, lines [][]byte, sent []flow.Record, want func(*flow.Record) F, srcPort func(F) uint16) {
+	t.Helper()
+	got := map[uint16]F{}
+	for _, l := range lines {
+		var f F
+		if err := json.Unmarshal(l, &f); err != nil {
+			t.Fatalf("%s line %s: %v", collector, l, err)
+		}
+		if _, dup := got[srcPort(f)]; dup {
+			t.Errorf("%s shows source port %d twice", collector, srcPort(f))
+		}
+		got[srcPort(f)] = f
+	}
+	if len(lines) != len(sent) {
+		t.Errorf("%s decoded %d flows, %d were sent", collector, len(lines), len(sent))
+	}
+	for i := range sent {
+		w := want(&sent[i])
+		if g, ok := got[srcPort(w)]; !ok {
+			t.Errorf("%s shows no flow from port %d", collector, srcPort(w))
+		} else if g != w {
+			t.Errorf("%s flow from port %d:\n got %+v\nwant %+v", collector, srcPort(w), g, w)
+		}
+	}
 }

@@ -3,7 +3,6 @@
 package ipfixexport
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -165,29 +164,7 @@ func TestGoflow2DecodesExportedRecords(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 			}
 			stop()
-			lines := jsonLines(readFileOrEmpty(outFile))
-			got := map[uint16]goflow2Flow{}
-			for _, l := range lines {
-				var f goflow2Flow
-				if err := json.Unmarshal(l, &f); err != nil {
-					t.Fatalf("goflow2 line %s: %v", l, err)
-				}
-				if _, dup := got[f.SrcPort]; dup {
-					t.Errorf("goflow2 shows source port %d twice", f.SrcPort)
-				}
-				got[f.SrcPort] = f
-			}
-			if len(lines) != len(sent) {
-				t.Errorf("goflow2 decoded %d flows, %d were sent", len(lines), len(sent))
-			}
-			for i := range sent {
-				want := goflow2Want(&sent[i])
-				if g, ok := got[want.SrcPort]; !ok {
-					t.Errorf("goflow2 shows no flow from port %d", want.SrcPort)
-				} else if g != want {
-					t.Errorf("goflow2 flow from port %d:\n got %+v\nwant %+v", want.SrcPort, g, want)
-				}
-			}
+			compareJSONFlows(t, "goflow2", jsonLines(readFileOrEmpty(outFile)), sent, goflow2Want, func(f goflow2Flow) uint16 { return f.SrcPort })
 			if t.Failed() {
 				t.Logf("goflow2 output:\n%s\nlog:\n%s", readFileOrEmpty(outFile), log.String())
 			}

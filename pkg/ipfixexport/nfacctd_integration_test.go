@@ -3,11 +3,9 @@
 package ipfixexport
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -139,29 +137,7 @@ print_output_file_append[flows]: true
 			waitFor(t, 10*time.Second, "nfacctd to read its socket", func() bool { return udpRxQueue(t, port) == 0 })
 			time.Sleep(200 * time.Millisecond)
 			stop()
-			lines := jsonLines(readFileOrEmpty(outFile))
-			got := map[uint16]nfacctdFlow{}
-			for _, l := range lines {
-				var f nfacctdFlow
-				if err := json.Unmarshal(l, &f); err != nil {
-					t.Fatalf("nfacctd line %s: %v", l, err)
-				}
-				if _, dup := got[f.SrcPort]; dup {
-					t.Errorf("nfacctd shows source port %d twice", f.SrcPort)
-				}
-				got[f.SrcPort] = f
-			}
-			if len(lines) != len(sent) {
-				t.Errorf("nfacctd printed %d flows, %d were sent", len(lines), len(sent))
-			}
-			for i := range sent {
-				want := nfacctdWant(&sent[i])
-				if g, ok := got[want.SrcPort]; !ok {
-					t.Errorf("nfacctd shows no flow from port %d", want.SrcPort)
-				} else if g != want {
-					t.Errorf("nfacctd flow from port %s:\n got %+v\nwant %+v", strconv.Itoa(int(want.SrcPort)), g, want)
-				}
-			}
+			compareJSONFlows(t, "nfacctd", jsonLines(readFileOrEmpty(outFile)), sent, nfacctdWant, func(f nfacctdFlow) uint16 { return f.SrcPort })
 			if t.Failed() {
 				t.Logf("nfacctd output:\n%s\nlog:\n%s", readFileOrEmpty(outFile), log.String())
 			}

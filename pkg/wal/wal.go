@@ -514,20 +514,11 @@ func (l *Log) Commit(sink int, seqs []uint64) error {
 	for _, q := range l.scratch {
 		l.clearLocked(sink, q)
 	}
-	var werr error
-	const chunk = 1 << 20 // keeps a frame far below maxFrameBody
-	for rest := l.scratch; len(rest) > 0 && werr == nil; {
-		n := min(len(rest), chunk)
-		l.buf = appendCommitFrame(l.buf[:0], l.cfg.Sinks[sink], rest[:n])
-		rest = rest[n:]
-		if werr = l.maybeRotateLocked(int64(len(l.buf))); werr == nil {
-			werr = l.writeLocked()
-		}
-	}
+	name := l.cfg.Sinks[sink]
+	werr := l.writeFramesLocked(func(dst []byte, seqs []uint64) []byte {
+		return appendCommitFrame(dst, name, seqs)
+	})
 	l.m.committed.Add(float64(len(l.scratch)))
-	if werr == nil && l.cfg.Sync == SyncAlways {
-		werr = l.fsyncLocked()
-	}
 	l.trimLocked()
 	l.boundLocked()
 	return werr
@@ -591,10 +582,24 @@ func (l *Log) intend(sink, dest int, batch uint64, seqs []uint64) error {
 	if len(l.scratch) == 0 {
 		return nil
 	}
-	const chunk = 1 << 20 // keeps a frame far below maxFrameBody
+	name := l.cfg.Sinks[sink]
+	if err := l.writeFramesLocked(func(dst []byte, seqs []uint64) []byte {
+		return appendIntentFrame(dst, name, dest, batch, seqs)
+	}); err != nil {
+		return err
+	}
+	l.boundLocked()
+	return nil
+}
+
+// writeFramesLocked writes the numbers in l.scratch in frames that frame
+// builds, at most chunk numbers each (far below maxFrameBody), and syncs
+// them under SyncAlways.
+func (l *Log) writeFramesLocked(frame func(dst []byte, seqs []uint64) []byte) error {
+	const chunk = 1 << 20
 	for rest := l.scratch; len(rest) > 0; {
 		n := min(len(rest), chunk)
-		l.buf = appendIntentFrame(l.buf[:0], l.cfg.Sinks[sink], dest, batch, rest[:n])
+		l.buf = frame(l.buf[:0], rest[:n])
 		rest = rest[n:]
 		if err := l.maybeRotateLocked(int64(len(l.buf))); err != nil {
 			return err
@@ -604,11 +609,8 @@ func (l *Log) intend(sink, dest int, batch uint64, seqs []uint64) error {
 		}
 	}
 	if l.cfg.Sync == SyncAlways {
-		if err := l.fsyncLocked(); err != nil {
-			return err
-		}
+		return l.fsyncLocked()
 	}
-	l.boundLocked()
 	return nil
 }
 
