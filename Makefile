@@ -15,7 +15,7 @@ PKGS      := ./...
 # share the machine's conntrack/iptables so they run one package at a time.
 INTEGRATION_FLAGS := -tags integration -p 1 -count=1 -timeout 25m
 
-.PHONY: all build test unit fuzz integration bench soak demo generate lint deps demo-deps clean
+.PHONY: all build test unit fuzz integration bench soak demo generate lint deps demo-deps clean chart-test images
 
 all: build
 
@@ -67,10 +67,66 @@ integration: deps build
 
 # The whole suite: installs what the integration tests need, then unit,
 # integration and end-to-end tests. Must run as root.
-test: lint unit fuzz integration
+test: lint unit fuzz chart-test integration
 
+# The Helm chart (build/charts/flowlens): helm lint, then every rendering
+# of it validated by kubeconform -strict against JSON schemas generated
+# offline (hack/kubeschemas) from the OpenAPI document inside the
+# k8s.io/kubernetes module hack/kube-apiserver pins (cached per version),
+# for the default values and for ci/full-values.yaml (L7, ClickHouse,
+# mutual TLS); then the chart's content tests (test/chart: security
+# settings, RBAC, and the rendered configs loaded by the real parsers).
+# helm and kubeconform are pinned in hack/install-deps.sh.
+CHART          := build/charts/flowlens
+KUBE_VERSION   := 1.31.0
+FLOWLENS_CACHE ?= /var/cache/flowlens
+KUBE_SCHEMAS   := $(FLOWLENS_CACHE)/kubeschemas-v$(KUBE_VERSION)
+CHART_VALUES   := $(CHART)/values.yaml $(CHART)/ci/full-values.yaml
+
+$(KUBE_SCHEMAS)/.done: hack/kubeschemas/main.go hack/kube-apiserver/go.mod
+	@dir=$$(cd hack/kube-apiserver && GOFLAGS=-mod=readonly GOWORK=off $(GO) mod download -json k8s.io/kubernetes | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	  [ -n "$$dir" ] || { echo "chart-test: cannot download k8s.io/kubernetes (hack/kube-apiserver/go.mod)" >&2; exit 1; }; \
+	  grep -q 'v$(KUBE_VERSION)$$' <<<"$$(basename $$dir)" || { echo "chart-test: $$dir is not v$(KUBE_VERSION)" >&2; exit 1; }; \
+	  rm -rf $(KUBE_SCHEMAS) && $(GO) run ./hack/kubeschemas -spec $$dir/api/openapi-spec/swagger.json -out $(KUBE_SCHEMAS)
+	touch $@
+
+chart-test: $(KUBE_SCHEMAS)/.done
+	hack/install-deps.sh helm kubeconform suricata
+	@set -e; for v in $(CHART_VALUES); do \
+		echo "helm lint -f $$v; helm template -f $$v | kubeconform -strict"; \
+		helm lint --strict --quiet --kube-version $(KUBE_VERSION) $(CHART) -f $$v; \
+		helm template flowlens $(CHART) --namespace flowlens --kube-version $(KUBE_VERSION) -f $$v | \
+			kubeconform -strict -summary -kubernetes-version $(KUBE_VERSION) \
+				-schema-location '$(KUBE_SCHEMAS)/{{ .ResourceKind }}{{ .KindSuffix }}.json'; \
+	done
+	$(GO) test $(INTEGRATION_FLAGS) ./test/chart
+
+# Container images without a registry or a daemon (hack/images): the
+# three binaries, static, on a minimal base, and Suricata and ClickHouse
+# from Debian packages (mmdebstrap). Written to bin/images/*.tar (docker
+# archive format: `ctr -n k8s.io images import`, `docker load`, `podman
+# load`), tagged flowlens-*:$(IMAGE_TAG). The Debian images take ~90 s
+# each; IMAGES=agent,aggregator,cli limits what is built.
+IMAGE_TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMAGES    ?= agent,aggregator,cli,suricata,clickhouse
+images:
+	hack/install-deps.sh images
+	@mkdir -p $(BIN)/images/rootfs
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/images/rootfs/ \
+		./cmd/flowlens-agent ./cmd/flowlens-aggregator ./cmd/flowlens ./cmd/flowlens-sysctl
+	cd hack/images && GOWORK=off GOFLAGS=-mod=readonly $(GO) test -count=1 . && \
+		GOWORK=off GOFLAGS=-mod=readonly $(GO) run . -tag $(IMAGE_TAG) \
+		-bin $(CURDIR)/$(BIN)/images/rootfs -out $(CURDIR)/$(BIN)/images -images $(IMAGES)
+
+# test/agentbench runs the real agent binary on a 1M-entry idle table and
+# on 1k and 5k connections/s of churn through a DNAT Service, each counter
+# mode beside the polling baseline, once each (-benchtime 1x: one run is
+# minutes of scenario, its ns/op the wall time). About 15 minutes; the
+# scenario sizes are FLOWLENS_BENCH_* variables (see its doc comments).
+AGENTBENCH := ./test/agentbench
 bench: demo-deps
-	$(GO) test -tags integration -run '^$$' -bench . -skip Soak -benchmem -benchtime 3x -count 1 -timeout 30m $(PKGS) | tee bench.out
+	$(GO) test -tags integration -run '^$$' -bench . -skip Soak -benchmem -benchtime 3x -count 1 -timeout 30m $$($(GO) list -tags integration $(PKGS) | grep -v '/test/agentbench$$') | tee bench.out
+	$(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m -v $(AGENTBENCH) | tee -a bench.out
 
 # Churn of short connections through agent -> aggregator -> ClickHouse for
 # FLOWLENS_SOAK_DURATION (default 10m) at FLOWLENS_SOAK_RATE connections/s
@@ -78,10 +134,14 @@ bench: demo-deps
 soak: demo-deps
 	$(GO) test -tags integration -run '^$$' -bench Soak -benchtime 1x -count 1 -timeout 60m -v ./test/soak | tee soak.out
 
+# DEMO_FLAGS=-serve keeps the demo (and its web UI) running until Ctrl-C.
 demo: demo-deps build
-	$(GO) run ./hack/demo
+	$(GO) run ./hack/demo $(DEMO_FLAGS)
 
+# Regenerates committed generated code: the eBPF objects and their Go
+# bindings (pkg/bpfcounters, needs `hack/install-deps.sh ebpf`) and the UI.
 generate:
+	@command -v clang >/dev/null || { echo "make generate: clang not found; run hack/install-deps.sh ebpf" >&2; exit 1; }
 	$(GO) generate $(PKGS)
 
 clean:

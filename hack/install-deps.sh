@@ -12,6 +12,17 @@
 #   suricata    Suricata 7 from bookworm-backports (L7 tests, demo)
 #   clickhouse  clickhouse-server 18.16 (aggregator sink tests; run per test)
 #   kube        etcd-server plus a kube-apiserver built from source and cached
+#   chromium    Debian's chromium, driven headless by the UI's browser test
+#               (test/uie2e); never downloaded by the test itself
+#   helm        helm (pinned, built with Go): the chart's lint and template
+#               tests (make chart-test, part of make test)
+#   kubeconform kubeconform (pinned, built with Go): validates the rendered
+#               chart against schemas generated offline (hack/kubeschemas)
+#   images      mmdebstrap, for `make images` (Suricata and ClickHouse
+#               images from Debian packages); not in the default set
+#   ebpf        clang, llvm, libbpf-dev and bpftool: only for `make generate`
+#               (the eBPF objects are committed, so tests need none of it);
+#               not in the default set
 #   antrea-fa   Antrea's Flow Aggregator v2.5.3 (test/antreafa), built from git
 #               checkouts and cached: not in the default set, since the module
 #               proxy refuses antrea.io modules (see
@@ -24,7 +35,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(base ipfix-tools suricata clickhouse kube)
+[ ${#components[@]} -gt 0 ] || components=(base ipfix-tools suricata clickhouse kube chromium helm kubeconform)
 
 apt_updated=0
 apt_install() {
@@ -41,9 +52,10 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
-install_suricata() {
-  # The backports source is derived from the first stanza of the machine's
-  # own debian.sources (same mirror and keyring), only its Suites changed.
+# The backports source is derived from the first stanza of the machine's
+# own debian.sources (same mirror and keyring), only its Suites changed.
+# Suricata 7 comes from there, on the host and in make images' image.
+ensure_backports() {
   local backports=/etc/apt/sources.list.d/bookworm-backports.sources
   if [ ! -e "$backports" ]; then
     awk 'BEGIN { RS = ""; FS = "\n" } NR == 1 {
@@ -56,6 +68,10 @@ install_suricata() {
     apt-get update -q
     apt_updated=1
   fi
+}
+
+install_suricata() {
+  ensure_backports
   if ! dpkg-query -W -f='${Status}' suricata 2>/dev/null | grep -q 'install ok installed'; then
     echo "install-deps: installing suricata from bookworm-backports"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports suricata
@@ -66,18 +82,27 @@ install_suricata() {
   fi
 }
 
-# goflow2 has no Debian package: built from its pinned module version into
-# /usr/local/bin, once per version.
-GOFLOW2_VERSION=v2.2.6
-install_goflow2() {
-  local bin=/usr/local/bin/goflow2 go=${GO:-go}
-  if [ -x "$bin" ] && "$go" version -m "$bin" 2>/dev/null | grep -q "mod[[:space:]]*github.com/netsampler/goflow2/v2[[:space:]]*$GOFLOW2_VERSION[[:space:]]"; then
+# Tools with no Debian package (or none of the version we pin) are built
+# from their pinned module version into /usr/local/bin, once per version:
+# a binary whose embedded module version differs is rebuilt.
+#   install_go_tool NAME MODULE PACKAGE VERSION [LDFLAGS]
+install_go_tool() {
+  local name=$1 mod=$2 pkg=$3 version=$4 ldflags=${5:-} bin=/usr/local/bin/$1 go=${GO:-go}
+  if [ -x "$bin" ] && "$go" version -m "$bin" 2>/dev/null | grep -q "mod[[:space:]]*$mod[[:space:]]*$version[[:space:]]"; then
     return 0
   fi
-  command -v "$go" >/dev/null || { echo "install-deps: goflow2 needs Go ($go not found)" >&2; exit 1; }
-  echo "install-deps: building goflow2 $GOFLOW2_VERSION"
-  GOBIN=/usr/local/bin GOFLAGS= "$go" install "github.com/netsampler/goflow2/v2/cmd/goflow2@$GOFLOW2_VERSION"
+  command -v "$go" >/dev/null || { echo "install-deps: $name needs Go ($go not found)" >&2; exit 1; }
+  echo "install-deps: building $name $version (minutes the first time)"
+  GOBIN=/usr/local/bin GOFLAGS= CGO_ENABLED=0 "$go" install -trimpath -ldflags "$ldflags" "$pkg@$version"
+  "$go" version -m "$bin" | grep -q "mod[[:space:]]*$mod[[:space:]]*$version[[:space:]]" ||
+    { echo "install-deps: $bin is not $mod $version after go install" >&2; exit 1; }
 }
+
+GOFLOW2_VERSION=v2.2.6
+# The chart's tools (make chart-test). HELM_VERSION's ldflag makes `helm
+# version` report it (a plain go install says v3.x-dev).
+HELM_VERSION=v3.21.4
+KUBECONFORM_VERSION=v0.7.0
 
 install_pmacct() {
   dpkg-query -W -f='${Status}' pmacct 2>/dev/null | grep -q 'install ok installed' && return 0
@@ -99,7 +124,7 @@ for c in "${components[@]}"; do
       echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
       apt_install nfdump tshark
       install_pmacct
-      install_goflow2
+      install_go_tool goflow2 github.com/netsampler/goflow2/v2 github.com/netsampler/goflow2/v2/cmd/goflow2 "$GOFLOW2_VERSION"
       ;;
     suricata) install_suricata ;;
     clickhouse) apt_install clickhouse-server clickhouse-client ;;
@@ -108,6 +133,29 @@ for c in "${components[@]}"; do
       # Built once and cached under /var/cache/flowlens (minutes the first
       # time, instant after).
       "$(dirname "${BASH_SOURCE[0]}")/build-kube-apiserver.sh" >/dev/null
+      ;;
+    chromium)
+      # A font: without recommends, a minimal machine may have none and
+      # the screenshots would show empty boxes for text.
+      apt_install chromium fonts-dejavu-core
+      command -v chromium >/dev/null || { echo "install-deps: chromium installed but not in PATH" >&2; exit 1; }
+      ;;
+    ebpf)
+      # libbpf-dev brings bpf_helpers.h; linux-libc-dev the UAPI headers.
+      apt_install clang llvm libbpf-dev bpftool linux-libc-dev
+      ;;
+    helm)
+      install_go_tool helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
+        "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+      ;;
+    kubeconform)
+      install_go_tool kubeconform github.com/yannh/kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION" "-s -w"
+      ;;
+    images)
+      # make images: mmdebstrap builds the Suricata and ClickHouse root
+      # file systems from Debian packages (no container engine needed).
+      apt_install mmdebstrap ca-certificates
+      ensure_backports
       ;;
     antrea-fa) "$(dirname "${BASH_SOURCE[0]}")/build-antrea-flow-aggregator.sh" v2.5.3 >/dev/null ;;
     *) echo "install-deps: unknown component $c" >&2; exit 2 ;;

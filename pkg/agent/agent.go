@@ -32,6 +32,10 @@ import (
 // producer wait (see LoopConfig.EventQueue and Handoff), so they bound
 // memory, not what is counted.
 const (
+	// podLinksSyncWait bounds the wait for the eBPF counters to be attached
+	// to the pods present at start-up.
+	podLinksSyncWait = 30 * time.Second
+
 	conntrackEventQueue = 4096
 	eveEventQueue       = 4096
 )
@@ -41,6 +45,7 @@ type Agent struct {
 	cfg      agentconfig.Config
 	reg      *prometheus.Registry
 	source   *conntrack.Source
+	bpf      *bpfStage             // nil: counters come from conntrack dumps
 	exporter *ipfixexport.Exporter // export.collector; nil when sharded
 	sharded  *ShardedSink          // export.collectors or collectorDNS
 	out      exportOutput          // whichever of the two is in use
@@ -62,14 +67,19 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 	a := &Agent{cfg: cfg, reg: reg}
 
 	var err error
+	if a.bpf, err = newCounterSource(cfg, reg, newBPFStage); err != nil {
+		return nil, err
+	}
 	a.source, err = conntrack.New(conntrack.Config{
 		NetNSPath: cfg.Conntrack.NetNS,
 		Zones:     cfg.Conntrack.Zones,
 		Mark:      cfg.Conntrack.Mark,
 		MarkMask:  cfg.Conntrack.MarkMask,
 		// UPDATE carries the FIN handshake, so a closed TCP connection is
-		// exported at once rather than when TIME_WAIT expires.
-		UpdateEvents: true,
+		// exported at once rather than when TIME_WAIT expires. With eBPF
+		// counters the program sees the FINs: the kernel then only sends
+		// NEW and DESTROY (two wake-ups per connection instead of ~7).
+		UpdateEvents: a.bpf == nil,
 	}, reg)
 	if err != nil {
 		return nil, fmt.Errorf("conntrack source: %w", err)
@@ -90,7 +100,7 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 		FlushInterval:           cfg.Export.FlushInterval.D(),
 		TemplateRefreshInterval: cfg.Export.TemplateRefresh.D(),
 		TemplateRefreshMessages: cfg.Export.TemplateRefreshMessages,
-		L7DetailElements:        cfg.Export.L7DetailElements,
+		L7DetailElements:        *cfg.Export.L7DetailElements,
 		ReconnectMax:            cfg.Export.ReconnectMax.D(),
 		// The exporter's first retry (500ms) must not exceed the cap.
 		ReconnectMin: min(500*time.Millisecond, cfg.Export.ReconnectMax.D()),
@@ -104,23 +114,34 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 		return nil, err
 	}
 
+	dumpEvery := cfg.Conntrack.PollInterval.D()
+	if a.bpf != nil {
+		dumpEvery = cfg.Conntrack.ResyncInterval.D()
+	}
 	// Healthy while dumps succeed; three missed polls (plus slack for a
 	// slow dump of a huge table) mean the source is broken.
-	a.health = NewHealth(SystemClock{}, 3*cfg.Conntrack.PollInterval.D()+10*time.Second)
+	a.health = NewHealth(SystemClock{}, 3*dumpEvery+10*time.Second)
 
 	loopCfg := LoopConfig{
 		Source:         a.source,
 		Events:         *cfg.Conntrack.Events,
 		EventQueue:     conntrackEventQueue,
-		PollInterval:   cfg.Conntrack.PollInterval.D(),
+		PollInterval:   dumpEvery,
 		TickInterval:   cfg.Connections.TickInterval.D(),
 		MaxConnections: cfg.Connections.MaxConnections,
 		Queue: expirequeue.Config{
 			ActiveTimeout: cfg.Connections.ActiveTimeout.D(),
 			IdleTimeout:   cfg.Connections.IdleTimeout.D(),
+			// A start-up dump of the whole table must not come due in
+			// one tick (issue 12).
+			SpreadActiveDeadlines: true,
 		},
 		Sink:   a.out,
 		Health: a.health,
+	}
+	if a.bpf != nil {
+		loopCfg.Counters = a.bpf
+		loopCfg.CrossCheck = CrossCheck(cfg.Counters.CrossCheck)
 	}
 	// Workload context, then L7: records are enriched in this order, and
 	// the L7 opt-in is decided by the context source.
@@ -243,6 +264,27 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 
 	klog.InfoS("flowlens-agent started", "node", a.cfg.NodeName, "netns", a.cfg.Conntrack.NetNS,
 		"collector", a.cfg.Export.Collector, "collectors", a.cfg.Export.Collectors, "collectorDNS", a.cfg.Export.CollectorDNS, "transport", a.cfg.Export.Transport, "collectorKind", a.cfg.Export.CollectorKind)
+	if a.bpf != nil {
+		synced, waitLinks := a.bpf.start(ctx)
+		defer func() {
+			stopAll()
+			if err := waitLinks(); err != nil {
+				errs = append(errs, err)
+			}
+			// After the loop: its last round read the counters.
+			if err := a.bpf.close(); err != nil {
+				errs = append(errs, fmt.Errorf("eBPF counters: %w", err))
+			}
+		}()
+		// The loop starts listening only once the pods present now are
+		// counted: a connection born before would be seen from the middle.
+		select {
+		case <-synced:
+		case <-ctx.Done():
+		case <-time.After(podLinksSyncWait):
+			klog.InfoS("Pod interfaces not all attached yet; starting anyway (their connections may be counted by conntrack)", "waited", podLinksSyncWait)
+		}
+	}
 	started = true
 	a.loop.Run(ctx)
 
@@ -261,6 +303,41 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		a.handoff.DiscardRemaining()
 	}
 	return fatal
+}
+
+// newCounterSource loads the eBPF counters unless counters.source says
+// conntrack. Where they cannot load, auto logs which program failed and why
+// and returns nil (the loop polls conntrack); ebpf fails.
+func newCounterSource(cfg agentconfig.Config, reg prometheus.Registerer, load func(agentconfig.Config, prometheus.Registerer) (*bpfStage, error)) (*bpfStage, error) {
+	source := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "flowlens_agent_counter_source",
+		Help: "1 for the source of packet and byte counters in use: ebpf (conntrack counts what the program does not see) or conntrack (polled dumps).",
+	}, []string{"source"})
+	if err := reg.Register(source); err != nil {
+		return nil, fmt.Errorf("register counter source metric: %w", err)
+	}
+	var b *bpfStage
+	switch {
+	case cfg.Counters.Source == agentconfig.CountersConntrack:
+	case !*cfg.Conntrack.Events:
+		klog.InfoS("eBPF counters need conntrack events; polling conntrack", "pollInterval", cfg.Conntrack.PollInterval.D())
+	default:
+		var err error
+		if b, err = load(cfg, reg); err != nil {
+			if cfg.Counters.Source == agentconfig.CountersEBPF {
+				return nil, fmt.Errorf("counters.source ebpf: %w", err)
+			}
+			klog.ErrorS(err, "eBPF counters cannot load; polling conntrack instead", "pollInterval", cfg.Conntrack.PollInterval.D())
+			b = nil
+		}
+	}
+	if b != nil {
+		source.WithLabelValues("ebpf").Set(1)
+		klog.InfoS("Counting with eBPF on the pod interfaces; conntrack gives births, NAT and deaths", "resyncInterval", cfg.Conntrack.ResyncInterval.D())
+	} else {
+		source.WithLabelValues("conntrack").Set(1)
+	}
+	return b, nil
 }
 
 // newOutput builds the exporter of export.collector, or the sharded sink of

@@ -49,6 +49,11 @@ type antreaHalves struct {
 	node    string // this agent's node name (agentconfig.Config.NodeName)
 	next    Sink
 	skipped prometheus.Counter
+	// shaped is the record as sent: the caller's stays as it was, so a
+	// record the sink refuses is shaped again from the whole one when it
+	// is offered again (shaping it twice would skip it as a record whose
+	// source is no pod). Only the loop goroutine exports.
+	shaped flow.Record
 }
 
 // newAntreaHalves wraps next; the skip counter is registered on reg (nil:
@@ -70,14 +75,23 @@ func newAntreaHalves(node string, next Sink, reg prometheus.Registerer) (*antrea
 	return h, nil
 }
 
-// Export sends r as this node's Antrea agent would, or skips it. A skip
-// returns false like any other record the Sink does not send.
+// Export sends r as this node's Antrea agent would, or skips it. A skip is
+// counted and reports true (taken): false would mean the sink refused it
+// and make the loop offer it again.
 func (h *antreaHalves) Export(r *flow.Record) bool {
-	if !h.shape(r) {
+	h.shaped = *r
+	if !h.shape(&h.shaped) {
 		h.skipped.Inc()
-		return false
+		return true
 	}
-	return h.next.Export(r)
+	return h.next.Export(&h.shaped)
+}
+
+// Accepts reports whether next would take r now (a record that will be
+// skipped is taken too, but deciding that needs the enrichment).
+func (h *antreaHalves) Accepts(r *flow.Record) bool {
+	a, ok := h.next.(acceptingSink)
+	return !ok || a.Accepts(r)
 }
 
 // shape reports whether an Antrea agent on this node would export r and,

@@ -118,8 +118,8 @@ func TestAntreaHalvesSkipWhatAntreaDoesNotExport(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := halfRecord(tc.src, tc.dst, tc.ft)
-			if h.Export(&r) {
-				t.Error("Export reported the record sent, want skipped")
+			if !h.Export(&r) {
+				t.Error("Export refused a skipped record, want it taken (skipped and counted)")
 			}
 			if len(next.got) != 0 {
 				t.Errorf("sink got %+v, want nothing", next.got)
@@ -432,5 +432,42 @@ func TestAntreaModePodToRemoteNodeIsToExternal(t *testing.T) {
 		if !sent || r.FlowType != flow.FlowTypeInterNode {
 			t.Errorf("%s, flowlens: sent %v, flowType %s; want inter-node", node, sent, r.FlowType)
 		}
+	}
+}
+
+// refusingOnce refuses its first record, then takes every one.
+type refusingOnce struct {
+	recordingSink
+	refused bool
+}
+
+func (s *refusingOnce) Export(r *flow.Record) bool {
+	if !s.refused {
+		s.refused = true
+		return false
+	}
+	return s.recordingSink.Export(r)
+}
+
+// A record the sink refuses is offered again whole: shaping the caller's
+// record in place made the retry skip it (its source no longer a pod).
+func TestAntreaHalvesRefusedRecordIsSentWhenOfferedAgain(t *testing.T) {
+	next := &refusingOnce{}
+	h, err := newAntreaHalves("node-a", next, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := halfRecord(serverPod, clientPod, flow.FlowTypeInterNode)
+	if h.Export(&r) {
+		t.Fatal("first offer taken, want refused")
+	}
+	if !h.Export(&r) {
+		t.Fatal("second offer refused")
+	}
+	if len(next.got) != 1 || next.got[0].Destination != clientPod || next.got[0].Source != (flow.Endpoint{}) {
+		t.Fatalf("sent %+v, want one record with only this node's destination pod", next.got)
+	}
+	if v := counterValue(t, h.skipped); v != 0 {
+		t.Errorf("%v records skipped, want 0", v)
 	}
 }

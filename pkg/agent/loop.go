@@ -34,8 +34,11 @@ type Source interface {
 }
 
 // Sink takes the records the loop emits; *ipfixexport.Exporter implements
-// it. The record is only valid during the call. Export reports false when it
-// dropped (and counted) the record.
+// it. The record is only valid during the call. Export reports true when it
+// took the record (queued it, or dropped and counted it) and false when it
+// refused it, its buffer being full (backpressure): nothing was kept or
+// counted, and the loop offers the record again later (see offer). A Sink
+// may also implement Accepts (acceptingSink).
 type Sink interface {
 	Export(r *flow.Record) bool
 }
@@ -69,8 +72,18 @@ type LoopConfig struct {
 	// unbuffered channel (tests use it to make the order of events exact).
 	EventQueue int
 	// PollInterval is how often the source is dumped; TickInterval how
-	// often due records are exported. Both required.
+	// often due records are exported. Both required. With Counters the
+	// dump is only a resync (births and deaths come from events), so
+	// PollInterval is long.
 	PollInterval, TickInterval time.Duration
+
+	// Counters, when set, counts the connections it sees from their first
+	// packet; it is read every tick, for what changed only. Requires
+	// Events: births come from NEW events. Conntrack's counters stay the
+	// source for the connections Counters cannot see.
+	Counters Counters
+	// CrossCheck compares Counters' totals with conntrack's at each end.
+	CrossCheck CrossCheck
 
 	// MaxConnections bounds the store (connstore.Config.MaxConnections).
 	MaxConnections int
@@ -110,15 +123,19 @@ type LoopConfig struct {
 //   - an overrun (events lost) is repaired with a dump at once;
 //   - at shutdown, what is not exported yet is exported exactly once.
 type Loop struct {
-	cfg      LoopConfig
-	clock    Clock
-	store    *connstore.Store
-	queue    *expirequeue.Queue
-	l7       L7
-	emit     func(*flow.Record)
-	m        loopMetrics
+	cfg   LoopConfig
+	clock Clock
+	store *connstore.Store
+	queue *expirequeue.Queue
+	l7    L7
+	emit  func(*flow.Record)
+	m     loopMetrics
+	// wait counts the records exportWaiting gave up on (backpressure.go).
+	wait     exportWait
 	fromDump func(*flow.Conn) // reused: no closure per dump
 	dumpNow  time.Time
+	counters *counterStage // nil: counters come from conntrack dumps
+	runSince int64         // Unix ns: when Run began, before it listened
 }
 
 type loopMetrics struct {
@@ -147,6 +164,8 @@ func NewLoop(cfg LoopConfig, reg prometheus.Registerer) (*Loop, error) {
 		return nil, fmt.Errorf("agent loop: EventQueue %d must not be negative", cfg.EventQueue)
 	case cfg.L7Events != nil && cfg.NewL7 == nil:
 		return nil, errors.New("agent loop: L7Events given without NewL7")
+	case cfg.Counters != nil && !cfg.Events:
+		return nil, errors.New("agent loop: Counters needs Events (connections are born from NEW events)")
 	}
 	l := &Loop{cfg: cfg, clock: cfg.Clock}
 	if l.clock == nil {
@@ -170,6 +189,14 @@ func NewLoop(cfg LoopConfig, reg prometheus.Registerer) (*Loop, error) {
 		}
 	}
 	var err error
+	if l.wait, err = newExportWait(reg); err != nil {
+		return nil, err
+	}
+	if cfg.Counters != nil {
+		if l.counters, err = newCounterStage(cfg.Counters, cfg.CrossCheck, reg); err != nil {
+			return nil, err
+		}
+	}
 	if l.queue, err = expirequeue.New(cfg.Queue, reg); err != nil {
 		return nil, fmt.Errorf("expire queue: %w", err)
 	}
@@ -189,19 +216,21 @@ func NewLoop(cfg LoopConfig, reg prometheus.Registerer) (*Loop, error) {
 		}
 	}
 	l.emit = l.export
-	l.fromDump = func(c *flow.Conn) { l.report(c, l.dumpNow) }
+	l.fromDump = func(c *flow.Conn) {
+		if l.counters != nil {
+			l.counterDumped(c)
+		}
+		l.report(c, l.dumpNow)
+	}
 	return l, nil
 }
 
 // export enriches r and hands it to the sink.
 func (l *Loop) export(r *flow.Record) {
-	for _, e := range l.cfg.Enrichers {
-		e.Enrich(r)
-	}
-	if l.l7 != nil {
-		l.l7.Enrich(r)
-	}
-	l.cfg.Sink.Export(r)
+	l.enrich(r)
+	// The store cannot keep this record (an evicted or replaced
+	// connection, or the shutdown export): wait for the sink to take it.
+	l.exportWaiting(r)
 }
 
 // Run dumps the source, then applies its events and dumps and exports due
@@ -209,6 +238,7 @@ func (l *Loop) export(r *flow.Record) {
 // returns once the event listener stopped. A failing listener is logged and
 // the loop goes on with dumps only: nothing the loop meets stops it.
 func (l *Loop) Run(ctx context.Context) {
+	l.runSince = l.clock.Now().UnixNano()
 	events := make(chan ctEvent, l.cfg.EventQueue)
 	var listenerDone chan error
 	if l.cfg.Events {
@@ -242,6 +272,9 @@ func (l *Loop) Run(ctx context.Context) {
 		case <-pollTicker.C():
 			l.poll()
 		case now := <-tickTicker.C():
+			if l.counters != nil {
+				l.readCounters(now, false)
+			}
 			l.tick(now)
 		}
 	}
@@ -277,9 +310,15 @@ func (l *Loop) apply(ev *ctEvent) {
 	now := l.clock.Now()
 	switch ev.typ {
 	case conntrack.EventNew:
+		if l.counters != nil {
+			l.counterBorn(&ev.conn, now)
+		}
 		l.report(&ev.conn, now)
 	case conntrack.EventUpdate:
-		if conntrack.Finished(&ev.conn) {
+		if l.counters != nil {
+			l.counterDumped(&ev.conn)
+		}
+		if ev.conn.Counters != flow.CountersBPF && conntrack.Finished(&ev.conn) {
 			// UPDATE events carry no counters or start time; the kernel
 			// entry still holds them while it lingers in TIME_WAIT.
 			if err := l.cfg.Source.Get(&ev.conn); err != nil && !errors.Is(err, conntrack.ErrNotFound) {
@@ -289,6 +328,9 @@ func (l *Loop) apply(ev *ctEvent) {
 		}
 		l.report(&ev.conn, now)
 	case conntrack.EventDestroy:
+		if l.counters != nil {
+			l.counterDestroyed(&ev.conn, now)
+		}
 		// Not Close: the DESTROY of a connection already exported as
 		// finished (TIME_WAIT) must end its tombstone, not export it again.
 		l.store.Destroyed(&ev.conn, now)
@@ -318,6 +360,9 @@ func (l *Loop) poll() {
 		return
 	}
 	l.store.EndDump(started)
+	if l.counters != nil {
+		l.sweepViews()
+	}
 	if l.cfg.Health != nil {
 		l.cfg.Health.DumpSucceeded(l.clock.Now())
 	}
@@ -329,7 +374,9 @@ func (l *Loop) tick(now time.Time) {
 	if l.l7 != nil {
 		l.l7.Tick(now)
 	}
-	if _, err := l.queue.Expire(now, l.store, l.emit); err != nil {
+	// offer, not emit: a due record the sink refuses stays in the store
+	// and the queue offers it again on a later tick.
+	if _, err := l.queue.Expire(now, l.store, l.offer); err != nil {
 		klog.ErrorS(err, "Expire connections")
 	}
 }
@@ -370,6 +417,14 @@ func (l *Loop) shutdown(events chan ctEvent, listenerDone chan error, l7Events <
 		}
 	}
 	now := l.clock.Now()
+	if l.counters != nil {
+		l.readCounters(now, true)
+		// The connections conntrack counts in this mode were last read by
+		// the resync, minutes ago: one more dump, so their forced records
+		// carry what they moved since.
+		l.poll()
+		now = l.clock.Now()
+	}
 	l.tick(now)
 	if n := l.store.ExportAll(now, l.emit); n > 0 {
 		klog.InfoS("Exported open connections at shutdown", "records", n)

@@ -21,6 +21,9 @@ import (
 // sink drives it; *ipfixexport.Exporter implements it.
 type ReplicaExporter interface {
 	Sink
+	// Accepts reports whether Export would take r now rather than refuse
+	// it (its buffer full: backpressure).
+	Accepts(r *flow.Record) bool
 	Run(ctx context.Context) error
 	// DownSince is when the exporter lost its connection (or was created,
 	// if it never had one); zero while connected.
@@ -121,14 +124,34 @@ type ShardedSinkConfig struct {
 //     static list, which keeps it for its return however long it is away.
 //
 // Between the outage and FailoverAfter the replica's share keeps going to
-// its buffer (BufferRecords; beyond it dropped and counted as buffer_full).
+// its buffer (BufferRecords); once that is full the exporter refuses
+// records (the agent keeps them in its connection store and offers them
+// again, so after the failover they go to their new owner) until the
+// exporter's BackpressureTimeout, and only then drops and counts them
+// (buffer_full).
+//
+// Backpressure: Export reports false when the owning replica's exporter
+// refused the record (its buffer full while connected, or unreachable for
+// less than its BackpressureTimeout): nothing was kept or counted, and the
+// caller offers it again later. Records held while no replica is known are
+// taken (held, or dropped and counted). Records moved out of a replica
+// that left the ring and refused by their new owner wait in the same hold
+// buffer (HoldRecords; beyond it dropped and counted as hold_full) and are
+// offered again on every reachability check.
 // A collector that accepts connections but stops reading is not seen as
 // down (the exporter reconnects after WriteTimeout), and over UDP nothing
-// is ever seen as down: there is no failover for those.
+// is ever seen as down: there is no failover for those. Such a replica's
+// exporter still refuses a record for at most its BackpressureTimeout
+// (no record left its buffer meanwhile), then drops and counts
+// (buffer_full), so the bound the agent's loop relies on (RefusalBound)
+// holds through this sink too; the hold buffer adds no wait, as what it
+// holds is taken already.
 //
-// Memory: each replica's exporter allocates BufferRecords records, about
-// 544 bytes each, so at most MaxReplicas × BufferRecords × ~544 B (with
-// agentconfig's bounds, 64 × 100000 × 544 B ≈ 3.5 GB at the default
+// Memory: each replica's exporter allocates a buffer of BufferRecords
+// records, about 344 bytes each at start and at most about 1.2 KiB each
+// when every record carries long strings (L7 fields; see ipfixexport's
+// recordBuffer), so at start MaxReplicas × BufferRecords × ~344 B (with
+// agentconfig's bounds, 64 × 100000 × 344 B ≈ 2.2 GB at the default
 // bufferRecords), plus per replica its socket's send buffer and up to two
 // partly filled 64 KiB messages.
 type ShardedSink struct {
@@ -197,6 +220,7 @@ type shardMetrics struct {
 const (
 	dropNoCollector = "no_collector"      // no replica known, hold buffer full or stopping
 	dropRemoved     = "collector_removed" // unsent by a replica its DNS name no longer names
+	dropHoldFull    = "hold_full"         // moved, refused by the new owner, hold buffer full
 )
 
 // moveChunk is how many records are moved out of a replica at a time.
@@ -294,11 +318,12 @@ func (s *ShardedSink) newMetrics(reg prometheus.Registerer) error {
 		}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flowlens_agent_collector_records_dropped_total",
-			Help: "Records no replica took: no_collector (none known yet and the hold buffer full, or the agent stopped first), collector_removed (left unsent by a replica the DNS name stopped naming).",
+			Help: "Records no replica took: no_collector (none known yet and the hold buffer full, or the agent stopped first), collector_removed (left unsent by a replica the DNS name stopped naming), hold_full (moved from a replica that left the ring, refused by the new one while the hold buffer was full).",
 		}, []string{"reason"}),
 	}
 	s.m.dropped.WithLabelValues(dropNoCollector)
 	s.m.dropped.WithLabelValues(dropRemoved)
+	s.m.dropped.WithLabelValues(dropHoldFull)
 	if reg == nil {
 		return nil
 	}
@@ -311,8 +336,9 @@ func (s *ShardedSink) newMetrics(reg prometheus.Registerer) error {
 	return nil
 }
 
-// Export routes r to its replica. It reports false when the record was
-// dropped (and counted).
+// Export routes r to its replica. It reports false when that replica's
+// exporter refused it (backpressure: offer it again later); true when it
+// was taken: queued, held, or dropped and counted.
 func (s *ShardedSink) Export(r *flow.Record) bool {
 	key := shard.RecordKey(r)
 	s.mu.Lock()
@@ -320,22 +346,73 @@ func (s *ShardedSink) Export(r *flow.Record) bool {
 	return s.routeLocked(key, r)
 }
 
+// Accepts reports whether Export would take r now.
+func (s *ShardedSink) Accepts(r *flow.Record) bool {
+	key := shard.RecordKey(r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := s.ring.Owner(key)
+	return i < 0 || s.owners[i].exp.Accepts(r)
+}
+
+// RefusalBound is the longest Export refuses one record offered again and
+// again: the largest of its replicas' exporters' bounds (0 when none
+// tells), since the record's owner may be any of them. The hold buffer
+// adds no wait: what it holds is taken already.
+func (s *ShardedSink) RefusalBound() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var d time.Duration
+	for _, rep := range s.replicas {
+		if b, ok := rep.exp.(refusalBounder); ok {
+			d = max(d, b.RefusalBound())
+		}
+	}
+	return d
+}
+
 func (s *ShardedSink) routeLocked(key uint64, r *flow.Record) bool {
 	i := s.ring.Owner(key)
 	if i < 0 {
-		if s.stopped || len(s.held) >= s.cfg.HoldRecords {
-			s.m.dropped.WithLabelValues(dropNoCollector).Inc()
-			return false
-		}
-		s.held = append(s.held, *r)
+		s.holdLocked(r, dropNoCollector)
 		return true
 	}
 	rep := s.owners[i]
 	if !rep.exp.Export(r) {
-		return false // counted by the exporter
+		return false // refused: the caller keeps it
 	}
 	rep.records.Inc()
 	return true
+}
+
+// holdLocked keeps r in the hold buffer, or drops and counts it as reason
+// when the buffer is full or the sink stopped.
+func (s *ShardedSink) holdLocked(r *flow.Record, reason string) {
+	if s.stopped || len(s.held) >= s.cfg.HoldRecords {
+		s.m.dropped.WithLabelValues(reason).Inc()
+		return
+	}
+	s.held = append(s.held, *r)
+}
+
+// rerouteLocked routes a record no caller is waiting for (moved out of a
+// replica, or held): one its new owner refuses is held for the next try.
+func (s *ShardedSink) rerouteLocked(r *flow.Record) {
+	if !s.routeLocked(shard.RecordKey(r), r) {
+		s.holdLocked(r, dropHoldFull)
+	}
+}
+
+// retryHeldLocked offers the held records to their owners again.
+func (s *ShardedSink) retryHeldLocked() {
+	if len(s.held) == 0 || s.ring.Len() == 0 {
+		return
+	}
+	held := s.held
+	s.held = nil
+	for i := range held {
+		s.rerouteLocked(&held[i])
+	}
 }
 
 // Run starts the exporters, watches their reachability and (with
@@ -414,6 +491,8 @@ func (s *ShardedSink) check(now time.Time) {
 	}
 	if changed {
 		s.rebuildLocked()
+	} else {
+		s.retryHeldLocked()
 	}
 	if s.ringHasHealthyLocked() {
 		for _, rep := range s.sortedLocked() {
@@ -449,7 +528,7 @@ func (s *ShardedSink) moveLocked(rep *replica) {
 	for {
 		buf := rep.exp.TakeBuffered(s.moveBuf[:0])
 		for i := range buf {
-			s.routeLocked(shard.RecordKey(&buf[i]), &buf[i])
+			s.rerouteLocked(&buf[i])
 		}
 		n += len(buf)
 		clear(buf) // let the strings be collected
@@ -485,13 +564,7 @@ func (s *ShardedSink) rebuildLocked() {
 	}
 	s.m.ringSize.Set(float64(len(in)))
 	s.m.replicas.Set(float64(len(all)))
-	if len(s.held) > 0 && s.ring.Len() > 0 {
-		held := s.held
-		s.held = nil
-		for i := range held {
-			s.routeLocked(shard.RecordKey(&held[i]), &held[i])
-		}
-	}
+	s.retryHeldLocked()
 }
 
 func (s *ShardedSink) sortedLocked() []*replica {
@@ -697,9 +770,10 @@ func (s *ShardedSink) shutdown() {
 			}
 		}
 	}
+	s.retryHeldLocked()
 	if n := len(s.held); n > 0 {
 		s.m.dropped.WithLabelValues(dropNoCollector).Add(float64(n))
-		klog.InfoS("Records dropped at shutdown: no collector replica was ever resolved", "records", n, "name", s.dnsHost)
+		klog.InfoS("Records dropped at shutdown: held for a collector replica that never took them", "records", n, "name", s.dnsHost)
 		s.held = nil
 	}
 	s.stopped = true

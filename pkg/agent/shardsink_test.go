@@ -32,12 +32,26 @@ type fakeReplica struct {
 	runs    int
 	stopped bool
 	unsent  int
+	// refuse makes the next refuse Exports refuse (a full buffer).
+	refuse, refused int
+}
+
+func (f *fakeReplica) Accepts(*flow.Record) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stopped || f.refuse == 0
 }
 
 func (f *fakeReplica) Export(r *flow.Record) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.stopped {
+		f.unsent++ // dropped and counted, as the exporter does
+		return true
+	}
+	if f.refuse > 0 {
+		f.refuse--
+		f.refused++
 		return false
 	}
 	if f.down.IsZero() {

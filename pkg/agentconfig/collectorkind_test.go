@@ -52,3 +52,26 @@ func TestBadCollectorKindNamesTheField(t *testing.T) {
 		})
 	}
 }
+
+// The enterprise elements (DNS/TLS details, workloads) follow the collector
+// unless the file says otherwise: flowlens-aggregator reads them, Antrea's
+// Flow Aggregator has no use for them.
+func TestL7DetailElementsFollowTheCollectorKind(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want bool
+	}{
+		{"", true},
+		{"kubernetes:\n  enabled: true\nexport:\n  collectorKind: antrea\n", false},
+		{"export:\n  l7DetailElements: false\n", false},
+		{"kubernetes:\n  enabled: true\nexport:\n  collectorKind: antrea\n  l7DetailElements: true\n", true},
+	} {
+		cfg, err := Load(writeConfig(t, "nodeName: n\n"+tc.yaml))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.yaml, err)
+		}
+		if got := *cfg.Export.L7DetailElements; got != tc.want {
+			t.Errorf("%q: l7DetailElements %v, want %v", tc.yaml, got, tc.want)
+		}
+	}
+}

@@ -29,6 +29,7 @@ type Config struct {
 	// namespace, read once at start; empty otherwise: none.
 	ClusterID   string      `yaml:"clusterID"`
 	Conntrack   Conntrack   `yaml:"conntrack"`
+	Counters    Counters    `yaml:"counters"`
 	Connections Connections `yaml:"connections"`
 	Export      Export      `yaml:"export"`
 	Server      Server      `yaml:"server"`
@@ -121,15 +122,65 @@ type Conntrack struct {
 	// MarkMask 0 disables the filter.
 	Mark     uint32 `yaml:"mark"`
 	MarkMask uint32 `yaml:"markMask"`
-	// PollInterval is how often the whole table is dumped; events make
-	// closes visible sooner, the dump keeps counters current.
+	// PollInterval is how often the whole table is dumped when counters
+	// come from conntrack (counters.source conntrack, or auto without
+	// eBPF): the dump keeps counters current, events make closes visible
+	// sooner.
 	PollInterval Duration `yaml:"pollInterval"`
+	// ResyncInterval is how often the whole table is dumped when counters
+	// come from eBPF: births, NAT and deaths come from events then, and the
+	// dump only repairs what events could have missed (it also runs at
+	// once after an event overrun). A dump costs ~4-10 µs per entry, so on
+	// a 1M-entry table this interval is what the idle agent spends.
+	ResyncInterval Duration `yaml:"resyncInterval"`
 	// Events enables the NEW/DESTROY listener.
 	Events *bool `yaml:"events"`
 	// EnableAccounting turns on nf_conntrack_acct and nf_conntrack_timestamp
 	// in the namespace; without them there are no counters or start times.
 	EnableAccounting *bool `yaml:"enableAccounting"`
 }
+
+// Counters says where packet and byte counters come from.
+type Counters struct {
+	// Source is auto (default: an eBPF program on the pods' interfaces
+	// counts what it sees from the first packet, conntrack the rest; where
+	// the program cannot load, the agent logs which and why and polls
+	// conntrack instead), ebpf (the same, but failing to load is fatal) or
+	// conntrack (poll the table every conntrack.pollInterval).
+	Source string `yaml:"source"`
+	// MapEntries bounds the eBPF flow table: one entry per direction of a
+	// connection as one interface sees it. When it is full, connections
+	// that lose packets to it are counted by conntrack instead (counted:
+	// flowlens_agent_counter_source_switches_total).
+	MapEntries int `yaml:"mapEntries"`
+	// Attach is how the program is attached: auto (TCX, else a tc clsact
+	// filter), tcx or tc.
+	Attach string `yaml:"attach"`
+	// CrossCheck compares the eBPF totals of each connection with
+	// conntrack's when it ends, and logs and counts disagreements beyond
+	// the tolerances (flowlens_agent_counter_crosscheck_total).
+	CrossCheck CrossCheck `yaml:"crossCheck"`
+}
+
+// CrossCheck is counters.crossCheck; tolerances are absolute, per direction.
+type CrossCheck struct {
+	Enabled          bool   `yaml:"enabled"`
+	TolerancePackets uint64 `yaml:"tolerancePackets"`
+	ToleranceBytes   uint64 `yaml:"toleranceBytes"`
+}
+
+// Values of Counters.Source and Counters.Attach.
+const (
+	CountersAuto      = "auto"
+	CountersEBPF      = "ebpf"
+	CountersConntrack = "conntrack"
+	AttachAuto        = "auto"
+	AttachTCX         = "tcx"
+	AttachTC          = "tc"
+	// MaxCounterMapEntries keeps the kernel table within reason (~160 B
+	// of kernel memory per entry).
+	MaxCounterMapEntries = 1 << 24
+)
 
 // Connections bounds the store and sets the export cadence.
 type Connections struct {
@@ -169,8 +220,10 @@ type Export struct {
 	// PathMTU bounds UDP messages; TCP and TLS messages stay within the
 	// 65535-byte IPFIX length limit.
 	PathMTU int `yaml:"pathMTU"`
-	// BufferRecords bounds what is kept while the collector is away;
-	// records beyond it are dropped and counted.
+	// BufferRecords bounds the records waiting to be sent. When it is
+	// full the agent keeps the rest in its connection store and offers
+	// them again (backpressure, nothing lost); only once the collector has
+	// been unreachable for 30 s are records beyond it dropped and counted.
 	BufferRecords int `yaml:"bufferRecords"`
 	// FlushInterval is the longest a record waits for a fuller message.
 	FlushInterval Duration `yaml:"flushInterval"`
@@ -181,13 +234,14 @@ type Export struct {
 	// collector drops every record.
 	TemplateRefresh         Duration `yaml:"templateRefresh"`
 	TemplateRefreshMessages int      `yaml:"templateRefreshMessages"`
-	// L7DetailElements exports flow.L7's DNS/TLS details as nine extra
-	// enterprise-32473 IEs (ipfixexport.Config.L7DetailElements). Off by
-	// default: a go-ipfix collector in Strict mode (that library's default)
-	// rejects templates holding IEs it does not know, with every record.
-	// Antrea's Flow Aggregator decodes leniently since v2.3 and ignores
-	// them (docs/ipfix-elements.md).
-	L7DetailElements bool `yaml:"l7DetailElements"`
+	// L7DetailElements exports flow.L7's DNS/TLS details and both ends'
+	// workloads as enterprise-32473 IEs (ipfixexport.Config.L7DetailElements).
+	// Unset, it follows CollectorKind: on for flowlens (flowlens-aggregator
+	// reads them: its service map groups pods by workload), off for antrea.
+	// A go-ipfix collector in Strict mode (that library's default) rejects
+	// templates holding IEs it does not know, with every record: set false
+	// for one (docs/ipfix-elements.md). After validation it is never nil.
+	L7DetailElements *bool `yaml:"l7DetailElements"`
 	// CollectorKind is what reads the records: CollectorFlowlens (both
 	// ends' pods in every record; flowlens-aggregator tells halves by
 	// observation domain) or CollectorAntrea (only this node's pods, the
@@ -218,12 +272,21 @@ type Server struct {
 
 // Default returns the configuration used for every field a file leaves out.
 func Default() Config {
-	yes := true
+	// One variable per pointer: the YAML decoder writes through a non-nil
+	// pointer, so a shared one made `enableAccounting: false` turn
+	// conntrack.events off too.
+	events, accounting := true, true
 	return Config{
 		Conntrack: Conntrack{
 			PollInterval:     Duration(time.Second),
-			Events:           &yes,
-			EnableAccounting: &yes,
+			ResyncInterval:   Duration(5 * time.Minute),
+			Events:           &events,
+			EnableAccounting: &accounting,
+		},
+		Counters: Counters{
+			Source:     CountersAuto,
+			MapEntries: 262144,
+			Attach:     AttachAuto,
 		},
 		Connections: Connections{
 			MaxConnections: 262144,
@@ -317,15 +380,15 @@ func (c *Config) fillAndValidate() error {
 const (
 	// MaxConnections: ~270 bytes per tracked connection.
 	MaxConnections = 1 << 24
-	// MaxBufferRecords: the export buffer is allocated at start, 544 bytes
-	// a record (544 MB at the bound).
+	// MaxBufferRecords: the export buffer is allocated at start, ~344
+	// bytes a record (a pointer-free slot and 128 B of strings).
 	MaxBufferRecords = 1_000_000
 	// MaxCollectors bounds the aggregator replicas (export.collectors, or
 	// the addresses export.collectorDNS resolves to: beyond it the lowest
 	// MaxCollectors in sorted order are used, the same on every agent).
 	// Every replica's exporter allocates its own buffer, so the export
-	// buffers take up to replicas × bufferRecords × ~544 bytes: 64 ×
-	// 100000 × 544 B ≈ 3.5 GB at the bound with the default bufferRecords.
+	// buffers take up to replicas × bufferRecords × ~344 bytes: 64 ×
+	// 100000 × 344 B ≈ 2.2 GB at the bound with the default bufferRecords.
 	MaxCollectors = 64
 	// MaxEVELineBytes bounds the memory one EVE record can take.
 	MaxEVELineBytes = 1 << 28
@@ -350,6 +413,24 @@ func (c *Config) validate() error {
 	}
 	validateClusterID(&p, c.ClusterID)
 	p.PositiveDuration("conntrack.pollInterval", c.Conntrack.PollInterval)
+	p.PositiveDuration("conntrack.resyncInterval", c.Conntrack.ResyncInterval)
+	c.Counters.Source = strings.ToLower(c.Counters.Source)
+	switch c.Counters.Source {
+	case CountersAuto, CountersConntrack:
+	case CountersEBPF:
+		if !*c.Conntrack.Events {
+			p.Addf("counters.source", "ebpf needs conntrack.events (connections are born from NEW events)")
+		}
+	default:
+		p.Addf("counters.source", "want auto, ebpf or conntrack, got %q", c.Counters.Source)
+	}
+	confutil.Range(&p, "counters.mapEntries", c.Counters.MapEntries, 1024, MaxCounterMapEntries)
+	c.Counters.Attach = strings.ToLower(c.Counters.Attach)
+	switch c.Counters.Attach {
+	case AttachAuto, AttachTCX, AttachTC:
+	default:
+		p.Addf("counters.attach", "want auto, tcx or tc, got %q", c.Counters.Attach)
+	}
 	confutil.Range(&p, "connections.maxConnections", c.Connections.MaxConnections, 1, MaxConnections)
 	p.PositiveDuration("connections.activeTimeout", c.Connections.ActiveTimeout)
 	p.PositiveDuration("connections.idleTimeout", c.Connections.IdleTimeout)
@@ -391,6 +472,10 @@ func (c *Config) validate() error {
 		// source is not a pod.
 		if kind == CollectorAntrea && !c.Kubernetes.Enabled && c.Inventory.File == "" {
 			p.Addf("export.collectorKind", "%q needs kubernetes.enabled or inventory.file to know which ends are this node's pods", CollectorAntrea)
+		}
+		if c.Export.L7DetailElements == nil {
+			on := kind == CollectorFlowlens
+			c.Export.L7DetailElements = &on
 		}
 	default:
 		p.Addf("export.collectorKind", "want %q or %q, got %q", CollectorFlowlens, CollectorAntrea, c.Export.CollectorKind)

@@ -77,6 +77,11 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{"bad listen address", "server:\n  listen: nope\n", "server.listen"},
 		{"collector port out of range", "export:\n  collector: host:70000\n", "export.collector"},
 		{"string where a number goes", "export:\n  pathMTU: big\n", "export.pathMTU"},
+		{"unknown counter source", "counters:\n  source: pcap\n", "counters.source"},
+		{"ebpf counters without events", "counters:\n  source: ebpf\nconntrack:\n  events: false\n", "counters.source"},
+		{"unknown attach mode", "counters:\n  attach: xdp\n", "counters.attach"},
+		{"tiny counter map", "counters:\n  mapEntries: 10\n", "counters.mapEntries"},
+		{"zero resync interval", "conntrack:\n  resyncInterval: 0s\n", "conntrack.resyncInterval"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -167,5 +172,21 @@ func TestEVEBufferSmallerThanALineIsRefusedNamingBothFields(t *testing.T) {
 	_, err := Load(writeConfig(t, "nodeName: n\nl7:\n  eve:\n    maxLineBytes: 1048576\n    maxBufferedBytes: 65536\n"))
 	if !slices.Contains(confutil.Fields(err), "l7.eve.maxBufferedBytes") || !strings.Contains(err.Error(), "l7.eve.maxLineBytes") {
 		t.Errorf("want an error on l7.eve.maxBufferedBytes naming l7.eve.maxLineBytes, got %v", err)
+	}
+}
+
+// Found by the chart's test: Default's two *bool shared one variable, so
+// `enableAccounting: false` (what the chart writes) also turned
+// conntrack.events off, and counters.source ebpf failed to load.
+func TestEnableAccountingOffLeavesEventsOn(t *testing.T) {
+	cfg, err := Load(writeConfig(t, "nodeName: n\ncounters:\n  source: ebpf\nconntrack:\n  enableAccounting: false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *cfg.Conntrack.EnableAccounting || !*cfg.Conntrack.Events {
+		t.Errorf("enableAccounting %v, events %v; want false, true", *cfg.Conntrack.EnableAccounting, *cfg.Conntrack.Events)
+	}
+	if d := Default(); !*d.Conntrack.Events || !*d.Conntrack.EnableAccounting {
+		t.Error("Default changed by an earlier Load")
 	}
 }

@@ -126,7 +126,7 @@ func BenchmarkDrain100k(b *testing.B) {
 				emitted = 0
 				b.StartTimer()
 				start := time.Now()
-				if _, err := q.Expire(t0.Add(expirequeue.DefaultActiveTimeout), s, emit); err != nil {
+				if _, err := q.Expire(t0.Add(expirequeue.DefaultActiveTimeout), s, taking(emit)); err != nil {
 					b.Fatal(err)
 				}
 				elapsed += time.Since(start)

@@ -234,7 +234,7 @@ type Store struct {
 	lastEvictLog, evictedSinceLog int64
 
 	byTuple index
-	byVIP   index // only DNATed connections, keyed by their client-side tuple
+	byVIP   index // only translated connections, keyed by their other tuples (altKeys)
 	seed    uint64
 	rng     *rand.Rand
 

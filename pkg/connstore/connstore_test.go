@@ -93,7 +93,7 @@ func (h *harness) emit(r *flow.Record) {
 
 func (h *harness) tick(at time.Duration) {
 	h.t.Helper()
-	if _, err := h.queue.Expire(t0.Add(at), h.store, h.emit); err != nil {
+	if _, err := h.queue.Expire(t0.Add(at), h.store, taking(h.emit)); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -185,6 +185,20 @@ func TestStoreAndQueue(t *testing.T) {
 				{do: tick(10 * sec), want: []rec{{A, 1, flow.EndActiveTimeout, 20, 4, 10 * sec}}},
 				{do: up(12*sec, conn(A, 1, 31, 9))},
 				{do: tick(15 * sec), want: []rec{{A, 1, flow.EndActiveTimeout, 1, 0, 15 * sec}}},
+			},
+		},
+		{
+			// A NEW carries no counters; with eBPF counting the rest, a
+			// connection conntrack counts gets its counters with the
+			// resync or its end. An idle record before that would be all
+			// zeros: it goes idle silently, and its counters, when they
+			// come, start a new period as any resumed activity.
+			name: "connection without any counter goes idle without a record",
+			steps: []step{
+				{do: up(0, conn(A, 1, 0, 0))},
+				{do: tick(15 * sec)},
+				{do: up(20*sec, conn(A, 1, 10, 5))},
+				{do: tick(25 * sec), want: []rec{{A, 1, flow.EndActiveTimeout, 10, 5, 25 * sec}}},
 			},
 		},
 		{
@@ -475,8 +489,20 @@ func TestLookup(t *testing.T) {
 		OrigDstPort: 53,
 		ID:          2,
 	}
+	// A NodePort connection from outside, source-NATed to the node's
+	// address: the backend's interface sees only that address.
+	outside := netip.MustParseAddr("172.31.0.9")
+	nodeIP := netip.MustParseAddr("10.0.0.1")
+	snat := flow.Conn{
+		Tuple:       flow.NewTuple(outside, server, 51000, 8080, flow.ProtoTCP),
+		OrigDstIP:   nodeIP.As16(),
+		OrigDstPort: 30080,
+		ProxySnatIP: nodeIP.As16(), ProxySnatPort: 61000,
+		ID: 3,
+	}
 	h.store.Upsert(&dnat, t0)
 	h.store.Upsert(&plain, t0)
+	h.store.Upsert(&snat, t0)
 
 	tests := []struct {
 		name   string
@@ -492,6 +518,10 @@ func TestLookup(t *testing.T) {
 		{"IPv6 connection without DNAT", plain.Tuple, 2},
 		{"IPv6 connection reversed", plain.Tuple.Reverse(), 2},
 		{"unknown tuple", flow.NewTuple(client, server, 1, 2, flow.ProtoTCP), 0},
+		{"source-NATed tuple as the backend sees it", flow.NewTuple(nodeIP, server, 61000, 8080, flow.ProtoTCP), 3},
+		{"backend's reply to the translated source", flow.NewTuple(server, nodeIP, 8080, 61000, flow.ProtoTCP), 3},
+		{"client-side tuple of the NodePort", flow.NewTuple(outside, nodeIP, 51000, 30080, flow.ProtoTCP), 3},
+		{"translated source with another port", flow.NewTuple(nodeIP, server, 61001, 8080, flow.ProtoTCP), 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -713,9 +743,9 @@ func TestEmitMayLookUpTheStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Upsert(ptr(conn(1, 1, 1, 1)), t0)
-	s.Upsert(ptr(conn(1, 2, 1, 1)), t0)                         // replaced: Emit
-	s.Upsert(ptr(conn(2, 3, 1, 1)), t0)                         // evicts: Emit
-	if _, err := q.Expire(t0.Add(5*sec), s, emit); err != nil { // active: Expire's emit
+	s.Upsert(ptr(conn(1, 2, 1, 1)), t0)                                 // replaced: Emit
+	s.Upsert(ptr(conn(2, 3, 1, 1)), t0)                                 // evicts: Emit
+	if _, err := q.Expire(t0.Add(5*sec), s, taking(emit)); err != nil { // active: Expire's emit
 		t.Fatal(err)
 	}
 	if want := []bool{true, false, true}; !slices.Equal(seen, want) {

@@ -23,23 +23,53 @@ func (s *Store) Timing(h expirequeue.Handle) (expirequeue.Timing, bool) {
 	}, true
 }
 
-// Export implements expirequeue.Source: it hands emit the record of h and
-// starts a new period; idle-timeout marks the connection idle, end-of-flow
-// (or any other final reason) forgets it.
-func (s *Store) Export(h expirequeue.Handle, reason flow.EndReason, nowNanos int64, emit func(*flow.Record)) {
-	if emit == nil {
-		return
+// Export implements expirequeue.Source: it offers emit the record of h and,
+// only if emit takes it, starts a new period: idle-timeout marks the
+// connection idle, end-of-flow (or any other final reason) forgets it. A
+// refused record changes nothing (base counters, period and pending close
+// stay), so the deltas are offered again, with any added since, and each
+// end-of-flow is exported exactly once. emit runs while the connection is
+// still stored, so it may look it up. It reports whether emit took the
+// record; a handle the store no longer knows has nothing to offer and
+// reports true.
+func (s *Store) Export(h expirequeue.Handle, reason flow.EndReason, nowNanos int64, emit func(*flow.Record) bool) bool {
+	idx, e, ok := s.get(h)
+	if !ok || emit == nil {
+		return !ok
 	}
-	s.export(h, reason, nowNanos)
-	s.handOut(emit)
+	if reason == flow.EndIdleTimeout && e.conn.Fwd == (flow.Counters{}) && e.conn.Rev == (flow.Counters{}) {
+		// No counter of it is known yet (a NEW carries none, and with
+		// eBPF counting the rest, conntrack's come with the resync or the
+		// end): a record now would be all zeros and no start time.
+		s.m.emptyIdle.Inc()
+		s.advance(e, reason, nowNanos)
+		s.finish(idx, e, reason, nowNanos)
+		return true
+	}
+	s.build(e, reason, nowNanos)
+	if !emit(&s.rec) {
+		return false
+	}
+	s.advance(e, reason, nowNanos)
+	s.finish(idx, e, reason, nowNanos)
+	return true
 }
 
+// export ends a period of h for the paths that cannot be refused (ExportAll,
+// final records of replaced or evicted connections): the record is filled
+// and the store changed at once, and handOut hands it to emit.
 func (s *Store) export(h expirequeue.Handle, reason flow.EndReason, nowNanos int64) {
 	idx, e, ok := s.get(h)
 	if !ok {
 		return
 	}
 	s.fill(e, reason, nowNanos)
+	s.finish(idx, e, reason, nowNanos)
+}
+
+// finish applies what exporting e with reason means once its record was
+// taken.
+func (s *Store) finish(idx uint32, e *entry, reason flow.EndReason, nowNanos int64) {
 	switch reason {
 	case flow.EndIdleTimeout:
 		e.flags |= fIdle
@@ -62,18 +92,29 @@ func (s *Store) export(h expirequeue.Handle, reason flow.EndReason, nowNanos int
 // connection: the replaced one or the evicted one, never both, since
 // replacing reuses the slot), which handOut then hands out.
 func (s *Store) fill(e *entry, reason flow.EndReason, now int64) {
+	s.build(e, reason, now)
+	s.advance(e, reason, now)
+	s.filled = true
+}
+
+// build writes the record of e into s.rec without changing e.
+func (s *Store) build(e *entry, reason flow.EndReason, now int64) {
 	r := &s.rec
 	*r = flow.Record{Conn: e.conn, EndReason: reason, ExportNanos: now}
 	// Deltas cannot go negative: a backwards counter replaces the
 	// connection before it is stored.
 	r.FwdDelta, _ = e.conn.Fwd.Sub(e.baseFwd)
 	r.RevDelta, _ = e.conn.Rev.Sub(e.baseRev)
+}
+
+// advance starts a new period of e once its record was taken: the next
+// record's deltas start from the counters this one carried.
+func (s *Store) advance(e *entry, reason flow.EndReason, now int64) {
 	e.baseFwd, e.baseRev = e.conn.Fwd, e.conn.Rev
 	e.periodStart = now
 	if int(reason) < len(s.m.records) && s.m.records[reason] != nil {
 		s.m.records[reason].Inc()
 	}
-	s.filled = true
 }
 
 // handOut gives emit the record the operation ending now filled, if any.

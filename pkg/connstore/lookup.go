@@ -16,6 +16,16 @@ func (s *Store) LookupConn(t flow.Tuple) (flow.Conn, bool) {
 	return s.at(idx).conn, true
 }
 
+// Peek returns the connection stored under exactly t, live or a
+// tombstone (the connection as it was exported last), as a copy.
+func (s *Store) Peek(t flow.Tuple) (flow.Conn, bool) {
+	idx, ok := s.find(&s.byTuple, false, &t, hashTuple(&t, s.seed))
+	if !ok {
+		return flow.Conn{}, false
+	}
+	return s.at(idx).conn, true
+}
+
 // find looks key up in x; vip selects which form of an entry's tuple x is
 // keyed by.
 func (s *Store) find(x *index, vip bool, key *flow.Tuple, h uint64) (uint32, bool) {
@@ -35,8 +45,11 @@ func (s *Store) find(x *index, vip bool, key *flow.Tuple, h uint64) (uint32, boo
 		idx := slotIdx(sl)
 		e := s.at(idx)
 		if vip {
-			if k, ok := vipKey(&e.conn); ok && k == *key {
-				return idx, true
+			keys, n := altKeys(&e.conn)
+			for i := range n {
+				if keys[i] == *key {
+					return idx, true
+				}
 			}
 		} else if e.conn.Tuple == *key {
 			return idx, true
@@ -59,42 +72,49 @@ func (s *Store) lookup(t *flow.Tuple) (uint32, bool) {
 	return 0, false
 }
 
-// vipKey is the tuple a client-side observer sees for a DNATed connection:
-// the Service VIP as destination. ok is false for a connection that was not
-// DNATed or whose source did not report the original destination.
-func vipKey(c *flow.Conn) (flow.Tuple, bool) {
-	if c.OrigDstIP == ([16]byte{}) || !c.IsDNATed() {
-		return flow.Tuple{}, false
+// altKeys are the tuples under which other observers see a translated
+// connection: the client side of a DNATed one (the Service VIP as
+// destination), and the server side of a source-NATed one (the translated
+// source, as the backend's interface sees a NodePort connection from
+// outside).
+func altKeys(c *flow.Conn) (keys [2]flow.Tuple, n int) {
+	if c.OrigDstIP != ([16]byte{}) && c.IsDNATed() {
+		keys[n] = flow.Tuple{
+			SrcIP: c.Tuple.SrcIP, DstIP: c.OrigDstIP,
+			SrcPort: c.Tuple.SrcPort, DstPort: c.OrigDstPort, Proto: c.Tuple.Proto,
+		}
+		n++
 	}
-	return flow.Tuple{
-		SrcIP: c.Tuple.SrcIP, DstIP: c.OrigDstIP,
-		SrcPort: c.Tuple.SrcPort, DstPort: c.OrigDstPort, Proto: c.Tuple.Proto,
-	}, true
+	if c.IsSNATed() {
+		keys[n] = c.CorrelationTuple()
+		n++
+	}
+	return keys, n
 }
 
+// indexVIP indexes c's alternative tuples (altKeys).
 func (s *Store) indexVIP(idx uint32, c *flow.Conn) {
-	k, ok := vipKey(c)
-	if !ok {
-		return
-	}
-	h := hashTuple(&k, s.seed)
-	if old, found := s.find(&s.byVIP, true, &k, h); found {
-		// The client-side tuple is unique among live kernel entries; a
-		// holder can only be a connection whose end we have not seen yet.
-		// The newer report wins.
-		if p := s.byVIP.posOf(h, old); p >= 0 {
-			s.byVIP.deleteAt(p)
+	keys, n := altKeys(c)
+	for i := range n {
+		k := &keys[i]
+		h := hashTuple(k, s.seed)
+		if old, found := s.find(&s.byVIP, true, k, h); found {
+			// A translated tuple is unique among live kernel entries; a
+			// holder can only be a connection whose end we have not seen
+			// yet. The newer report wins.
+			if p := s.byVIP.posOf(h, old); p >= 0 {
+				s.byVIP.deleteAt(p)
+			}
 		}
+		s.byVIP.insert(h, idx)
 	}
-	s.byVIP.insert(h, idx)
 }
 
 func (s *Store) unindexVIP(idx uint32, c *flow.Conn) {
-	k, ok := vipKey(c)
-	if !ok {
-		return
-	}
-	if p := s.byVIP.posOf(hashTuple(&k, s.seed), idx); p >= 0 {
-		s.byVIP.deleteAt(p)
+	keys, n := altKeys(c)
+	for i := range n {
+		if p := s.byVIP.posOf(hashTuple(&keys[i], s.seed), idx); p >= 0 {
+			s.byVIP.deleteAt(p)
+		}
 	}
 }

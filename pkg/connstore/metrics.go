@@ -10,7 +10,7 @@ import (
 type metrics struct {
 	conns, tombstones                     prometheus.Gauge
 	created, closed, stale                prometheus.Counter
-	evicted, lateIgnored                  prometheus.Counter
+	evicted, lateIgnored, emptyIdle       prometheus.Counter
 	replacedByID, replacedByCtr           prometheus.Counter
 	replacedByStart, replacedAfterDestroy prometheus.Counter
 	tombsDestroyed                        prometheus.Counter
@@ -49,6 +49,8 @@ func (s *Store) initMetrics(reg prometheus.Registerer) error {
 			"Connections closed because a complete dump no longer had them."),
 		evicted: counter("flowlens_connstore_connections_evicted_total",
 			"Connections evicted at MaxConnections (exported with reason lack-of-resources)."),
+		emptyIdle: counter("flowlens_connstore_empty_idle_records_skipped_total",
+			"Connections that went idle before any counter of theirs was known (counted by conntrack while the eBPF program counts the rest: their counters come with the resync or their end): marked idle without a record that would say nothing."),
 		lateIgnored: counter("flowlens_connstore_late_reports_ignored_total",
 			"Reports ignored because they described an older connection than the one stored for the tuple."),
 		replacedByID:         replaced.WithLabelValues("id"),
@@ -67,7 +69,7 @@ func (s *Store) initMetrics(reg prometheus.Registerer) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{
-		s.m.conns, s.m.tombstones, s.m.created, s.m.closed, s.m.stale, s.m.evicted, s.m.lateIgnored, replaced, records,
+		s.m.conns, s.m.tombstones, s.m.created, s.m.closed, s.m.stale, s.m.evicted, s.m.lateIgnored, s.m.emptyIdle, replaced, records,
 		s.m.tombsDestroyed, tombsDropped,
 	} {
 		if err := reg.Register(c); err != nil {

@@ -178,7 +178,8 @@ func (s *Store) upsert(c *flow.Conn, now int64) (uint32, Change) {
 	if e.conn.ID == 0 {
 		e.conn.ID = old.ID
 	}
-	if old.OrigDstIP != e.conn.OrigDstIP || old.OrigDstPort != e.conn.OrigDstPort {
+	if old.OrigDstIP != e.conn.OrigDstIP || old.OrigDstPort != e.conn.OrigDstPort ||
+		old.ProxySnatIP != e.conn.ProxySnatIP || old.ProxySnatPort != e.conn.ProxySnatPort {
 		s.unindexVIP(idx, &old)
 		s.indexVIP(idx, &e.conn)
 	}

@@ -17,10 +17,13 @@ type sliceSource struct {
 
 func (s *sliceSource) Timing(h Handle) (Timing, bool) { return s.t[h], true }
 
-func (s *sliceSource) Export(h Handle, reason flow.EndReason, now int64, emit func(*flow.Record)) {
-	s.t[h].PeriodStart, s.t[h].Moved = now, false
+func (s *sliceSource) Export(h Handle, reason flow.EndReason, now int64, emit func(*flow.Record) bool) bool {
 	s.rec.EndReason, s.rec.ExportNanos = reason, now
-	emit(&s.rec)
+	if !emit(&s.rec) {
+		return false
+	}
+	s.t[h].PeriodStart, s.t[h].Moved = now, false
+	return true
 }
 
 // BenchmarkQueueExpire100k times one Expire over 100k connections due for
@@ -29,7 +32,7 @@ func (s *sliceSource) Export(h Handle, reason flow.EndReason, now int64, emit fu
 func BenchmarkQueueExpire100k(b *testing.B) {
 	const n = 100_000
 	emitted := 0
-	emit := func(*flow.Record) { emitted++ }
+	emit := func(*flow.Record) bool { emitted++; return true }
 	var elapsed time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()

@@ -6,10 +6,11 @@
 // # Semantics
 //
 // Every connection has a flow record period that starts when the connection
-// is first seen (Track) and after each export. On every Expire(now) all due
-// connections are handled; there is no per-call cap, so a backlog drains in
-// one call (100k records take tens of milliseconds). Deadlines are only
-// looked at in Expire, so records are late by at most the tick interval:
+// is first seen (Track) and after each export. On every Expire(now) the due
+// connections are handled; there is no per-call cap while the sink takes
+// the records, so a backlog drains in one call (100k records take tens of
+// milliseconds). Deadlines are only looked at in Expire, so records are late
+// by at most the tick interval:
 //
 //   - Closed (DESTROY event, or missing from a complete dump): exported on the
 //     first Expire after the close with reason end-of-flow (3); the Source
@@ -27,6 +28,37 @@
 //     queue work and is not exported again until either its counters move
 //     (the Source calls Track again: a new flow record period whose first
 //     record carries the deltas since the idle record) or it closes.
+//
+// # Spread deadlines (Config.SpreadActiveDeadlines)
+//
+// Without it, every connection first seen in one dump (at start-up, the
+// whole conntrack table) comes due in the same tick, one ActiveTimeout
+// later, and so again every ActiveTimeout: the exports come in bursts as
+// large as the table. With it, each connection's active-timeout checks fall
+// on its own grid, phase + k×ActiveTimeout, the phase picked by hashing its
+// handle, so the connections of one dump come due spread evenly over one
+// ActiveTimeout. A period starting at P ends at the first grid point at
+// least ActiveTimeout/2 after P: a moving connection is still exported every
+// ActiveTimeout (a record late by a tick keeps the grid, it does not drift),
+// its first record comes between ActiveTimeout/2 and 1.5×ActiveTimeout after
+// it was first seen (ActiveTimeout on average, as without spreading), and a
+// record delayed by more than ActiveTimeout/2 (backpressure) is followed by
+// the next one no sooner than ActiveTimeout/2 later. Idle timeouts and closes
+// are not spread: they are individual events already.
+//
+// # Backpressure
+//
+// The emit function given to Expire may refuse a record (return false): the
+// sink's buffer is full and it asks to be offered the record again later.
+// The Source then changes nothing (the deltas stay in the store, an
+// end-of-flow stays pending) and the queue keeps the connection due: its
+// deadline moves one nanosecond past now, behind the records still due in
+// this round, and the next Expire offers it again. After
+// MaxRefusalsPerRound consecutive refusals the round stops: a full sink is
+// not offered the whole backlog every tick (that would cost O(backlog) per
+// tick for nothing), and the deadlines left due are handled by the next
+// Expire. Refusals are counted (flowlens_expirequeue_records_refused_total);
+// nothing is dropped here: what the sink drops it counts itself.
 //
 // # Laziness
 //
@@ -79,10 +111,12 @@ type Source interface {
 	// connection any more.
 	Timing(h Handle) (t Timing, ok bool)
 	// Export builds the record of h at nowNanos with the deltas since its
-	// previous export, hands it to emit, and starts a new period. With
-	// reason idle-timeout the Source marks h idle; with end-of-flow it
-	// forgets h.
-	Export(h Handle, reason flow.EndReason, nowNanos int64, emit func(*flow.Record))
+	// previous export and hands it to emit. When emit takes it (returns
+	// true) the Source starts a new period: with reason idle-timeout it
+	// marks h idle, with end-of-flow it forgets h. When emit refuses it
+	// (false) the Source changes nothing, so the same deltas (and any added
+	// since) are offered again later. Export reports whether emit took it.
+	Export(h Handle, reason flow.EndReason, nowNanos int64, emit func(*flow.Record) bool) bool
 }
 
 // Config configures a Queue. Zero durations take the defaults.
@@ -98,7 +132,18 @@ type Config struct {
 	// transaction when it sees the connection end, after conntrack does)
 	// still reaches it. Zero exports on the first tick after the close.
 	CloseDelay time.Duration
+	// SpreadActiveDeadlines puts each connection's active-timeout checks on
+	// a grid of its own (see the package documentation), so that the
+	// connections of one dump do not all come due in the same tick.
+	SpreadActiveDeadlines bool
 }
+
+// MaxRefusalsPerRound is how many records in a row the emit function may
+// refuse before Expire stops its round (see Backpressure in the package
+// documentation). More than one, so that a sink made of several buffers
+// (one per collector replica) with one of them full still gets the records
+// the others take.
+const MaxRefusalsPerRound = 64
 
 // Defaults used for zero Config fields.
 const (
@@ -110,6 +155,7 @@ const (
 // agent's run loop owns it together with the store.
 type Queue struct {
 	active, idle, closeDelay int64 // nanoseconds
+	spread                   bool
 	items                    itemHeap
 	maxSize                  int
 	m                        metrics
@@ -118,6 +164,7 @@ type Queue struct {
 type metrics struct {
 	size, maxSize prometheus.Gauge
 	discarded     prometheus.Counter
+	refused       prometheus.Counter
 }
 
 // New validates cfg and registers the queue's metrics on reg (nil: not
@@ -142,6 +189,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Queue, error) {
 		active:     int64(cfg.ActiveTimeout),
 		idle:       int64(cfg.IdleTimeout),
 		closeDelay: int64(cfg.CloseDelay),
+		spread:     cfg.SpreadActiveDeadlines,
 		m: metrics{
 			size: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "flowlens_expirequeue_size",
@@ -155,10 +203,14 @@ func New(cfg Config, reg prometheus.Registerer) (*Queue, error) {
 				Name: "flowlens_expirequeue_stale_deadlines_discarded_total",
 				Help: "Deadlines dropped on pop because their connection was already exported and removed, evicted or replaced.",
 			}),
+			refused: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "flowlens_expirequeue_records_refused_total",
+				Help: "Records the sink refused because its buffer was full (backpressure); they stay in the store and are offered again on a later tick. Not a loss.",
+			}),
 		},
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{q.m.size, q.m.maxSize, q.m.discarded} {
+		for _, c := range []prometheus.Collector{q.m.size, q.m.maxSize, q.m.discarded, q.m.refused} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("expirequeue: register metrics: %w", err)
 			}
@@ -174,7 +226,35 @@ func (q *Queue) Len() int { return len(q.items) }
 // an idle one whose counters moved again. Call it once per period; the
 // queue keeps h scheduled until it goes idle or closes.
 func (q *Queue) Track(h Handle, nowNanos int64) {
-	q.push(item{at: nowNanos + min(q.active, q.idle), h: h})
+	q.push(item{at: min(q.activeDeadline(h, nowNanos), nowNanos+q.idle), h: h})
+}
+
+// activeDeadline is when the period of h that started at periodStart
+// reaches its active timeout: ActiveTimeout later, or with spreading the
+// first point of h's grid at least ActiveTimeout/2 after periodStart.
+func (q *Queue) activeDeadline(h Handle, periodStart int64) int64 {
+	if !q.spread {
+		return periodStart + q.active
+	}
+	phase := int64(mix(uint64(h)) % uint64(q.active))
+	from := periodStart + q.active/2
+	// Distance from the previous grid point to from, in [0, active).
+	off := ((from-phase)%q.active + q.active) % q.active
+	if off == 0 {
+		return from
+	}
+	return from + q.active - off
+}
+
+// mix is the splitmix64 finalizer: handles of one dump are consecutive slot
+// numbers, and their phases must still be spread evenly.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
 }
 
 // Due schedules h for the next Expire: used when its connection closed.
@@ -198,15 +278,28 @@ func (q *Queue) push(it item) {
 var ErrNilSource = errors.New("expirequeue: Expire needs a Source and an emit function")
 
 // Expire handles every deadline at or before now and returns how many
-// records were emitted. The *flow.Record given to emit is only valid during
-// the call.
-func (q *Queue) Expire(now time.Time, src Source, emit func(*flow.Record)) (int, error) {
+// records emit took. The *flow.Record given to emit is only valid during
+// the call; emit returns false to refuse it (see Backpressure in the
+// package documentation).
+func (q *Queue) Expire(now time.Time, src Source, emit func(*flow.Record) bool) (int, error) {
 	if src == nil || emit == nil {
 		return 0, ErrNilSource
 	}
 	nowNs := now.UnixNano()
-	emitted := 0
-	for len(q.items) > 0 && q.items[0].at <= nowNs {
+	emitted, refusals := 0, 0
+	// export offers h's record; a refused one stays due for the next round.
+	export := func(h Handle, reason flow.EndReason) bool {
+		if src.Export(h, reason, nowNs, emit) {
+			emitted++
+			refusals = 0
+			return true
+		}
+		q.m.refused.Inc()
+		refusals++
+		q.reschedTop(nowNs+1, nowNs)
+		return false
+	}
+	for len(q.items) > 0 && q.items[0].at <= nowNs && refusals < MaxRefusalsPerRound {
 		h := q.items[0].h
 		t, ok := src.Timing(h)
 		switch {
@@ -216,29 +309,28 @@ func (q *Queue) Expire(now time.Time, src Source, emit func(*flow.Record)) (int,
 		case t.Closed && nowNs < t.ClosedAt+q.closeDelay:
 			q.reschedTop(t.ClosedAt+q.closeDelay, nowNs)
 		case t.Closed:
-			src.Export(h, flow.EndOfFlow, nowNs, emit)
-			emitted++
-			q.popTop()
+			if export(h, flow.EndOfFlow) {
+				q.popTop()
+			}
 		case t.Idle:
 			// Its deadline was consumed by the idle export; a pending item
 			// can only be a leftover.
 			q.m.discarded.Inc()
 			q.popTop()
 		case nowNs-t.LastActive >= q.idle:
-			src.Export(h, flow.EndIdleTimeout, nowNs, emit)
-			emitted++
-			q.popTop()
-		case nowNs-t.PeriodStart >= q.active:
-			next := nowNs + q.active
-			if t.Moved {
-				src.Export(h, flow.EndActiveTimeout, nowNs, emit)
-				emitted++
+			if export(h, flow.EndIdleTimeout) {
+				q.popTop()
 			}
-			q.reschedTop(min(next, t.LastActive+q.idle), nowNs)
+		case nowNs >= q.activeDeadline(h, t.PeriodStart):
+			if t.Moved && !export(h, flow.EndActiveTimeout) {
+				continue
+			}
+			// Exported or not, the next check is one period from now.
+			q.reschedTop(min(q.activeDeadline(h, nowNs), t.LastActive+q.idle), nowNs)
 		default:
 			// Popped early: activity moved the idle deadline past the one
 			// this item was computed from.
-			q.reschedTop(min(t.PeriodStart+q.active, t.LastActive+q.idle), nowNs)
+			q.reschedTop(min(q.activeDeadline(h, t.PeriodStart), t.LastActive+q.idle), nowNs)
 		}
 	}
 	q.m.size.Set(float64(len(q.items)))

@@ -14,6 +14,9 @@ var t0 = time.Unix(1_700_000_000, 0)
 
 func ns(d time.Duration) int64 { return t0.Add(d).UnixNano() }
 
+// take is an emit function that takes every record.
+func take(*flow.Record) bool { return true }
+
 // fakeSource plays the store: it keeps Timing per handle and applies the
 // documented effect of each export.
 type fakeSource struct {
@@ -37,9 +40,11 @@ func (f *fakeSource) Timing(h Handle) (Timing, bool) {
 	return *t, true
 }
 
-func (f *fakeSource) Export(h Handle, reason flow.EndReason, now int64, emit func(*flow.Record)) {
+func (f *fakeSource) Export(h Handle, reason flow.EndReason, now int64, emit func(*flow.Record) bool) bool {
 	t := f.conns[h]
-	emit(&flow.Record{EndReason: reason, ExportNanos: now})
+	if !emit(&flow.Record{EndReason: reason, ExportNanos: now}) {
+		return false
+	}
 	f.exports = append(f.exports, export{h: h, reason: reason, at: time.Duration(now - t0.UnixNano())})
 	t.PeriodStart, t.Moved = now, false
 	switch reason {
@@ -48,6 +53,7 @@ func (f *fakeSource) Export(h Handle, reason flow.EndReason, now int64, emit fun
 	case flow.EndOfFlow:
 		delete(f.conns, h)
 	}
+	return true
 }
 
 // add registers a connection first seen at d and tracks it.
@@ -205,7 +211,7 @@ func TestExpire(t *testing.T) {
 					st.do(f, q)
 				}
 				f.exports = nil
-				n, err := q.Expire(t0.Add(st.at), f, func(*flow.Record) {})
+				n, err := q.Expire(t0.Add(st.at), f, take)
 				if err != nil {
 					t.Fatalf("Expire at %s: %v", st.at, err)
 				}
@@ -230,7 +236,7 @@ func TestExpireDrainsWholeBacklogInOneCall(t *testing.T) {
 	for h := Handle(1); h <= n; h++ {
 		f.add(q, h, 0, true)
 	}
-	got, err := q.Expire(t0.Add(DefaultActiveTimeout), f, func(*flow.Record) {})
+	got, err := q.Expire(t0.Add(DefaultActiveTimeout), f, take)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +257,7 @@ func TestExpireRecordCarriesReasonAndTime(t *testing.T) {
 	f.add(q, 7, 0, true)
 	f.close(q, 7)
 	var got []flow.Record
-	if _, err := q.Expire(t0.Add(time.Second), f, func(r *flow.Record) { got = append(got, *r) }); err != nil {
+	if _, err := q.Expire(t0.Add(time.Second), f, func(r *flow.Record) bool { got = append(got, *r); return true }); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 1 || got[0].EndReason != flow.EndOfFlow || got[0].ExportNanos != ns(time.Second) {
@@ -264,7 +270,7 @@ func TestExpireWithoutSourceFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.Expire(t0, nil, func(*flow.Record) {}); err == nil {
+	if _, err := q.Expire(t0, nil, take); err == nil {
 		t.Fatal("Expire with a nil Source succeeded, want an error")
 	}
 	if _, err := q.Expire(t0, newFakeSource(), nil); err == nil {
@@ -316,7 +322,7 @@ func TestMetrics(t *testing.T) {
 		f.add(q, h, 0, true)
 	}
 	delete(f.conns, 2)
-	if _, err := q.Expire(t0.Add(time.Hour), f, func(*flow.Record) {}); err != nil {
+	if _, err := q.Expire(t0.Add(time.Hour), f, take); err != nil {
 		t.Fatal(err)
 	}
 	got := gather(t, reg)
@@ -368,7 +374,7 @@ func TestExpireDoesNotAllocatePerRecord(t *testing.T) {
 		q.Track(Handle(h), ns(0))
 	}
 	emitted := 0
-	emit := func(*flow.Record) { emitted++ }
+	emit := func(*flow.Record) bool { emitted++; return true }
 	round := time.Duration(0)
 	allocs := testing.AllocsPerRun(20, func() {
 		round += time.Second
@@ -411,7 +417,7 @@ func TestCloseDelayHoldsTheFinalRecordBack(t *testing.T) {
 		{at: 30 * s, want: []export{{2, flow.EndIdleTimeout, 30 * s}}},
 	} {
 		f.exports = nil
-		if _, err := q.Expire(t0.Add(st.at), f, func(*flow.Record) {}); err != nil {
+		if _, err := q.Expire(t0.Add(st.at), f, take); err != nil {
 			t.Fatal(err)
 		}
 		if !slices.Equal(f.exports, st.want) {

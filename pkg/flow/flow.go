@@ -144,6 +144,11 @@ type Conn struct {
 	ID            uint32 // conntrack id; a new id on the same tuple is a new connection
 	Status        uint32 // conntrack status bits
 	TCPState      TCPState
+	// Counters says which source Fwd and Rev come from. One source per
+	// connection for its whole life: two sources never agree to the packet
+	// at every instant, and totals that step back would look like a new
+	// kernel entry.
+	Counters CounterSource
 	// StartNanos/StopNanos are Unix nanoseconds; zero when unknown
 	// (nf_conntrack_timestamp off). StopNanos is set once the kernel closed it.
 	StartNanos int64
@@ -151,6 +156,18 @@ type Conn struct {
 	Fwd        Counters // original direction totals (client -> server)
 	Rev        Counters // reply direction totals
 }
+
+// CounterSource names where a connection's counters are read.
+type CounterSource uint8
+
+const (
+	// CountersConntrack: the kernel's conntrack accounting (dumps, GET,
+	// DESTROY events).
+	CountersConntrack CounterSource = iota
+	// CountersBPF: the eBPF program on the pods' interfaces, which saw the
+	// connection from its first packet.
+	CountersBPF
+)
 
 // OrigDst returns the destination the client dialled.
 func (c *Conn) OrigDst() netip.Addr { return netip.AddrFrom16(c.OrigDstIP).Unmap() }
@@ -257,6 +274,12 @@ type Endpoint struct {
 	// Labels is the pod's labels as one JSON object (Antrea's
 	// sourcePodLabels/destinationPodLabels encoding), or empty.
 	Labels string
+	// WorkloadKind/WorkloadName are the pod's owning workload: its
+	// controller, one step further up for a ReplicaSet (its Deployment)
+	// or a Job (its CronJob). Empty for a bare pod, a node or an
+	// external address; a bare pod is identified by PodName alone.
+	WorkloadKind string
+	WorkloadName string
 }
 
 // L7 carries application-layer details matched from Suricata EVE events.

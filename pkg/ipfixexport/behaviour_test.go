@@ -190,6 +190,8 @@ func TestRecordTooLargeForAnyMessageIsDroppedAndCounted(t *testing.T) {
 	}
 }
 
+// A collector unreachable for longer than BackpressureTimeout: the full
+// buffer takes further records by dropping and counting them.
 func TestFullBufferDropsNewRecordsCountsThemAndKeepsTheBuffered(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	var got collected
@@ -199,19 +201,21 @@ func TestFullBufferDropsNewRecordsCountsThemAndKeepsTheBuffered(t *testing.T) {
 	}
 	addr := col.Addr().String()
 	col.Close() // the collector is away while records are exported
-	e, err := New(Config{Address: addr, Transport: TCP, BufferRecords: 10, FlushInterval: 20 * time.Millisecond}, reg)
+	e, err := New(Config{Address: addr, Transport: TCP, BufferRecords: 10, FlushInterval: 20 * time.Millisecond,
+		BackpressureTimeout: 10 * time.Millisecond}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	accepted := 0
+	time.Sleep(20 * time.Millisecond) // never connected since New: unreachable for longer than the timeout
+	taken := 0
 	for i := range 15 {
 		r := testRecord(uint64(i), false)
 		if e.Export(&r) {
-			accepted++
+			taken++
 		}
 	}
-	if accepted != 10 {
-		t.Errorf("accepted %d records into a buffer of 10", accepted)
+	if taken != 15 {
+		t.Errorf("took %d of 15 records, want all (10 buffered, 5 dropped and counted)", taken)
 	}
 	if v := metricValue(t, reg, "flowlens_ipfix_exporter_records_dropped_total", "reason", "buffer_full"); v != 5 {
 		t.Errorf("buffer_full drops = %v, want 5", v)
@@ -382,8 +386,8 @@ func TestRunReturnsOnCancelAndLaterExportsAreCountedAsDropped(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after cancel")
 	}
-	if e.Export(&r) {
-		t.Error("Export after Run returned reported the record queued")
+	if !e.Export(&r) {
+		t.Error("Export after Run returned refused the record; want it taken (dropped and counted)")
 	}
 	if v := metricValue(t, reg, "flowlens_ipfix_exporter_records_dropped_total", "reason", "shutdown"); v != 2 {
 		t.Errorf("shutdown drops = %v, want 2 (one buffered, one exported after Run)", v)

@@ -56,8 +56,25 @@ type Config struct {
 	PathMTU int
 
 	// BufferRecords bounds how many records wait for the collector
-	// (default 20000); beyond it Export drops and counts.
+	// (default 20000); beyond it Export refuses records, or drops and
+	// counts them once the collector has been unreachable, or no record
+	// has left the buffer, for BackpressureTimeout. It takes about 344 bytes a record at start
+	// (pointer-free), growing with records whose strings are long (L7
+	// fields) to at most about 1.2 KiB a record; records whose strings
+	// do not fit count as beyond it.
 	BufferRecords int
+	// BackpressureTimeout is how long a full buffer refuses records while
+	// the collector is unreachable or takes nothing (default 30s), so that
+	// a short outage or a failover costs nothing (the producer holds the
+	// records); after it, records beyond BufferRecords are dropped and
+	// counted. Its clock runs from the first refusal since a record last
+	// left the buffer, whether or not the collector is connected: one that
+	// accepts connections but reads nothing (hung) is dropped after it
+	// too. A collector that is only slow keeps records leaving the buffer
+	// and is refused, not dropped; the gaps between them are at most
+	// WriteTimeout (a blocked write fails then), so keep this above
+	// WriteTimeout, as the defaults are, for that to hold.
+	BackpressureTimeout time.Duration
 	// FlushInterval is the longest a record waits for its message to fill
 	// (default 1s).
 	FlushInterval time.Duration
@@ -107,6 +124,7 @@ func (c *Config) withDefaults() Config {
 		out.BufferRecords = 20000
 	}
 	def(&out.FlushInterval, time.Second)
+	def(&out.BackpressureTimeout, 30*time.Second)
 	def(&out.TemplateRefreshInterval, 30*time.Second)
 	if out.TemplateRefreshMessages == 0 {
 		out.TemplateRefreshMessages = 20
@@ -181,7 +199,7 @@ func (c *Config) validate() error {
 		name string
 		v    time.Duration
 	}{
-		{"FlushInterval", c.FlushInterval}, {"TemplateRefreshInterval", c.TemplateRefreshInterval},
+		{"FlushInterval", c.FlushInterval}, {"BackpressureTimeout", c.BackpressureTimeout}, {"TemplateRefreshInterval", c.TemplateRefreshInterval},
 		{"ReconnectMin", c.ReconnectMin}, {"ReconnectMax", c.ReconnectMax},
 		{"DialTimeout", c.DialTimeout}, {"WriteTimeout", c.WriteTimeout}, {"DrainTimeout", c.DrainTimeout},
 	} {

@@ -57,12 +57,17 @@ func setL7Details(r *flow.Record) {
 	r.L7.TLSJA3 = "e7d705a3286e19ea42f587b344ee6865"
 	r.L7.TLSJA3S = "15af977ce25de452b96affa2addb1036"
 	r.L7.TLSJA4 = "t13d1516h2_8daaf6152771_e5627efa2ab1"
+	// The workload IEs go with the same option.
+	r.Source.WorkloadKind, r.Source.WorkloadName = "Deployment", "frontend"
+	r.Destination.WorkloadKind, r.Destination.WorkloadName = "StatefulSet", "web"
 }
 
 // withoutL7Details is r as a receiver sees it from an exporter that does
 // not send the details.
 func withoutL7Details(r flow.Record) flow.Record {
 	r.L7 = flow.L7{AppProtocolName: r.L7.AppProtocolName, HTTPVals: r.L7.HTTPVals}
+	r.Source.WorkloadKind, r.Source.WorkloadName = "", ""
+	r.Destination.WorkloadKind, r.Destination.WorkloadName = "", ""
 	return r
 }
 

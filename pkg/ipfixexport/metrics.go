@@ -13,6 +13,7 @@ type metrics struct {
 	resent       prometheus.Counter
 	connected    prometheus.Gauge
 
+	refused        prometheus.Counter
 	dropBufferFull prometheus.Counter
 	dropTooLarge   prometheus.Counter
 	dropShutdown   prometheus.Counter
@@ -25,7 +26,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, error) {
 	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flowlens_ipfix_exporter_records_dropped_total",
-		Help: "Records not sent, by reason: buffer_full (collector too slow or away), too_large (one record exceeds the message size), shutdown (still buffered when Run returned).",
+		Help: "Records not sent, by reason: buffer_full (buffer full and the collector unreachable, or no record sent, for longer than the backpressure timeout), too_large (one record exceeds the message size), shutdown (still buffered when Run returned).",
 	}, []string{"reason"})
 	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flowlens_ipfix_exporter_connection_errors_total",
@@ -45,6 +46,10 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 			Name: "flowlens_ipfix_exporter_records_resent_total",
 			Help: "Records queued again for the next connection because the one they were written to failed before the collector acknowledged them (or in the middle of writing them).",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flowlens_ipfix_exporter_records_refused_total",
+			Help: "Records refused because the buffer was full (backpressure: the producer keeps them and offers them again). Not a loss.",
+		}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "flowlens_ipfix_exporter_connected", Help: "1 while a connection to the collector is up.",
 		}),
@@ -59,7 +64,7 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{
-		m.recordsSent, m.messagesSent, m.bytesSent, m.resent, m.connected, dropped, errs,
+		m.recordsSent, m.messagesSent, m.bytesSent, m.resent, m.refused, m.connected, dropped, errs,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "flowlens_ipfix_exporter_buffered_records", Help: "Records waiting to be sent.",
 		}, buffered),

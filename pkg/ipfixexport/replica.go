@@ -32,15 +32,12 @@ func (e *Exporter) DownSince() time.Time {
 func (e *Exporter) TakeBuffered(dst []flow.Record) []flow.Record {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for e.n > 0 && len(dst) < cap(dst) {
-		r := &e.ring[e.head]
-		dst = append(dst, *r)
-		*r = flow.Record{}
-		e.head++
-		if e.head == len(e.ring) {
-			e.head = 0
-		}
-		e.n--
+	for e.buf.n > 0 && len(dst) < cap(dst) {
+		var r flow.Record
+		e.buf.peek(&r, true)
+		dst = append(dst, r)
+		e.buf.pop()
+		e.stalledSince = 0
 	}
 	return dst
 }

@@ -215,6 +215,9 @@ func TestEveryIEDecodesWithGoIPFIXCollector(t *testing.T) {
 					for _, d := range ipfixie.L7Details() {
 						want[fmt.Sprintf("%d/%d", ipfixie.EnterprisePlaceholder, d.ID)] = *d.Field(&r.L7)
 					}
+					for _, w := range ipfixie.WorkloadElements() {
+						want[fmt.Sprintf("%d/%d", ipfixie.EnterprisePlaceholder, w.ID)] = *w.Field(&r)
+					}
 				}
 				e.Export(&r)
 				r = flow.Record{} // Export must have copied it
@@ -325,6 +328,15 @@ func TestL7DetailsRoundTripThroughIPFIXCollectOnlyWhenEnabled(t *testing.T) {
 							t.Errorf("field %s = %d/%d %q, want %d/%d %q", d.Name, f.Enterprise, f.ID, f.Str, ipfixie.EnterprisePlaceholder, d.ID, *d.Field(&r.L7))
 						}
 					}
+					for _, w := range ipfixie.WorkloadElements() {
+						f, ok := raw.Get(w.Name)
+						switch {
+						case ok != l7Details:
+							t.Errorf("field %s present = %v, want %v", w.Name, ok, l7Details)
+						case ok && (f.Str != *w.Field(&r) || f.ID != w.ID):
+							t.Errorf("field %s = %d/%d %q, want %d/%d %q", w.Name, f.Enterprise, f.ID, f.Str, ipfixie.EnterprisePlaceholder, w.ID, *w.Field(&r))
+						}
+					}
 					for _, f := range raw.Fields {
 						if !l7Details && f.Enterprise == ipfixie.EnterprisePlaceholder {
 							t.Errorf("default template carries enterprise-32473 IE %s", f.Name)
@@ -343,7 +355,7 @@ func TestDefaultTemplatesHaveNoEnterprise32473IE(t *testing.T) {
 		want int // enterprise-32473 field specifiers per template
 	}{
 		{"default", Config{Address: "127.0.0.1:1", Transport: TCP}, 0},
-		{"L7DetailElements", Config{Address: "127.0.0.1:1", Transport: TCP, L7DetailElements: true}, len(ipfixie.L7Details())},
+		{"L7DetailElements", Config{Address: "127.0.0.1:1", Transport: TCP, L7DetailElements: true}, len(ipfixie.L7Details()) + len(ipfixie.WorkloadElements())},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

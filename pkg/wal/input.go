@@ -11,9 +11,10 @@ import (
 
 // inputVersion leads every encoded input; a field added to flow.Record
 // bumps it (TestInputCodecCoversEveryField fails until the codec has it).
-// Version 2 appended the proxy SNAT address and port and the cluster id;
-// version 1 inputs, logged before an upgrade, still decode (without them).
-const inputVersion = 2
+// Version 2 appended the proxy SNAT address and port and the cluster id,
+// version 3 both ends' workload kind and name; inputs of earlier versions,
+// logged before an upgrade, still decode (without what came later).
+const inputVersion = 3
 
 // AppendInput appends the binary encoding of in (everything but Seq, which
 // the log assigns) to dst. Hand-written rather than reflective: it runs for
@@ -60,7 +61,12 @@ func AppendInput(dst []byte, in *correlate.Input) []byte {
 	dst = append(dst, r.ProxySnatIP[:]...)
 	dst = binary.LittleEndian.AppendUint16(dst, r.ProxySnatPort)
 	dst = binary.AppendUvarint(dst, uint64(len(r.ClusterID)))
-	return append(dst, r.ClusterID...)
+	dst = append(dst, r.ClusterID...)
+	for _, s := range [...]string{r.Source.WorkloadKind, r.Source.WorkloadName, r.Destination.WorkloadKind, r.Destination.WorkloadName} {
+		dst = binary.AppendUvarint(dst, uint64(len(s)))
+		dst = append(dst, s...)
+	}
+	return dst
 }
 
 var errShort = errors.New("input record truncated")
@@ -167,6 +173,11 @@ func DecodeInput(b []byte, in *correlate.Input) error {
 		copy(r.ProxySnatIP[:], d.bytes(16))
 		r.ProxySnatPort = binary.LittleEndian.Uint16(d.bytes(2))
 		r.ClusterID = d.str()
+	}
+	if v >= 3 {
+		for _, s := range [...]*string{&r.Source.WorkloadKind, &r.Source.WorkloadName, &r.Destination.WorkloadKind, &r.Destination.WorkloadName} {
+			*s = d.str()
+		}
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.err = fmt.Errorf("%d trailing bytes", len(d.b))

@@ -13,10 +13,13 @@ func TestVersion1InputStillDecodes(t *testing.T) {
 	in := sampleInput()
 	in.Seq = 0
 	in.Record.ProxySnatIP, in.Record.ProxySnatPort, in.Record.ClusterID = [16]byte{}, 0, ""
+	in.Record.Source.WorkloadKind, in.Record.Source.WorkloadName = "", ""
+	in.Record.Destination.WorkloadKind, in.Record.Destination.WorkloadName = "", ""
 	b := AppendInput(nil, &in)
 	// Version 2 appended 16 + 2 address and port bytes and a one-byte
-	// length of the empty cluster id.
-	v1 := append([]byte{1}, b[1:len(b)-19]...)
+	// length of the empty cluster id, version 3 four one-byte lengths of
+	// the empty workload strings.
+	v1 := append([]byte{1}, b[1:len(b)-19-4]...)
 	var out correlate.Input
 	if err := DecodeInput(v1, &out); err != nil {
 		t.Fatalf("DecodeInput(version 1): %v", err)
@@ -26,5 +29,24 @@ func TestVersion1InputStillDecodes(t *testing.T) {
 	}
 	if err := DecodeInput(append(v1, 0), new(correlate.Input)); err == nil {
 		t.Error("version 1 input with a trailing byte accepted")
+	}
+}
+
+// A log written by version 2 (before the workloads) still replays: its
+// inputs decode with the workloads empty and everything else intact.
+func TestVersion2InputStillDecodes(t *testing.T) {
+	in := sampleInput()
+	in.Seq = 0
+	in.Record.Source.WorkloadKind, in.Record.Source.WorkloadName = "", ""
+	in.Record.Destination.WorkloadKind, in.Record.Destination.WorkloadName = "", ""
+	b := AppendInput(nil, &in)
+	v2 := append([]byte{2}, b[1:len(b)-4]...)
+	var out correlate.Input
+	if err := DecodeInput(v2, &out); err != nil {
+		t.Fatalf("DecodeInput(version 2): %v", err)
+	}
+	if out.Record.ClusterID != in.Record.ClusterID || out.Record.ProxySnatPort != in.Record.ProxySnatPort ||
+		out.Record.Source != in.Record.Source || out.Record.Destination != in.Record.Destination {
+		t.Errorf("version 2 input decoded as\n%+v\nwant\n%+v", out, in)
 	}
 }

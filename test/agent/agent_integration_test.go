@@ -32,14 +32,37 @@ func TestMain(m *testing.M) {
 	}, netnstest.CheckPrereqs)
 }
 
+// Counter sources (counters.source): the tests of numbers run with both.
+const (
+	countEBPF      = "ebpf"
+	countConntrack = "conntrack"
+)
+
+var counterSources = []string{countEBPF, countConntrack}
+
 // startAgent runs the agent on node's conntrack table, exporting to
-// collectorAddr, with the given connections: section.
+// collectorAddr, with the given connections: section, counting with eBPF.
 func startAgent(t *testing.T, node *netnstest.Node, collectorAddr string, connections string) *agenttest.Agent {
 	t.Helper()
-	return agenttest.StartAgent(t, agentBin, fmt.Sprintf(`nodeName: %s
+	return startAgentCounting(t, node, collectorAddr, connections, countEBPF)
+}
+
+// startAgentCounting is startAgent with counters from source. With eBPF the
+// resync dump runs every second too, so that the tests see that a dump
+// leaves eBPF-counted connections alone, and every connection's totals are
+// compared with conntrack's when its entry dies (counters.crossCheck, no
+// tolerance).
+func startAgentCounting(t *testing.T, node *netnstest.Node, collectorAddr, connections, source string) *agenttest.Agent {
+	t.Helper()
+	ag := agenttest.StartAgent(t, agentBin, fmt.Sprintf(`nodeName: %s
 conntrack:
   netns: %s
   pollInterval: 1s
+  resyncInterval: 1s
+counters:
+  source: %s
+  crossCheck:
+    enabled: true
 connections:
 %s
 export:
@@ -48,7 +71,37 @@ export:
   flushInterval: 200ms
 server:
   listen: 127.0.0.1:0
-`, node.Name, node.NetnsPath, connections, collectorAddr))
+`, node.Name, node.NetnsPath, source, connections, collectorAddr))
+	if v, _ := ag.Metric(t, `flowlens_agent_counter_source{source="`+source+`"}`); v != 1 {
+		t.Fatalf("the agent does not count with %s (flowlens_agent_counter_source):\n%s", source, ag.Metrics(t))
+	}
+	return ag
+}
+
+// checkCrossCheck checks that the agent found a connection's eBPF totals
+// equal to conntrack's. A TCP connection whose close the program saw is
+// compared when it is closed (one GET); any other when its entry dies,
+// which the test makes happen at once by deleting it (its DESTROY then
+// comes without waiting for the UDP timeout).
+func checkCrossCheck(t *testing.T, ag *agenttest.Agent, node *netnstest.Node, proto string, local netip.AddrPort) {
+	t.Helper()
+	agree := `flowlens_agent_counter_crosscheck_total{result="agree"}`
+	if proto == "tcp" {
+		ag.WaitMetric(t, agree, 10*time.Second, func(v float64) bool { return v >= 1 })
+	} else {
+		before, _ := ag.Metric(t, agree)
+		family := "ipv4"
+		if local.Addr().Is6() {
+			family = "ipv6"
+		}
+		if out, err := node.Conntrack("-D", "-f", family, "-p", proto, "--orig-src", local.Addr().String(), "--sport", strconv.Itoa(int(local.Port()))); err != nil {
+			t.Fatalf("conntrack -D: %v\n%s", err, out)
+		}
+		ag.WaitMetric(t, agree, 10*time.Second, func(v float64) bool { return v > before })
+	}
+	if v, _ := ag.Metric(t, `flowlens_agent_counter_crosscheck_total{result="disagree"}`); v != 0 {
+		t.Errorf("%v connections whose eBPF and conntrack totals disagree (the agent logs them)", v)
+	}
 }
 
 func TestHealthAndMetricsReflectThePipeline(t *testing.T) {
@@ -159,6 +212,12 @@ func checkBytes(t *testing.T, dir string, c flow.Counters, payload int64, minHdr
 }
 
 func TestTCPThroughServiceIsExportedWithVIPEndpointAndCounts(t *testing.T) {
+	for _, source := range counterSources {
+		t.Run(source, func(t *testing.T) { testTCPThroughService(t, source) })
+	}
+}
+
+func testTCPThroughService(t *testing.T, source string) {
 	for _, tc := range []struct {
 		name string
 		ipv6 bool
@@ -181,7 +240,7 @@ func TestTCPThroughServiceIsExportedWithVIPEndpointAndCounts(t *testing.T) {
 
 			col := agenttest.StartCollector(t)
 			const activeTimeout, idleTimeout = 2 * time.Second, 30 * time.Second
-			ag := startAgent(t, node, col.Addr, fmt.Sprintf("  activeTimeout: %s\n  idleTimeout: %s\n  tickInterval: 100ms", activeTimeout, idleTimeout))
+			ag := startAgentCounting(t, node, col.Addr, fmt.Sprintf("  activeTimeout: %s\n  idleTimeout: %s\n  tickInterval: 100ms", activeTimeout, idleTimeout), source)
 
 			const sent, reply = 300_000, 50_000
 			xfer, err := netnstest.SendExactly(node.Pod("client"), netip.AddrPortFrom(svc.VIP, svc.Port), sent, reply)
@@ -269,6 +328,9 @@ func TestTCPThroughServiceIsExportedWithVIPEndpointAndCounts(t *testing.T) {
 			if r.StartNanos == 0 || r.StopNanos < r.StartNanos {
 				t.Errorf("start %d stop %d: want conntrack timestamps with stop >= start", r.StartNanos, r.StopNanos)
 			}
+			if source == countEBPF {
+				checkCrossCheck(t, ag, node, "tcp", xfer.Local)
+			}
 		})
 	}
 }
@@ -335,6 +397,12 @@ func TestLongConnectionIsExportedOnActiveTimeoutWithDeltas(t *testing.T) {
 }
 
 func TestUDPExchangeEndsOnIdleTimeout(t *testing.T) {
+	for _, source := range counterSources {
+		t.Run(source, func(t *testing.T) { testUDPExchange(t, source) })
+	}
+}
+
+func testUDPExchange(t *testing.T, source string) {
 	node := netnstest.NewNodeT(t, netnstest.Config{Name: "agent-udp",
 		Pods: []netnstest.PodSpec{{Name: "client"}, {Name: "server"}}})
 	server := node.Pod("server")
@@ -343,7 +411,7 @@ func TestUDPExchangeEndsOnIdleTimeout(t *testing.T) {
 	}
 	svc := netnstest.AddServiceT(t, node, netnstest.Service{Name: "dns", Port: 53, Proto: flow.ProtoUDP, Backend: server, TargetPort: 5353})
 	col := agenttest.StartCollector(t)
-	startAgent(t, node, col.Addr, "  activeTimeout: 1s\n  idleTimeout: 3s\n  tickInterval: 100ms")
+	ag := startAgentCounting(t, node, col.Addr, "  activeTimeout: 1s\n  idleTimeout: 3s\n  tickInterval: 100ms", source)
 
 	xfer, err := netnstest.SendUDP(node.Pod("client"), netip.AddrPortFrom(svc.VIP, svc.Port), 3000, 1500)
 	if err != nil {
@@ -370,6 +438,9 @@ func TestUDPExchangeEndsOnIdleTimeout(t *testing.T) {
 	}
 	if rev.Bytes < uint64(xfer.Received) {
 		t.Errorf("reverse bytes %d < payload received %d", rev.Bytes, xfer.Received)
+	}
+	if source == countEBPF {
+		checkCrossCheck(t, ag, node, "udp", xfer.Local)
 	}
 }
 

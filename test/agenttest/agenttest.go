@@ -187,7 +187,10 @@ type Agent struct {
 	// MetricsAddr serves /metrics and /healthz.
 	MetricsAddr string
 	LogPath     string
-	stop        func()
+	// Pid is the agent's process id, for benchmarks that read its CPU
+	// time and memory from /proc.
+	Pid  int
+	stop func()
 }
 
 // Stop sends SIGTERM, waits for the agent to exit and checks it exited
@@ -236,8 +239,15 @@ func StartAgent(t testing.TB, bin, cfg string) *Agent {
 					t.Errorf("agent exited with %v", err)
 				}
 			case <-time.After(10 * time.Second):
-				_ = cmd.Process.Kill()
-				<-exited
+				// SIGQUIT makes the Go runtime write every goroutine's
+				// stack to the log: where it hangs.
+				_ = cmd.Process.Signal(syscall.SIGQUIT)
+				select {
+				case <-exited:
+				case <-time.After(2 * time.Second):
+					_ = cmd.Process.Kill()
+					<-exited
+				}
 				t.Errorf("agent did not stop within 10s of SIGTERM")
 			}
 			logFile.Close()
@@ -271,7 +281,7 @@ func StartAgent(t testing.TB, bin, cfg string) *Agent {
 			}
 			if ready {
 				t.Logf("agent ready (serving metrics, conntrack events %v) %s after start", events, time.Since(began).Round(time.Millisecond))
-				return &Agent{MetricsAddr: string(serving), LogPath: logPath, stop: stop}
+				return &Agent{MetricsAddr: string(serving), LogPath: logPath, Pid: cmd.Process.Pid, stop: stop}
 			}
 		}
 		select {

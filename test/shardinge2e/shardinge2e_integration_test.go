@@ -290,19 +290,20 @@ func (h *harness) settle(t *testing.T, conns []made, within time.Duration) {
 //
 // What an agent holds for the dead replica meanwhile (issue 15's bound):
 // every replica's exporter session has its own ring of
-// export.bufferRecords records, allocated at start (sizeof(flow.Record),
-// 544 B today, each; strings such as pod names are shared). For
+// export.bufferRecords records, allocated at start (a pointer-free slot
+// plus 128 B of string arena each, ~344 B; at most sizeof(flow.Record)
+// with the arena grown, used below as the bound). For
 // failoverAfter (15 s) the dead replica's ring takes the records of its
 // connections; when it leaves the ring they are moved to their new
 // replicas and it takes no more. What stays with its exporter until it
 // returns is what was already encoded: messages written to the failed
 // connection and not acknowledged by its kernel (at most the socket send
 // buffer, tcp_wmem's maximum, 4 MiB by default) and at most two partly
-// filled messages (64 KiB each). So per replica: bufferRecords × 544 B +
-// 4 MiB + 128 KiB; 3 × (20000 × 544 B + 4.1 MiB) = 43 MiB per agent here,
-// 3 × (100000 × 544 B + 4.1 MiB) = 168 MiB with the default bufferRecords,
-// whatever the outage; beyond bufferRecords records are dropped and
-// counted (flowlens_ipfix_exporter_records_dropped_total), which this test
+// filled messages (64 KiB each). So per replica at most: bufferRecords ×
+// sizeof(flow.Record) + 4 MiB + 128 KiB (logged below), whatever the
+// outage; a full buffer first refuses records (the agent's store keeps
+// them) and only after the collector has been away for 30 s drops and
+// counts them (flowlens_ipfix_exporter_records_dropped_total), which this test
 // requires to stay zero. The peak each agent's buffers reached is logged.
 func TestShardedReplicasStoreEveryConnectionOnce(t *testing.T) {
 	h := startHarness(t)

@@ -1,0 +1,246 @@
+package bpfcounters
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+	"unsafe"
+
+	"k8s.io/klog/v2"
+
+	"github.com/flowlens/flowlens/pkg/flow"
+)
+
+// fromRing marks a key of this round that came from the ring (or a full
+// walk) rather than only from the previous round's re-read list.
+const fromRing = ^uint64(0)
+
+type rereadKey struct {
+	key     bpfFlowKey
+	packets uint64
+}
+
+type changed struct {
+	view flow.Tuple
+	fin  bool
+}
+
+// The ring record is decoded by copying its bytes over a key: the layouts
+// must agree.
+var _ [keySize - unsafe.Sizeof(bpfFlowKey{})]struct{}
+var _ [unsafe.Sizeof(bpfFlowKey{}) - keySize]struct{}
+
+// ReadChanged runs one read round and calls fn once per distinct view
+// (5-tuple as it appeared on the wire at one hook) whose counters changed
+// since the previous round. fin is true when the view's TCP flags include
+// FIN or RST. fn runs after the round, without the round's locks held, so
+// it may call Fill. A view may be reported one round late (see the
+// package comment), never lost.
+//
+// A view of a connection whose source was NATed on this node appears as
+// the translated tuple; connstore's LookupConn indexes that form too.
+//
+// While fn runs, Fill answers from the values this round read where it
+// can: the caller's Fill of a connection whose views just changed costs no
+// further lookup.
+func (c *Counters) ReadChanged(fn func(view flow.Tuple, fin bool)) error {
+	c.readMu.Lock()
+	out, err := c.readRound()
+	c.fillMu.Lock()
+	for i := range c.roundVals {
+		c.cache.vals[c.roundVals[i].key] = c.roundVals[i].val
+	}
+	c.fillMu.Unlock()
+	c.readMu.Unlock()
+	for i := range out {
+		fn(out[i].view, out[i].fin)
+	}
+	c.fillMu.Lock()
+	clear(c.cache.vals)
+	c.fillMu.Unlock()
+	return err
+}
+
+func (c *Counters) readRound() ([]changed, error) {
+	if c.ring == nil {
+		return nil, errors.New("read flow counters: closed")
+	}
+	c.epoch++
+	if err := c.objs.Epoch.Put(uint32(0), c.epoch); err != nil {
+		c.metrics.readErrors.Inc()
+		return nil, fmt.Errorf("set epoch %d: %w", c.epoch, err)
+	}
+	c.bumps[2], c.bumps[1], c.bumps[0] = c.bumps[1], c.bumps[0], uint64(monoNow())
+
+	clear(c.seen)
+	c.keys = c.keys[:0]
+	c.roundVals = c.roundVals[:0]
+	c.out = c.out[:0]
+	clear(c.outIdx)
+	for _, r := range c.reread {
+		if _, ok := c.seen[r.key]; !ok {
+			c.seen[r.key] = r.packets
+			c.keys = append(c.keys, r.key)
+		}
+	}
+	c.reread = c.reread[:0]
+
+	lost, err := c.drain()
+	if err != nil {
+		c.metrics.readErrors.Inc()
+		return nil, err
+	}
+	c.lostDrained += lost
+	// The program counts a lost-key record before writing it, so one
+	// counted by the previous round's readStats is in the ring by now
+	// unless the ring dropped it; one counted since may be in flight.
+	sentBefore := c.lastSt[statLostRecords]
+	ringFull, err := c.readStats()
+	if err != nil {
+		c.metrics.readErrors.Inc()
+		return nil, err
+	}
+	if c.lostDrained < sentBefore {
+		// Some lost keys' records were dropped: the loss cannot be pinned
+		// on keys, so every connection counted before now is suspect.
+		c.metrics.unattributed.Inc()
+		c.mu.Lock()
+		c.lossAll = time.Now().UnixNano()
+		c.mu.Unlock()
+		klog.InfoS("eBPF flow map full: losses not attributable to keys, connections counted before now fall back to conntrack counters", "missingRecords", sentBefore-c.lostDrained)
+		c.lostDrained = sentBefore
+	}
+	if ringFull > 0 {
+		if err := c.walk(); err != nil {
+			c.metrics.readErrors.Inc()
+			return nil, err
+		}
+	}
+
+	var v bpfFlowVal
+	for i := range c.keys {
+		k := &c.keys[i]
+		ok, err := c.table.lookup(k, &v)
+		if err != nil {
+			c.metrics.readErrors.Inc()
+			return nil, fmt.Errorf("look up flow %s: %w", viewOf(k), err)
+		}
+		if !ok {
+			continue // deleted since (Forget, Sweep)
+		}
+		c.roundVals = append(c.roundVals, keyVal{*k, v})
+		if v.NotifiedEpoch == c.epoch {
+			// Notified in this epoch already: a packet after this lookup
+			// would not notify again, so look again next round.
+			c.reread = append(c.reread, rereadKey{*k, v.Packets})
+		}
+		if prev := c.seen[*k]; prev != fromRing && prev == v.Packets {
+			continue // only re-read, and nothing new
+		}
+		// The same tuple at both hooks (two pods of this node talking
+		// without NAT) is one view for the caller.
+		view, fin := viewOf(k), v.TcpFlags&(tcpFIN|tcpRST) != 0
+		if i, ok := c.outIdx[view]; ok {
+			c.out[i].fin = c.out[i].fin || fin
+			continue
+		}
+		c.outIdx[view] = len(c.out)
+		c.out = append(c.out, changed{view, fin})
+	}
+	c.metrics.readKeys.Add(float64(len(c.out)))
+	return c.out, nil
+}
+
+func (c *Counters) addKey(k *bpfFlowKey) {
+	if prev, ok := c.seen[*k]; ok {
+		if prev != fromRing {
+			c.seen[*k] = fromRing
+		}
+		return
+	}
+	c.seen[*k] = fromRing
+	c.keys = append(c.keys, *k)
+}
+
+// drain reads every record the ring holds now; it returns how many lost
+// keys it was told about.
+func (c *Counters) drain() (lost uint64, err error) {
+	for {
+		err := c.ring.ReadInto(&c.rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return lost, nil
+		}
+		if err != nil {
+			return lost, fmt.Errorf("read changed-keys ring: %w", err)
+		}
+		raw := c.rec.RawSample
+		if len(raw) < recSize {
+			c.metrics.readErrors.Inc()
+			continue
+		}
+		var k bpfFlowKey
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&k)), keySize), raw[:keySize])
+		if binary.NativeEndian.Uint32(raw[keySize:]) == recLost {
+			lost++
+			c.markLossy(&k)
+			continue
+		}
+		c.addKey(&k)
+	}
+}
+
+func (c *Counters) markLossy(k *bpfFlowKey) {
+	c.metrics.lostKeys.Inc()
+	now := time.Now().UnixNano()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.lossy[*k]; !ok && len(c.lossy) >= maxLossyKeys {
+		c.lossAll = now
+		return
+	}
+	c.lossy[*k] = now
+	c.metrics.lossyKeys.Set(float64(len(c.lossy)))
+}
+
+// readStats adds the program's per-CPU counters to the metrics and
+// returns the increase of ring-full since the last round.
+func (c *Counters) readStats() (ringFull uint64, err error) {
+	for slot := uint32(0); slot < statMax; slot++ {
+		if err := c.objs.Stats.Lookup(slot, c.percpu); err != nil {
+			return 0, fmt.Errorf("read stats slot %d: %w", slot, err)
+		}
+		var sum uint64
+		for _, v := range c.percpu {
+			sum += v
+		}
+		d := sum - c.lastSt[slot]
+		c.lastSt[slot] = sum
+		c.metrics.kernel[slot].Add(float64(d))
+		if slot == statRingFull {
+			ringFull = d
+		}
+	}
+	return ringFull, nil
+}
+
+// walk adds every entry counted since two epoch bumps ago: the ring
+// dropped notifications, so the changed set is rebuilt from the map.
+func (c *Counters) walk() error {
+	c.metrics.fullWalks.Inc()
+	since := c.bumps[2]
+	var k bpfFlowKey
+	var v bpfFlowVal
+	it := c.objs.Flows.Iterate()
+	for it.Next(&k, &v) {
+		if v.LastNs >= since {
+			c.addKey(&k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("walk flow map: %w", err)
+	}
+	klog.V(2).InfoS("Walked the whole flow map after ring overflow", "changed", len(c.keys))
+	return nil
+}
