@@ -25,6 +25,7 @@ func (a *aggregator) addClickHouseCluster(s aggregatorconfig.ClickHouseSink, pas
 		Database: s.Database, Table: s.Table, Username: s.Username, Password: password,
 		Aggregator: a.cfg.AggregatorID, DialTimeout: s.DialTimeout.D(), Compress: s.Compress,
 		Cluster: &clickhouse.ClusterConfig{Name: cl.Name, Shards: cl.Shards, LocalTable: cl.LocalTable, SkipAddressCheck: !cl.CheckAddresses()},
+		Rollup:  rollupConfig(s),
 	})
 	if err != nil {
 		return err
@@ -80,4 +81,13 @@ func (a *aggregator) addClickHouseCluster(s aggregatorconfig.ClickHouseSink, pas
 	}
 	a.sinks = append(a.sinks, cs)
 	return nil
+}
+
+// rollupConfig is the service-map rollup the configuration asks for (nil:
+// none).
+func rollupConfig(s aggregatorconfig.ClickHouseSink) *clickhouse.RollupConfig {
+	if !s.Rollup.Enabled {
+		return nil
+	}
+	return &clickhouse.RollupConfig{Retention: s.Rollup.Retention.D()}
 }

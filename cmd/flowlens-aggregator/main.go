@@ -35,6 +35,7 @@ import (
 	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/ipfixcollect"
+	"github.com/flowlens/flowlens/pkg/linkmetrics"
 	"github.com/flowlens/flowlens/pkg/sink"
 	"github.com/flowlens/flowlens/pkg/sink/clickhouse"
 	"github.com/flowlens/flowlens/pkg/sink/ipfix"
@@ -170,7 +171,8 @@ type aggregator struct {
 	httpLn     net.Listener
 	in         chan correlate.Input
 	health     *health
-	wal        *walStage // nil when wal.enabled is false
+	wal        *walStage          // nil when wal.enabled is false
+	links      *linkmetrics.Links // nil when metrics.links.enabled is false
 }
 
 // newAggregator builds every stage and binds every socket, so errors
@@ -186,6 +188,11 @@ func newAggregator(cfg *aggregatorconfig.Config, reg *prometheus.Registry) (*agg
 	}
 	if a.wal, err = newWALStage(cfg, reg); err != nil {
 		return nil, err
+	}
+	if l := cfg.Metrics.Links; l.Enabled {
+		if a.links, err = linkmetrics.New(linkmetrics.Config{MaxSeries: l.MaxSeries}, reg); err != nil {
+			return nil, fmt.Errorf("metrics.links: %w", err)
+		}
 	}
 	if err := a.buildSinks(); err != nil {
 		a.close()
@@ -248,6 +255,7 @@ func (a *aggregator) buildSinks() error {
 		w, err := clickhouse.New(clickhouse.Config{
 			Addr: s.Addr, Database: s.Database, Table: s.Table, Username: s.Username, Password: pw,
 			Aggregator: a.cfg.AggregatorID, DialTimeout: s.DialTimeout.D(), Compress: s.Compress,
+			Rollup: rollupConfig(s),
 		})
 		if err != nil {
 			return fmt.Errorf("sinks.clickhouse: %w", err)
@@ -355,7 +363,7 @@ func (a *aggregator) run(ctx context.Context) error {
 		defer close(corrDone)
 		// The correlator stops when its input closes, not on ctx, so the
 		// collectors' last records are still merged.
-		if err := a.correlator.Run(context.Background(), a.in, a.sinks.Put); err != nil {
+		if err := a.correlator.Run(context.Background(), a.in, a.emit); err != nil {
 			errs <- fmt.Errorf("correlator: %w", err)
 		}
 	}()
@@ -434,6 +442,17 @@ func (a *aggregator) run(ctx context.Context) error {
 		all = append(all, err)
 	}
 	return errors.Join(all...)
+}
+
+// emit hands a row of the correlator to the link metrics and the sinks.
+// Rows of the WAL replay go to the sinks only: the process that crashed
+// had counted most of them already, and a counter counting a row twice is
+// worse than one whose restart (a reset, to rate()) misses some.
+func (a *aggregator) emit(r *correlate.Record) {
+	if a.links != nil {
+		a.links.Observe(r)
+	}
+	a.sinks.Put(r)
 }
 
 // handler converts decoded records for the correlator. Each collector

@@ -27,6 +27,7 @@ type command struct {
 var commands = []command{
 	{"collect", "receive IPFIX and print one JSON object per record", runCollect},
 	{"eve", "check Suricata EVE files: eve check [--json] FILE...", runEve},
+	{"ui", "serve the service map and flow explorer over ClickHouse (docs/ui.md)", runUI},
 }
 
 // usageError is an error in how the command was called that run prints

@@ -59,12 +59,14 @@ func TestDemoTrafficGoesThroughTheServices(t *testing.T) {
 	}
 }
 
-// buildBinaries builds the agent and the aggregator for the demo to run.
+// buildBinaries builds the agent, the aggregator and the CLI (the web UI)
+// for the demo to run.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	cmd := exec.Command("go", "build", "-o", dir+"/",
-		"github.com/flowlens/flowlens/cmd/flowlens-agent", "github.com/flowlens/flowlens/cmd/flowlens-aggregator")
+		"github.com/flowlens/flowlens/cmd/flowlens-agent", "github.com/flowlens/flowlens/cmd/flowlens-aggregator",
+		"github.com/flowlens/flowlens/cmd/flowlens")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -91,7 +93,7 @@ func TestDemoReadsItsTableBackFromTheSink(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			var out bytes.Buffer
-			res, err := run(ctx, options{binDir: bin, sink: tc.sink, wait: 45 * time.Second, settle: 20 * time.Second, noL7: tc.noL7}, &out)
+			res, err := run(ctx, options{binDir: bin, sink: tc.sink, wait: 45 * time.Second, settle: 20 * time.Second, noL7: tc.noL7, uiPort: 0}, &out)
 			if err != nil {
 				t.Fatalf("demo failed: %v\n%s", err, out.String())
 			}
@@ -107,6 +109,22 @@ func TestDemoReadsItsTableBackFromTheSink(t *testing.T) {
 			}
 			for _, e := range res.want {
 				checkRow(t, e, res.view.latest[e.key()], res.l7)
+			}
+			// The web UI over the ClickHouse table: its map has an edge
+			// per Service the client used, and the URL is printed.
+			services := map[string]bool{}
+			for _, e := range res.want {
+				services[e.Service.Name] = true
+			}
+			if tc.sink == sinkClickHouse {
+				if res.ui == nil || res.ui.edges != len(services) {
+					t.Errorf("web UI map: %+v, want %d edges, one per Service used", res.ui, len(services))
+				}
+				if !strings.Contains(out.String(), "web UI: http://127.0.0.1:") {
+					t.Errorf("the demo did not print the web UI's URL:\n%s", out.String())
+				}
+			} else if res.ui != nil {
+				t.Errorf("web UI started without ClickHouse: %+v", res.ui)
 			}
 		})
 	}

@@ -18,9 +18,16 @@
 // host, URL and status, DNS question and answer, or TLS server name and
 // version. Without Suricata it says so and shows the L3/L4 table.
 //
+// With the ClickHouse sink the demo then starts the web UI (bin/flowlens
+// ui) over that table and ends by printing its URL. With -serve it keeps
+// everything running (node, agent, aggregator, Suricata, ClickHouse and
+// the UI) until Ctrl-C, so a person can open the URL; without, the UI
+// goes when the demo exits.
+//
 // Run it as root from the repository root (`make demo` builds the binaries
-// first). Everything it creates (namespaces, processes, files) is removed
-// on exit, on Ctrl-C and on SIGTERM.
+// first; `make demo DEMO_FLAGS=-serve` keeps it up). Everything it creates
+// (namespaces, processes, files) is removed on exit, on Ctrl-C and on
+// SIGTERM.
 package main
 
 import (
@@ -54,6 +61,8 @@ type options struct {
 	keep        bool
 	trafficOnly bool
 	noL7        bool
+	serve       bool // keep everything running until interrupted
+	uiPort      int  // the UI's port on 127.0.0.1; 0 picks a free one
 }
 
 func main() {
@@ -65,6 +74,8 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, logs, the sink's data and the rows read back) instead of removing it")
 	flag.BoolVar(&o.trafficOnly, "traffic-only", false, "build the node and drive the traffic without the agent and aggregator (checks the topology)")
 	flag.BoolVar(&o.noL7, "no-l7", false, "run without Suricata, as when it is not installed (no L7 column values)")
+	flag.BoolVar(&o.serve, "serve", false, "after the table, keep the node, the pipeline, ClickHouse and the web UI running until Ctrl-C")
+	flag.IntVar(&o.uiPort, "ui-port", 8080, "port of the web UI on 127.0.0.1 (0: any free port)")
 	flag.Parse()
 	// The demo's own EVE probe logs through klog; the demo prints its own
 	// progress instead.
@@ -73,6 +84,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	_, err := run(ctx, o, os.Stdout)
 	stop()
+	if o.serve && errors.Is(err, errServed) {
+		fmt.Fprintln(os.Stderr, "demo: stopped; cleaned up")
+		return
+	}
 	if err != nil && !o.keep {
 		err = fmt.Errorf("%w\n(rerun with -keep to keep the configs, logs and the sink's data)", err)
 	}
@@ -91,12 +106,16 @@ func step(w io.Writer, format string, args ...any) {
 	fmt.Fprintf(w, "==> "+format+"\n", args...)
 }
 
+// errServed ends a -serve run that was interrupted as it should be.
+var errServed = errors.New("served until interrupted")
+
 // outcome is what a run read back from the sink, for the integration test.
 type outcome struct {
 	sink string // sinkClickHouse or sinkJSONL
 	l7   bool   // Suricata captured: L7 fields are expected
 	want []expected
 	view sinkView
+	ui   *uiSummary // the web UI's answer, nil without ClickHouse
 }
 
 func run(ctx context.Context, o options, out io.Writer) (res *outcome, err error) {
@@ -104,6 +123,7 @@ func run(ctx context.Context, o options, out io.Writer) (res *outcome, err error
 		return nil, fmt.Errorf("%w (the demo needs root and hack/install-deps.sh)", err)
 	}
 	agentBin, aggBin := filepath.Join(o.binDir, "flowlens-agent"), filepath.Join(o.binDir, "flowlens-aggregator")
+	uiBin := filepath.Join(o.binDir, "flowlens")
 	sinkKind, noCH, err := chooseSink(o.sink)
 	if err != nil {
 		return nil, err
@@ -112,6 +132,14 @@ func run(ctx context.Context, o options, out io.Writer) (res *outcome, err error
 		if err := errors.Join(checkBinary(agentBin), checkBinary(aggBin)); err != nil {
 			return nil, err
 		}
+	}
+	if sinkKind == sinkClickHouse && !o.trafficOnly {
+		if err := checkBinary(uiBin); err != nil {
+			return nil, err
+		}
+	}
+	if o.serve && (sinkKind != sinkClickHouse || o.trafficOnly) {
+		return nil, errors.New("-serve needs the ClickHouse sink (the web UI reads it), and the agent")
 	}
 
 	work, err := os.MkdirTemp("", "flowlens-demo-")
@@ -286,9 +314,12 @@ func run(ctx context.Context, o options, out io.Writer) (res *outcome, err error
 	}
 	// Stop the agent, then the aggregator: each flushes what it holds
 	// downstream on the way out, so the sink has every row before the
-	// final read.
-	agent.stop()
-	aggregator.stop()
+	// final read. -serve keeps them running (waitRows saw every row
+	// final, or gave them the settle time).
+	if !o.serve {
+		agent.stop()
+		aggregator.stop()
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -340,7 +371,37 @@ func run(ctx context.Context, o options, out io.Writer) (res *outcome, err error
 	if readErr != nil {
 		return res, fmt.Errorf("reading back the %s: %w", from, readErr)
 	}
-	return res, ctx.Err()
+	if sinkKind != sinkClickHouse {
+		why := "-sink jsonl"
+		if noCH != "" {
+			why = "`make demo-deps` installs clickhouse-server"
+		}
+		step(out, "no web UI: it reads the ClickHouse sink (%s)", why)
+		return res, ctx.Err()
+	}
+	ui, err := startUI(ctx, o, uiBin, chServer.Addr, filepath.Join(work, "ui.log"))
+	if ui != nil {
+		defer ui.stop()
+	}
+	if err != nil {
+		return res, err
+	}
+	if res.ui, err = checkUI(ctx, ui.url); err != nil {
+		return res, fmt.Errorf("%w\nlast lines of the UI's log:\n%s", err, ui.logTail(15))
+	}
+	fmt.Fprintln(out)
+	step(out, "web UI: %s  (service map: %d nodes, %d edges; flow explorer under Flows)", ui.url, res.ui.nodes, res.ui.edges)
+	if !o.serve {
+		step(out, "  it stops with the demo; `make demo DEMO_FLAGS=-serve` keeps everything running until Ctrl-C")
+		return res, ctx.Err()
+	}
+	step(out, "  open it in a browser; everything keeps running until Ctrl-C")
+	select {
+	case <-ctx.Done():
+		return res, errServed
+	case <-ui.done:
+		return res, ui.exitError()
+	}
 }
 
 // waitRows polls the sink until every connection has a row and either all

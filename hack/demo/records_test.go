@@ -38,7 +38,7 @@ func TestAgentConfigIsAcceptedByTheAgentLoader(t *testing.T) {
 		}
 		if cfg.NodeName != nodeName || cfg.Conntrack.NetNS != netnsPath ||
 			cfg.Export.Collector != "127.0.0.1:4739" || cfg.Export.Transport != "tcp" ||
-			cfg.Inventory.File != inv || !cfg.Export.L7DetailElements {
+			cfg.Inventory.File != inv || !*cfg.Export.L7DetailElements {
 			t.Fatalf("config read back as %+v", cfg)
 		}
 		wantSource := ""

@@ -16,6 +16,7 @@ import (
 	"github.com/flowlens/flowlens/pkg/confutil"
 	"github.com/flowlens/flowlens/pkg/correlate"
 	"github.com/flowlens/flowlens/pkg/ipfixcollect"
+	"github.com/flowlens/flowlens/pkg/linkmetrics"
 	"github.com/flowlens/flowlens/pkg/sink"
 	"github.com/flowlens/flowlens/pkg/sink/jsonl"
 	"github.com/flowlens/flowlens/pkg/wal"
@@ -48,6 +49,21 @@ type Config struct {
 	Correlation     Correlation `yaml:"correlation"`
 	WAL             WAL         `yaml:"wal"`
 	Sinks           Sinks       `yaml:"sinks"`
+	Metrics         Metrics     `yaml:"metrics"`
+}
+
+// Metrics configures metrics beyond the aggregator's own health.
+type Metrics struct {
+	Links LinkMetrics `yaml:"links"`
+}
+
+// LinkMetrics configures pkg/linkmetrics: flowlens_link_* counters per
+// service link, served on metricsAddress with the other metrics.
+type LinkMetrics struct {
+	Enabled bool `yaml:"enabled"`
+	// MaxSeries is how many links get series of their own; rows of
+	// further links are counted under the link labelled "other".
+	MaxSeries int `yaml:"maxSeries"`
 }
 
 // Limits are each listener's bounds (pkg/ipfixcollect); every refusal is
@@ -154,6 +170,8 @@ type ClickHouseSink struct {
 	// Cluster, when set, writes to a sharded cluster instead of Addr: see
 	// ClickHouseCluster.
 	Cluster *ClickHouseCluster `yaml:"cluster"`
+	// Rollup is the service map's per-minute rollup (docs/ui.md).
+	Rollup ClickHouseRollup `yaml:"rollup"`
 	// Queue applies to each shard of a cluster (its own queue, retries
 	// and spool file).
 	Queue `yaml:",inline"`
@@ -184,6 +202,24 @@ type ClickHouseCluster struct {
 func (cl *ClickHouseCluster) CheckAddresses() bool {
 	return cl.CheckShardAddresses == nil || *cl.CheckShardAddresses
 }
+
+// ClickHouseRollup makes the sink keep a per-minute rollup of the
+// service map (source and destination node, port, protocol, app
+// protocol), filled by a materialized view, which `flowlens ui` reads
+// instead of raw rows (docs/ui.md).
+type ClickHouseRollup struct {
+	Enabled bool `yaml:"enabled"`
+	// Retention is how long rollup rows are kept; "0s" keeps them. On a
+	// server without TTL (before 19.6) whole days are dropped by the
+	// aggregator once they have expired.
+	Retention Duration `yaml:"retention"`
+}
+
+// MaxRollupRetention bounds sinks.clickhouse.rollup.retention (10 years).
+const MaxRollupRetention = 10 * 365 * 24 * time.Hour
+
+// DefaultRollupRetention is sinks.clickhouse.rollup.retention's default.
+const DefaultRollupRetention = 30 * 24 * time.Hour
 
 // JSONLSink configures pkg/sink/jsonl.
 type JSONLSink struct {
@@ -298,10 +334,12 @@ func Default() Config {
 			Sync:         string(wal.DefaultSync),
 			SyncInterval: Duration(wal.DefaultSyncInterval),
 		},
+		Metrics: Metrics{Links: LinkMetrics{Enabled: true, MaxSeries: linkmetrics.DefaultMaxSeries}},
 		Sinks: Sinks{
 			ClickHouse: ClickHouseSink{
 				Addr: "127.0.0.1:9000", Database: "default", Table: "flows", Username: "default",
 				DialTimeout: Duration(5 * time.Second), Queue: DefaultQueue(),
+				Rollup: ClickHouseRollup{Enabled: true, Retention: Duration(DefaultRollupRetention)},
 			},
 			JSONL: JSONLSink{Path: "-", MaxBytes: jsonl.DefaultMaxBytes, MaxFiles: jsonl.DefaultMaxFiles, FileMode: "0600", Queue: DefaultQueue()},
 			IPFIX: IPFIXSink{Transport: "tcp", Queue: DefaultQueue()},
@@ -460,6 +498,9 @@ func (c *Config) Validate() error {
 	p.PositiveDuration("correlation.activeTimeout", c.Correlation.ActiveTimeout)
 	p.PositiveDuration("correlation.inactiveTimeout", c.Correlation.InactiveTimeout)
 	confutil.Range(&p, "correlation.maxConnections", c.Correlation.MaxConnections, 1, MaxCorrelationConnections)
+	if c.Metrics.Links.Enabled {
+		confutil.Range(&p, "metrics.links.maxSeries", c.Metrics.Links.MaxSeries, 1, linkmetrics.MaxMaxSeries)
+	}
 
 	if w := c.WAL; w.Enabled {
 		if w.Dir == "" {
@@ -496,6 +537,9 @@ func (c *Config) Validate() error {
 		}
 		p.FileExists("sinks.clickhouse.passwordFile", s.PasswordFile)
 		p.PositiveDuration("sinks.clickhouse.dialTimeout", s.DialTimeout)
+		if r := s.Rollup.Retention.D(); s.Rollup.Enabled && (r < 0 || r > 0 && r < time.Hour || r > MaxRollupRetention) {
+			p.Addf("sinks.clickhouse.rollup.retention", "must be 0s (keep) or within 1h..%s, got %q", MaxRollupRetention, s.Rollup.Retention.String())
+		}
 		s.Queue.validate(&p, "sinks.clickhouse.")
 	}
 	if s := c.Sinks.JSONL; s.Enabled {

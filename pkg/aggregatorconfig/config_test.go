@@ -96,6 +96,9 @@ func TestInvalidConfigNamesTheField(t *testing.T) {
 		{"jsonl file mode not octal", "sinks:\n  jsonl:\n    enabled: true\n    fileMode: rw\n", "sinks.jsonl.fileMode", "octal"},
 		{"jsonl file mode the owner cannot write", "sinks:\n  jsonl:\n    enabled: true\n    fileMode: \"0400\"\n", "sinks.jsonl.fileMode", "owner"},
 		{"zero max block", "sinks:\n  jsonl:\n    enabled: true\n    maxBlock: 0s\n", "sinks.jsonl.maxBlock", "positive"},
+		{"zero link series", "metrics:\n  links:\n    maxSeries: 0\n", "metrics.links.maxSeries", "1..1000000"},
+		{"too many link series", "metrics:\n  links:\n    maxSeries: 1000001\n", "metrics.links.maxSeries", "1..1000000"},
+		{"misspelt link option", "metrics:\n  links:\n    maxSerie: 5\n", "metrics.links.maxSerie", "unknown option"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			body := tc.yaml

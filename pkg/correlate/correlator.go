@@ -470,6 +470,11 @@ func mergeEndpoint(dst *flow.Endpoint, in flow.Endpoint, authoritative bool) {
 	set(&dst.PodNamespace, in.PodNamespace)
 	set(&dst.NodeName, in.NodeName)
 	set(&dst.Labels, in.Labels)
+	// Kind and name are one value: taken together from one half, never a
+	// kind from one node and a name from the other.
+	if in.WorkloadName != "" && (dst.WorkloadName == "" || authoritative) {
+		dst.WorkloadKind, dst.WorkloadName = in.WorkloadKind, in.WorkloadName
+	}
 }
 
 // ended reports whether every node that reports the connection has seen
@@ -613,10 +618,22 @@ func (c *Correlator) passThrough(in *Input) *Record {
 	fillThroughput(s, r.StartNanos)
 	out.FromDestination = *s
 	out.Throughput, out.ReverseThroughput = s.Throughput, s.ReverseThroughput
+	out.L7Counts = c.countL7(&out.L7)
 	if int(flow.EndOfFlow) < len(c.exported) {
 		c.exported[flow.EndOfFlow].Inc()
 	}
 	return out
+}
+
+// countL7 is CountL7 with its error counted: the merge already rejected
+// invalid httpVals, so one here means a bug, not bad input.
+func (c *Correlator) countL7(l *flow.L7) L7Counts {
+	n, err := CountL7(l)
+	if err != nil {
+		c.m.L7Errors.Inc()
+		klog.V(4).InfoS("Counting L7 transactions", "err", err)
+	}
+	return n
 }
 
 // fillThroughput sets s's throughput over the interval from prevEnd to the
@@ -664,6 +681,8 @@ func (c *Correlator) export(e *entry, reason flow.EndReason) *Record {
 	}
 	e.dirty = false
 	out.Seqs, e.seqs = e.seqs, nil
+	// Counted before the entry forgets the transactions: out.L7 is a copy.
+	out.L7Counts = c.countL7(&out.L7)
 	resetTransactions(&e.rec.L7)
 	for i, s := range []*Side{&e.rec.FromSource, &e.rec.FromDestination} {
 		s.FwdDelta, s.RevDelta = flow.Counters{}, flow.Counters{}

@@ -107,6 +107,9 @@ type Record struct {
 	// Throughput and ReverseThroughput (bits/s) go with the main counters.
 	Throughput, ReverseThroughput uint64
 	Correlation                   Status
+	// L7 counts of this row (HTTP transactions, their 4xx/5xx, DNS
+	// errors), from the merged L7 it carries; set when the row is exported.
+	L7Counts L7Counts
 	// Seqs are the Input.Seq of every input whose counters this row is
 	// the first to carry; each numbered input is in exactly one row.
 	Seqs []uint64

@@ -25,6 +25,8 @@ import (
 //	    node: host-a           # default: the agent's node
 //	    labels: {app: web}
 //	    annotations: {visibility.antrea.io/l7-export: both}
+//	    workloadKind: Deployment   # optional, with workloadName
+//	    workloadName: web
 //	services:                  # virtual IPs DNATed to entries; optional
 //	  - name: web
 //	    group: lab
@@ -61,6 +63,12 @@ type Entry struct {
 	Node        string            `yaml:"node"`
 	Labels      map[string]string `yaml:"labels"`
 	Annotations map[string]string `yaml:"annotations"`
+	// WorkloadKind/WorkloadName name the workload the entry is an
+	// instance of, exported as the flow's workload (what a pod's
+	// Deployment, StatefulSet, ... is). Both or neither; neither makes the
+	// entry its own, like a bare pod.
+	WorkloadKind string `yaml:"workloadKind"`
+	WorkloadName string `yaml:"workloadName"`
 }
 
 // Service is a virtual IP with named ports.
@@ -211,12 +219,18 @@ func validate(f *File, localNode string) (*parsed, error) {
 		if err != nil {
 			return nil, err
 		}
+		if (e.WorkloadKind == "") != (e.WorkloadName == "") {
+			return nil, fmt.Errorf("%s: workloadKind and workloadName go together (got %q and %q)", where, e.WorkloadKind, e.WorkloadName)
+		}
 		node := e.Node
 		if node == "" {
 			node = localNode
 		}
+		// The workload is the entry's owner: with no owner chain in a
+		// file, the index reports it as it is.
 		p.entries[key] = parsedEntry{ips: ips, pod: &ipindex.Pod{
 			Name: e.Name, Namespace: e.Group, Node: node, Labels: labelsJSON(e.Labels), L7: m,
+			OwnerKind: e.WorkloadKind, OwnerName: e.WorkloadName,
 		}}
 	}
 	for i, s := range f.Services {

@@ -44,7 +44,8 @@ func newInv(t *testing.T, path string) (*Inventory, *prometheus.Registry) {
 
 func TestLoadedInventoryEnriches(t *testing.T) {
 	inv, _ := newInv(t, "testdata/inventory.yaml")
-	web := flow.Endpoint{PodName: "web-1", PodNamespace: "lab", NodeName: "host-a", Labels: `{"app":"web","tier":"front"}`}
+	web := flow.Endpoint{PodName: "web-1", PodNamespace: "lab", NodeName: "host-a", Labels: `{"app":"web","tier":"front"}`,
+		WorkloadKind: "Deployment", WorkloadName: "web"}
 	client := flow.Endpoint{PodName: "client-1", PodNamespace: "lab", NodeName: "host-a"}
 	tests := []struct {
 		name string
@@ -129,6 +130,7 @@ func TestInvalidFileAtStartNamesEntryAndField(t *testing.T) {
 		{"invalid group annotation", "groups:\n- name: g\n  annotations: {visibility.antrea.io/l7-export: all}\n", []string{"groups[0] (g).annotations", "all"}},
 		{"unknown field", "entries:\n- {name: a, ipz: [10.0.0.1]}\n", []string{"ipz"}},
 		{"bad protocol", "services:\n- {name: s, ips: [10.96.0.1], ports: [{port: 80, protocol: ICMP}]}\n", []string{"services[0] (/s).ports[0].protocol", "ICMP"}},
+		{"workload name without kind", "entries:\n- {name: a, ips: [10.0.0.1], workloadName: w}\n", []string{"entries[0] (/a)", "workloadKind"}},
 		{"zero port", "services:\n- {name: s, ips: [10.96.0.1], ports: [{name: x}]}\n", []string{"services[0] (/s).ports[0].port"}},
 	}
 	for _, tt := range tests {

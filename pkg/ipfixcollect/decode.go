@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/flowlens/flowlens/pkg/ipfixie"
 )
@@ -307,7 +309,14 @@ func decodeValue(t ipfixie.DataType, b []byte) ipfixie.Value {
 			return v
 		}
 	case ipfixie.String:
-		v.Str = string(b)
+		// RFC 7011 strings are UTF-8; an exporter that sends other bytes
+		// must not make every consumer (Prometheus labels, which panic on
+		// them, JSON, ClickHouse) cope: invalid bytes become U+FFFD here.
+		if utf8.Valid(b) {
+			v.Str = string(b)
+		} else {
+			v.Str = strings.ToValidUTF8(string(b), "\uFFFD")
+		}
 		return v
 	case ipfixie.IPv4Address, ipfixie.IPv6Address:
 		if a, ok := netip.AddrFromSlice(b); ok {

@@ -316,11 +316,15 @@ func FlowTemplates(idV4, idV6 uint16) (v4, v6 *Template, err error) {
 // TemplateOptions selects the flow templates' ids and optional IEs.
 type TemplateOptions struct {
 	IDv4, IDv6 uint16
-	// L7Details appends the DNS/TLS detail IEs (L7Details, enterprise
-	// EnterprisePlaceholder) to both templates. Off, the templates are
-	// exactly FlowIEs, which a go-ipfix collector in Strict mode (that
-	// library's default) accepts from go-ipfix v0.17.0; on, such a
-	// collector rejects the templates and every record sent with them.
+	// L7Details appends flowlens's own IEs (enterprise
+	// EnterprisePlaceholder) to both templates: the DNS/TLS details
+	// (L7Details), then the workload of each end (WorkloadElements). Off,
+	// the templates are exactly FlowIEs, which a go-ipfix collector in
+	// Strict mode (that library's default) accepts from go-ipfix v0.17.0;
+	// on, such a collector rejects the templates and every record sent
+	// with them. One switch for all of them: a single placeholder IE
+	// already costs those collectors everything, so splitting it would
+	// protect no one.
 	L7Details bool
 }
 
@@ -329,7 +333,7 @@ type TemplateOptions struct {
 func NewFlowTemplates(o TemplateOptions) (v4, v6 *Template, err error) {
 	ies := FlowIEs
 	if o.L7Details {
-		ies = slices.Concat(FlowIEs, l7DetailIEs)
+		ies = slices.Concat(FlowIEs, l7DetailIEs, workloadIEs)
 	}
 	return flowTemplates(ies, o.IDv4, o.IDv6)
 }
@@ -400,8 +404,8 @@ func (t *Template) AppendData(b []byte, r *flow.Record) []byte {
 // flowIEByName holds the optional IEs too: a collector decodes whatever an
 // exporter chose to send.
 var flowIEByName = func() map[nameKey]*FlowIE {
-	m := make(map[nameKey]*FlowIE, len(FlowIEs)+len(l7DetailIEs))
-	for _, ies := range [][]FlowIE{FlowIEs, l7DetailIEs} {
+	m := make(map[nameKey]*FlowIE, len(FlowIEs)+len(l7DetailIEs)+len(workloadIEs))
+	for _, ies := range [][]FlowIE{FlowIEs, l7DetailIEs, workloadIEs} {
 		for i := range ies {
 			m[nameKey{ies[i].Enterprise, ies[i].Name}] = &ies[i]
 		}

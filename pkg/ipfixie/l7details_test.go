@@ -20,7 +20,7 @@ func TestL7DetailsAreOptionalInTheTemplates(t *testing.T) {
 		wantExtra int
 	}{
 		{"default templates are the Antrea set without enterprise-32473 IEs", false, 0},
-		{"with L7Details the nine DNS/TLS IEs follow the Antrea set", true, len(details)},
+		{"with L7Details the nine DNS/TLS IEs and the four workload IEs follow the Antrea set", true, len(details) + len(WorkloadElements())},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,9 +42,20 @@ func TestL7DetailsAreOptionalInTheTemplates(t *testing.T) {
 					t.Errorf("template %d: %d enterprise-32473 IEs, want %d", tmpl.ID, n32473, tc.wantExtra)
 				}
 				extra := tmpl.Elements[len(tmpl.Elements)-tc.wantExtra:]
+				type nameID struct {
+					name string
+					id   uint16
+				}
+				var order []nameID
+				for _, d := range details {
+					order = append(order, nameID{d.Name, d.ID})
+				}
+				for _, w := range WorkloadElements() {
+					order = append(order, nameID{w.Name, w.ID})
+				}
 				for i, e := range extra {
-					d := details[i]
-					want := Element{Name: d.Name, Enterprise: EnterprisePlaceholder, ID: d.ID, Type: String, Length: VariableLength}
+					d := order[i]
+					want := Element{Name: d.name, Enterprise: EnterprisePlaceholder, ID: d.id, Type: String, Length: VariableLength}
 					if e != want {
 						t.Errorf("template %d element %d = %+v, want %+v", tmpl.ID, len(tmpl.Elements)-tc.wantExtra+i, e, want)
 					}
@@ -150,12 +161,18 @@ func TestL7DetailsMatchTheDocumentation(t *testing.T) {
 		documented[string(m[1])] = uint16(id)
 	}
 	details := L7Details()
-	if len(documented) != len(details) {
-		t.Errorf("docs list %d enterprise-32473 elements, the table %d", len(documented), len(details))
+	workload := WorkloadElements()
+	if len(documented) != len(details)+len(workload) {
+		t.Errorf("docs list %d enterprise-32473 elements, the tables %d", len(documented), len(details)+len(workload))
 	}
 	for _, d := range details {
 		if id, ok := documented[d.Name]; !ok || id != d.ID {
 			t.Errorf("%s (id %d): documented as id %d, %v", d.Name, d.ID, id, ok)
+		}
+	}
+	for _, w := range workload {
+		if id, ok := documented[w.Name]; !ok || id != w.ID {
+			t.Errorf("%s (id %d): documented as id %d, %v", w.Name, w.ID, id, ok)
 		}
 	}
 }

@@ -50,6 +50,13 @@ type Pod struct {
 	// SetOwner: ReplicaSet -> Deployment, Job -> CronJob.
 	OwnerKind string
 	OwnerName string
+	// TemplateHashLen is the length of the pod's pod-template-hash label
+	// when OwnerName (a ReplicaSet) ends in "-<hash>", else 0. Only the
+	// Deployment controller sets that label, so a pod whose ReplicaSet
+	// the index does not know (yet: informers deliver kinds in no set
+	// order) still resolves to its Deployment: the ReplicaSet's name minus
+	// "-<hash>". A length rather than the hash: a byte per pod, not a string.
+	TemplateHashLen uint8
 }
 
 // PodInfo is what LookupPod returns: a copy, safe to keep.
@@ -537,16 +544,22 @@ func (x *Index) nsLocked(ns string) *nsState {
 }
 
 // SetOwner records that object (kind, namespace, name) is controlled by
-// (ownerKind, ownerName); empty ownerKind removes the record.
+// (ownerKind, ownerName); an empty ownerKind records that it has no
+// controller, which is not the same as not knowing it (see
+// Pod.TemplateHashLen: a ReplicaSet orphaned from its deleted Deployment
+// is its pods' workload, whatever their labels say).
 func (x *Index) SetOwner(kind, namespace, name, ownerKind, ownerName string) {
 	k := objKey{kind: kind, namespace: namespace, name: name}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if ownerKind == "" {
-		delete(x.owners, k)
-		return
-	}
 	x.owners[k] = ownerRef{kind: ownerKind, name: ownerName}
+}
+
+// DeleteOwner forgets object (kind, namespace, name) (it was deleted).
+func (x *Index) DeleteOwner(kind, namespace, name string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	delete(x.owners, objKey{kind: kind, namespace: namespace, name: name})
 }
 
 // Stats are sizes for gauges.
@@ -626,12 +639,23 @@ func (h *holding) mode() L7Mode {
 	return h.ns.l7
 }
 
+// workloadLocked is p's owning workload: its controller, or the
+// controller's own controller where the index knows one (ReplicaSet ->
+// Deployment, Job -> CronJob). A bare pod has none: empty, so that it is
+// named by the pod alone rather than by a workload that looks like one.
+// It does not allocate.
 func (x *Index) workloadLocked(p *Pod) (kind, name string) {
 	if p.OwnerKind == "" {
-		return "Pod", p.Name
+		return "", ""
 	}
 	if o, ok := x.owners[objKey{kind: p.OwnerKind, namespace: p.Namespace, name: p.OwnerName}]; ok {
+		if o.kind == "" {
+			return p.OwnerKind, p.OwnerName // known to have no controller
+		}
 		return o.kind, o.name
+	}
+	if n := int(p.TemplateHashLen); p.OwnerKind == "ReplicaSet" && n > 0 && len(p.OwnerName) > n+1 && p.OwnerName[len(p.OwnerName)-n-1] == '-' {
+		return "Deployment", p.OwnerName[:len(p.OwnerName)-n-1]
 	}
 	return p.OwnerKind, p.OwnerName
 }
@@ -664,8 +688,8 @@ func (x *Index) Enrich(r *flow.Record) {
 	defer x.mu.RUnlock(x.mu.RLock())
 	src := x.resolveLocked(r.Tuple.SrcIP, r.StartNanos, &now)
 	dst := x.resolveLocked(r.Tuple.DstIP, r.StartNanos, &now)
-	r.Source = endpointOf(src)
-	r.Destination = endpointOf(dst)
+	r.Source = x.endpointLocked(src)
+	r.Destination = x.endpointLocked(dst)
 
 	r.ClusterIP = false
 	r.ServicePortName = ""
@@ -685,10 +709,12 @@ func (x *Index) Enrich(r *flow.Record) {
 	r.FlowType = x.flowType(src, dst)
 }
 
-func endpointOf(e end) flow.Endpoint {
+func (x *Index) endpointLocked(e end) flow.Endpoint {
 	switch e.kind {
 	case endPod:
-		return flow.Endpoint{PodName: e.pod.Name, PodNamespace: e.pod.Namespace, NodeName: e.pod.Node, Labels: e.pod.Labels}
+		kind, name := x.workloadLocked(e.pod)
+		return flow.Endpoint{PodName: e.pod.Name, PodNamespace: e.pod.Namespace, NodeName: e.pod.Node, Labels: e.pod.Labels,
+			WorkloadKind: kind, WorkloadName: name}
 	case endHost:
 		return flow.Endpoint{NodeName: e.node}
 	}

@@ -498,16 +498,50 @@ func TestWorkloadFollowsOwnerAliases(t *testing.T) {
 	mustSet(t, x, "d", addrs("10.1.0.9"), at(0), &Pod{Name: "web-7d9-abcde", Namespace: "app", OwnerKind: "ReplicaSet", OwnerName: "web-7d9"})
 	x.SetOwner("ReplicaSet", "app", "web-7d9", "Deployment", "web")
 	mustSet(t, x, "r", addrs("10.1.0.10"), at(0), &Pod{Name: "orphan-rs-x", Namespace: "app", OwnerKind: "ReplicaSet", OwnerName: "orphan-rs"})
+	// ReplicaSet not (yet) known, but the pod carries the Deployment
+	// controller's pod-template-hash: the Deployment is the name minus it.
+	mustSet(t, x, "h", addrs("10.1.0.11"), at(0), &Pod{Name: "api-5c6f8b-q", Namespace: "app", OwnerKind: "ReplicaSet", OwnerName: "api-5c6f8b", TemplateHashLen: 6})
+	// A ReplicaSet known to have no controller (orphaned from its deleted
+	// Deployment: its pods keep the label) is the workload itself.
+	mustSet(t, x, "o", addrs("10.1.0.14"), at(0), &Pod{Name: "old-5c6f8b-q", Namespace: "app", OwnerKind: "ReplicaSet", OwnerName: "old-5c6f8b", TemplateHashLen: 6})
+	x.SetOwner("ReplicaSet", "app", "old-5c6f8b", "", "")
+	// A hash length that does not fit the name is ignored.
+	mustSet(t, x, "b", addrs("10.1.0.12"), at(0), &Pod{Name: "x-q", Namespace: "app", OwnerKind: "ReplicaSet", OwnerName: "x", TemplateHashLen: 6})
+	mustSet(t, x, "s", addrs("10.1.0.13"), at(0), &Pod{Name: "db-0", Namespace: "app", OwnerKind: "StatefulSet", OwnerName: "db"})
 	tests := []struct{ ip, kind, name string }{
 		{"10.1.0.9", "Deployment", "web"},
 		{"10.1.0.10", "ReplicaSet", "orphan-rs"},
-		{"10.1.0.1", "Pod", "client"},
+		{"10.1.0.11", "Deployment", "api"},
+		{"10.1.0.12", "ReplicaSet", "x"},
+		{"10.1.0.13", "StatefulSet", "db"},
+		{"10.1.0.14", "ReplicaSet", "old-5c6f8b"},
+		// A bare pod has no workload: it is named by the pod alone.
+		{"10.1.0.1", "", ""},
 	}
 	for _, tt := range tests {
 		p, ok := x.LookupPod(netip.MustParseAddr(tt.ip), at(1))
 		if !ok || p.WorkloadKind != tt.kind || p.WorkloadName != tt.name {
 			t.Errorf("%s: workload = %s/%s (found %v), want %s/%s", tt.ip, p.WorkloadKind, p.WorkloadName, ok, tt.kind, tt.name)
 		}
+	}
+	// Enrich exports the same workload for both ends.
+	c := flow.NewTuple(netip.MustParseAddr("10.1.0.11"), netip.MustParseAddr("10.1.0.9"), 40000, 80, flow.ProtoTCP)
+	r := flow.Record{Conn: flow.Conn{Tuple: c, OrigDstIP: c.DstIP, OrigDstPort: c.DstPort, StartNanos: at(1).UnixNano()}}
+	x.Enrich(&r)
+	if r.Source.WorkloadKind != "Deployment" || r.Source.WorkloadName != "api" ||
+		r.Destination.WorkloadKind != "Deployment" || r.Destination.WorkloadName != "web" {
+		t.Errorf("Enrich workloads = %s/%s -> %s/%s, want Deployment/api -> Deployment/web",
+			r.Source.WorkloadKind, r.Source.WorkloadName, r.Destination.WorkloadKind, r.Destination.WorkloadName)
+	}
+	// The ReplicaSet's owner arriving later takes over from the fallback.
+	x.SetOwner("ReplicaSet", "app", "api-5c6f8b", "Deployment", "api-v2")
+	if p, _ := x.LookupPod(netip.MustParseAddr("10.1.0.11"), at(1)); p.WorkloadName != "api-v2" {
+		t.Errorf("after SetOwner: workload %s/%s, want Deployment/api-v2", p.WorkloadKind, p.WorkloadName)
+	}
+	// Once the ReplicaSet is deleted, the fallback applies again.
+	x.DeleteOwner("ReplicaSet", "app", "api-5c6f8b")
+	if p, _ := x.LookupPod(netip.MustParseAddr("10.1.0.11"), at(1)); p.WorkloadKind != "Deployment" || p.WorkloadName != "api" {
+		t.Errorf("after DeleteOwner: workload %s/%s, want Deployment/api", p.WorkloadKind, p.WorkloadName)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -67,6 +68,32 @@ func benchObjects() []runtime.Object {
 	for i := 0; i < 10000; i++ {
 		objs = append(objs, realisticPod(i))
 	}
+	// One ReplicaSet per app (the pods' owners) plus two old revisions
+	// each, as a Deployment's revisionHistoryLimit keeps them; each
+	// carries the pod template, as the API server returns it.
+	yes := true
+	for a := 0; a < 1000; a++ {
+		for rev := 0; rev < 3; rev++ {
+			hash := "7d9c5"
+			if rev > 0 {
+				hash = fmt.Sprintf("old%d", rev)
+			}
+			tmpl := realisticPod(a * 10)
+			objs = append(objs, &appsv1.ReplicaSet{
+				ObjectMeta: metav1.ObjectMeta{
+					Name: fmt.Sprintf("app-%d-%s", a, hash), Namespace: fmt.Sprintf("ns-%d", a%50), UID: types.UID(fmt.Sprintf("rs-%d-%d", a, rev)),
+					Labels:          map[string]string{"app": fmt.Sprintf("app-%d", a), "pod-template-hash": hash},
+					Annotations:     map[string]string{"deployment.kubernetes.io/revision": "3", "deployment.kubernetes.io/desired-replicas": "10"},
+					OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: fmt.Sprintf("app-%d", a), UID: "dep", Controller: &yes}},
+					ManagedFields:   tmpl.ManagedFields,
+				},
+				Spec: appsv1.ReplicaSetSpec{
+					Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", a), "pod-template-hash": hash}},
+					Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: tmpl.Labels}, Spec: tmpl.Spec},
+				},
+			})
+		}
+	}
 	port := int32(8080)
 	name := "http"
 	for s := 0; s < 1000; s++ {
@@ -100,7 +127,9 @@ func heapAlloc() uint64 {
 }
 
 // BenchmarkInformerMemory reports the heap the agent's informers and index
-// hold for 10,000 pods and 1,000 Services with EndpointSlices. Baseline,
+// hold for 10,000 pods of 1,000 Deployments (3,000 ReplicaSets: the
+// current one and two old revisions each) and 1,000 Services with
+// EndpointSlices. Baseline,
 // measured in the same run: plain informers on the same objects without
 // the transforms.
 func BenchmarkInformerMemory(b *testing.B) {
@@ -114,6 +143,7 @@ func BenchmarkInformerMemory(b *testing.B) {
 			plain.Core().V1().Pods().Informer().HasSynced,
 			plain.Core().V1().Services().Informer().HasSynced,
 			plain.Discovery().V1().EndpointSlices().Informer().HasSynced,
+			plain.Apps().V1().ReplicaSets().Informer().HasSynced,
 		}
 		plain.Start(ctx.Done())
 		cache.WaitForCacheSync(ctx.Done(), synced...)
@@ -136,6 +166,10 @@ func BenchmarkInformerMemory(b *testing.B) {
 		used := heapAlloc() - before
 		if _, ok := m.LookupPod(mustAddr("10.244.0.1"), time.Time{}); !ok {
 			b.Fatal("pod 1 not indexed")
+		}
+		// Pod 0 is in its ReplicaSet's namespace: resolved through it.
+		if p, _ := m.LookupPod(mustAddr("10.244.0.0"), time.Time{}); p.WorkloadKind != "Deployment" || p.WorkloadName != "app-0" {
+			b.Fatalf("pod 0 workload %s/%s, want Deployment/app-0", p.WorkloadKind, p.WorkloadName)
 		}
 		cancel()
 		m.Wait()

@@ -85,13 +85,14 @@ func (m *Meta) onPod(p *cachedPod) {
 		ann = map[string]string{ipindex.L7Annotation: p.L7}
 	}
 	pod := &ipindex.Pod{
-		Name:      p.Name,
-		Namespace: p.Namespace,
-		Node:      p.NodeName,
-		Labels:    p.LabelsJSON,
-		L7:        m.l7Mode("pod", p.Namespace, p.Name, ann),
-		OwnerKind: p.OwnerKind,
-		OwnerName: p.OwnerName,
+		Name:            p.Name,
+		Namespace:       p.Namespace,
+		Node:            p.NodeName,
+		Labels:          p.LabelsJSON,
+		L7:              m.l7Mode("pod", p.Namespace, p.Name, ann),
+		OwnerKind:       p.OwnerKind,
+		OwnerName:       p.OwnerName,
+		TemplateHashLen: p.TemplateHashLen,
 	}
 	if err := m.idx.SetPod(id, ips, p.Start, pod); err != nil {
 		klog.ErrorS(err, "Indexing pod", "pod", klog.KObj(p))
@@ -293,6 +294,6 @@ func (m *Meta) onOwned(obj metav1.Object) {
 
 func (m *Meta) onOwnedDelete(obj metav1.Object) {
 	if kind := ownedKind(obj); kind != "" {
-		m.idx.SetOwner(kind, obj.GetNamespace(), obj.GetName(), "", "")
+		m.idx.DeleteOwner(kind, obj.GetNamespace(), obj.GetName())
 	}
 }

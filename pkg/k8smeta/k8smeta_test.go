@@ -303,9 +303,19 @@ func TestWorkloadResolution(t *testing.T) {
 		{"pod of a DaemonSet belongs to it", pod("ns", "agent-x", "10.244.1.4", ownedBy("DaemonSet", "agent")), "DaemonSet", "agent"},
 		{"pod of a Job of a CronJob belongs to the CronJob", pod("ns", "backup-2900000-x", "10.244.1.5", ownedBy("Job", "backup-2900000")), "CronJob", "backup"},
 		{"pod of a plain Job belongs to the Job", pod("ns", "migrate-x", "10.244.1.6", ownedBy("Job", "migrate")), "Job", "migrate"},
-		{"bare pod is its own workload", pod("ns", "debug", "10.244.1.7"), "Pod", "debug"},
+		{"bare pod has no workload", pod("ns", "debug", "10.244.1.7"), "", ""},
+		// Its ReplicaSet is not in the cache (deleted, or not delivered
+		// yet): the Deployment controller's pod-template-hash label names
+		// the Deployment.
+		{"pod of an unknown ReplicaSet with pod-template-hash belongs to the Deployment",
+			pod("ns", "api-6b7c9f-x", "10.244.1.8", ownedBy("ReplicaSet", "api-6b7c9f"), labels("app", "api", "pod-template-hash", "6b7c9f")), "Deployment", "api"},
+		{"pod of a ReplicaSet orphaned from its Deployment belongs to the ReplicaSet, label or not",
+			pod("ns", "legacy-7c9d-x", "10.244.1.10", ownedBy("ReplicaSet", "legacy-7c9d"), labels("pod-template-hash", "7c9d")), "ReplicaSet", "legacy-7c9d"},
+		{"pod of an unknown ReplicaSet without the label stays with the ReplicaSet",
+			pod("ns", "gone-x", "10.244.1.9", ownedBy("ReplicaSet", "gone")), "ReplicaSet", "gone"},
 	}
-	objs := []runtime.Object{rs, orphanRS, job, plainJob}
+	orphanedRS := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "legacy-7c9d"}}
+	objs := []runtime.Object{rs, orphanRS, orphanedRS, job, plainJob}
 	for _, tt := range tests {
 		objs = append(objs, tt.pod)
 	}
@@ -316,7 +326,45 @@ func TestWorkloadResolution(t *testing.T) {
 			if !ok || p.WorkloadKind != tt.wantKind || p.WorkloadName != tt.wantName {
 				t.Errorf("workload = %q/%q (found %v), want %q/%q", p.WorkloadKind, p.WorkloadName, ok, tt.wantKind, tt.wantName)
 			}
+			// Enrichment exports the same workload, for either end.
+			c := conn(tt.pod.Status.PodIP, "10.244.1.7", 40000, 80, time.Time{})
+			r := flow.Record{Conn: c}
+			e.meta.Enrich(&r)
+			if r.Source.WorkloadKind != tt.wantKind || r.Source.WorkloadName != tt.wantName || r.Destination.WorkloadKind != "" {
+				t.Errorf("Enrich: source workload %q/%q, destination %q/%q; want %q/%q and none (bare pod)",
+					r.Source.WorkloadKind, r.Source.WorkloadName, r.Destination.WorkloadKind, r.Destination.WorkloadName, tt.wantKind, tt.wantName)
+			}
+			r = flow.Record{Conn: conn("10.244.1.7", tt.pod.Status.PodIP, 40000, 80, time.Time{})}
+			e.meta.Enrich(&r)
+			if r.Destination.WorkloadKind != tt.wantKind || r.Destination.WorkloadName != tt.wantName {
+				t.Errorf("Enrich: destination workload %q/%q, want %q/%q", r.Destination.WorkloadKind, r.Destination.WorkloadName, tt.wantKind, tt.wantName)
+			}
 		})
+	}
+}
+
+func TestOwnerTransformKeepsOnlyTheController(t *testing.T) {
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-5d8f", UID: "u", ResourceVersion: "7",
+		Labels: map[string]string{"app": "web"}, Annotations: map[string]string{"deployment.kubernetes.io/revision": "2"},
+		ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager"}},
+		OwnerReferences: []metav1.OwnerReference{{Kind: "Other", Name: "x"}, controllerRef("Deployment", "web")}}}
+	rs.Spec.Template.Spec.Containers = []corev1.Container{{Name: "c", Image: "img"}}
+	got, err := transform(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := got.(*appsv1.ReplicaSet)
+	yes := true
+	want := metav1.ObjectMeta{Namespace: "ns", Name: "web-5d8f", UID: "u", ResourceVersion: "7",
+		OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "web", Controller: &yes}}}
+	if !reflect.DeepEqual(g.ObjectMeta, want) || len(g.Spec.Template.Spec.Containers) != 0 {
+		t.Errorf("transformed ReplicaSet = %+v, want only %+v", g, want)
+	}
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "b-1", Labels: map[string]string{"a": "b"},
+		OwnerReferences: []metav1.OwnerReference{controllerRef("CronJob", "b")}}}
+	gotJob, _ := transform(job)
+	if j := gotJob.(*batchv1.Job); j.Labels != nil || len(j.OwnerReferences) != 1 || j.OwnerReferences[0].Name != "b" {
+		t.Errorf("transformed Job = %+v", j)
 	}
 }
 
@@ -595,6 +643,7 @@ func TestPodTransformKeepsOnlyWhatEnrichmentReads(t *testing.T) {
 		Start:     sec(2), // scheduled; readiness says nothing about the address
 		OwnerKind: "ReplicaSet", OwnerName: "rs",
 		L7: "both", HasL7: true,
+		// No pod-template-hash label: no Deployment fallback.
 		LabelsJSON: `{"app":"x","tier":"web"}`,
 	}
 	if !reflect.DeepEqual(got, want) {

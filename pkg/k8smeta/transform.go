@@ -3,6 +3,7 @@ package k8smeta
 import (
 	"encoding/json"
 	"slices"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -55,14 +56,16 @@ type cachedPod struct {
 	NodeName    string
 	HostNetwork bool
 	// Finished: phase Succeeded or Failed; the sandbox and its IP are gone.
-	Finished   bool
-	IPs        []string
-	Start      time.Time
-	OwnerKind  string
-	OwnerName  string
-	L7         string
-	HasL7      bool
-	LabelsJSON string
+	Finished  bool
+	IPs       []string
+	Start     time.Time
+	OwnerKind string
+	OwnerName string
+	// TemplateHashLen: see ipindex.Pod.TemplateHashLen.
+	TemplateHashLen uint8
+	L7              string
+	HasL7           bool
+	LabelsJSON      string
 }
 
 // DeepCopyObject implements runtime.Object.
@@ -126,8 +129,25 @@ func transformPod(p *corev1.Pod) *cachedPod {
 	c.L7, c.HasL7 = p.Annotations[ipindex.L7Annotation]
 	if o := metav1.GetControllerOfNoCopy(p); o != nil {
 		c.OwnerKind, c.OwnerName = o.Kind, o.Name
+		if h := p.Labels[appsv1.DefaultDeploymentUniqueLabelKey]; o.Kind == "ReplicaSet" && h != "" && len(h) < 256 &&
+			len(o.Name) > len(h)+1 && strings.HasSuffix(o.Name, "-"+h) {
+			c.TemplateHashLen = uint8(len(h))
+		}
 	}
 	return c
+}
+
+// ownerOnly is what the ReplicaSet and Job informers cache: a workload's
+// identity and its controller, the one step up the owner chain the index
+// follows. Every other field (spec, status, labels, annotations) is left
+// out, so a cluster's thousands of old ReplicaSets (a Deployment keeps
+// revisionHistoryLimit of them) cost a few hundred bytes each.
+func ownerOnly(m *metav1.ObjectMeta) metav1.ObjectMeta {
+	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion}
+	if c := metav1.GetControllerOfNoCopy(m); c != nil {
+		out.OwnerReferences = []metav1.OwnerReference{{Kind: c.Kind, Name: c.Name, Controller: c.Controller}}
+	}
+	return out
 }
 
 func transformNamespace(n *corev1.Namespace) *corev1.Namespace {
@@ -203,9 +223,9 @@ func transform(obj any) (any, error) {
 	case *corev1.Node:
 		return transformNode(o), nil
 	case *appsv1.ReplicaSet:
-		return &appsv1.ReplicaSet{ObjectMeta: stripMeta(&o.ObjectMeta)}, nil
+		return &appsv1.ReplicaSet{ObjectMeta: ownerOnly(&o.ObjectMeta)}, nil
 	case *batchv1.Job:
-		return &batchv1.Job{ObjectMeta: stripMeta(&o.ObjectMeta)}, nil
+		return &batchv1.Job{ObjectMeta: ownerOnly(&o.ObjectMeta)}, nil
 	}
 	return obj, nil
 }

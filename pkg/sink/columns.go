@@ -252,6 +252,19 @@ var columns = func() []Column {
 			return addrString(r.ProxySnatIP)
 		}),
 		u16Col("proxySnatPort", func(r *rec) uint16 { return r.ProxySnatPort }),
+		// The owning workload of each end (Deployment, StatefulSet, ...;
+		// empty for a bare pod, a node or an external address): what a
+		// service map groups pods by.
+		lowStrCol("sourceWorkloadKind", func(r *rec) string { return r.Source.WorkloadKind }),
+		strCol("sourceWorkloadName", func(r *rec) string { return r.Source.WorkloadName }),
+		lowStrCol("destinationWorkloadKind", func(r *rec) string { return r.Destination.WorkloadKind }),
+		strCol("destinationWorkloadName", func(r *rec) string { return r.Destination.WorkloadName }),
+		// The row's L7 counts (correlate.L7Counts), so that queries sum
+		// requests and errors instead of parsing httpVals.
+		u64Col("httpRequests", func(r *rec) uint64 { return r.L7Counts.HTTPRequests }),
+		u64Col("http4xx", func(r *rec) uint64 { return r.L7Counts.HTTP4xx }),
+		u64Col("http5xx", func(r *rec) uint64 { return r.L7Counts.HTTP5xx }),
+		u64Col("dnsErrors", func(r *rec) uint64 { return r.L7Counts.DNSErrors }),
 	)
 	return cs
 }()

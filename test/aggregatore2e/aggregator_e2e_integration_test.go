@@ -75,8 +75,8 @@ func TestAggregatorCorrelatesRealAgentsIntoClickHouse(t *testing.T) {
   - {name: %[3]s, ips: [%[4]s]}
 entries:
   - {name: client, group: shop, node: %[1]s, ips: [%[5]s], labels: {app: client}}
-  - {name: web, group: shop, node: %[1]s, ips: [%[6]s], labels: {app: web}}
-  - {name: db, group: store, node: %[3]s, ips: [%[7]s], labels: {app: db}}
+  - {name: web, group: shop, node: %[1]s, ips: [%[6]s], labels: {app: web}, workloadKind: Deployment, workloadName: web}
+  - {name: db, group: store, node: %[3]s, ips: [%[7]s], labels: {app: db}, workloadKind: StatefulSet, workloadName: db}
 services:
   - {name: web, group: shop, ips: [%[8]s], ports: [{name: http, port: %[9]d, protocol: TCP}]}
 `, nodeA, a.NodeIPv4(), nodeB, b.NodeIPv4(), client.IPv4, web.IPv4, db.IPv4, svc.VIP, webPort)), 0o644))
@@ -200,6 +200,13 @@ inventory:
 				"destinationServiceIP":       "",
 				"destinationServicePort":     "0",
 				"aggregator":                 aggID,
+				// client is a bare entry: no workload; db is a StatefulSet's.
+				"sourceWorkloadKind":      "",
+				"sourceWorkloadName":      "",
+				"destinationWorkloadKind": "StatefulSet",
+				"destinationWorkloadName": "db",
+				// No L7 on this connection.
+				"httpRequests": "0", "http4xx": "0", "http5xx": "0", "dnsErrors": "0",
 			})
 			// Each side is the view of the agent of that node, whichever
 			// half arrived first.
@@ -249,9 +256,12 @@ inventory:
 			"destinationServiceIP":       svc.VIP.String(),
 			"destinationServicePort":     strconv.Itoa(webPort),
 			// Only node-a's agent saw it; both sides are its view.
-			"sourceExporter":      exporterA,
-			"destinationExporter": exporterA,
-			"aggregator":          aggID,
+			"sourceExporter":          exporterA,
+			"destinationExporter":     exporterA,
+			"aggregator":              aggID,
+			"sourceWorkloadKind":      "",
+			"destinationWorkloadKind": "Deployment",
+			"destinationWorkloadName": "web",
 		})
 		src := sideCounters(t, r, "FromSourceNode")
 		checkExchange(t, "intra-node", src, intraSent, intraReply)
@@ -286,6 +296,34 @@ inventory:
 		`flowlens_aggregator_sink_write_errors_total{sink="clickhouse"}`: m(`flowlens_aggregator_sink_write_errors_total{sink="clickhouse"}`),
 	}
 	storedBeforeStop := chQuery(t, ch, "SELECT count() FROM flows")
+	linkPage := agg.Metrics(t)
+
+	t.Run("link metrics count each connection once, as the rows do", func(t *testing.T) {
+		// Labels in the exposition are sorted by name.
+		toDB := `destination_kind="StatefulSet",destination_name="db",destination_namespace="store",destination_port="5432",protocol="tcp",source_kind="Pod",source_name="client",source_namespace="shop"`
+		// Through the Service shop/web: named by it, as the UI's map does.
+		toWeb := `destination_kind="Service",destination_name="web",destination_namespace="shop",destination_port="8080",protocol="tcp",source_kind="Pod",source_name="client",source_namespace="shop"`
+		for _, c := range []struct {
+			name, link, where string
+			conns             float64
+		}{
+			{"client -> StatefulSet db (two inter-node connections)", toDB, interWheres[0] + ") OR (" + interWheres[1], 2},
+			{"client -> Service web (intra-node)", toWeb, intraWhere, 1},
+		} {
+			rowBytes := chQuery(t, ch, "SELECT sum(octetDeltaCount), sum(reverseOctetDeltaCount), sum(packetDeltaCount) FROM flows WHERE ("+c.where+")")
+			got := fmt.Sprintf("%.0f\t%.0f\t%.0f", sumSeries(t, linkPage, "flowlens_link_bytes_total", c.link),
+				sumSeries(t, linkPage, "flowlens_link_reverse_bytes_total", c.link), sumSeries(t, linkPage, "flowlens_link_packets_total", c.link))
+			if got != rowBytes || rowBytes == "0\t0\t0" {
+				t.Errorf("%s: link bytes, reverse bytes, packets %q; the rows' deltas %q", c.name, got, rowBytes)
+			}
+			if n := sumSeries(t, linkPage, "flowlens_link_connections_total", c.link); n != c.conns {
+				t.Errorf("%s: %v connections, want %v", c.name, n, c.conns)
+			}
+		}
+		if strings.Contains(linkPage, `source_name="other"`) {
+			t.Error("a link went to the overflow series below the cap")
+		}
+	})
 
 	// A graceful stop flushes whatever the correlator still held: a row
 	// that was about to be duplicated (a half exported again, an

@@ -4,7 +4,8 @@
 // etcd + kube-apiserver holding the cluster's objects, the agent bound to
 // its ServiceAccount with exactly build/rbac/agent.yaml's RBAC, simulated
 // nodes (network namespaces, real conntrack, nftables DNAT for Services) and
-// a real IPFIX collector checking what arrives.
+// a real IPFIX collector checking what arrives, or the real
+// flowlens-aggregator writing a real clickhouse-server.
 package e2e_test
 
 import (
@@ -19,11 +20,14 @@ import (
 	"github.com/flowlens/flowlens/test/netnstest"
 )
 
-var agentBin string
+var agentBin, aggregatorBin string
 
 func TestMain(m *testing.M) {
 	agenttest.RunMain(m, "e2e tests", func(dir string) (err error) {
-		agentBin, err = agenttest.BuildAgent(dir)
+		if agentBin, err = agenttest.BuildAgent(dir); err != nil {
+			return err
+		}
+		aggregatorBin, err = agenttest.BuildAggregator(dir)
 		return err
 	}, netnstest.CheckPrereqs)
 }

@@ -100,6 +100,7 @@ export:
   collector: %s
   transport: tcp
   flushInterval: 200ms
+  l7DetailElements: true
 server:
   listen: 127.0.0.1:0
 kubernetes:
@@ -149,6 +150,11 @@ l7:
 			"destinationPodNamespace":    "shop",
 			"destinationNodeName":        nodeA,
 			"destinationServicePortName": "shop/web:http",
+			// web's ReplicaSet is owned by Deployment web; client is bare.
+			"destinationPodWorkloadKind": "Deployment",
+			"destinationPodWorkloadName": "web",
+			"sourcePodWorkloadKind":      "",
+			"sourcePodWorkloadName":      "",
 		})
 		checkLabels(t, a, "sourcePodLabels", clientLabels)
 		checkLabels(t, a, "destinationPodLabels", webLabels)

@@ -36,6 +36,9 @@ type Config struct {
 	Compress bool
 	// Cluster, when set, replaces Addr: see NewCluster.
 	Cluster *ClusterConfig
+	// Rollup, when set, creates the service map's per-minute rollup
+	// (rollup.go) next to the flows table.
+	Rollup *RollupConfig
 }
 
 // ClusterConfig describes a cluster of non-replicated shards. Each shard
@@ -109,6 +112,8 @@ func (c Config) Validate() error {
 		return errors.New("aggregator: must be set")
 	case c.DialTimeout < 0:
 		return fmt.Errorf("dialTimeout: must be positive, got %s", c.DialTimeout)
+	case c.Rollup != nil && c.Rollup.Retention < 0:
+		return fmt.Errorf("rollup.retention: must not be negative, got %s", c.Rollup.Retention)
 	}
 	return nil
 }
@@ -130,6 +135,8 @@ type Writer struct {
 	version Version
 	// foreignViews: see ForeignViews.
 	foreignViews []string
+	// lastPrune is when expired rollup partitions were last dropped.
+	lastPrune time.Time
 }
 
 var _ sink.Writer = (*Writer)(nil)
@@ -255,6 +262,13 @@ func (w *Writer) EnsureSchema(ctx context.Context) error {
 	}
 	if err := w.checkViews(ctx); err != nil {
 		return err
+	}
+	if w.cfg.Rollup != nil {
+		// The rollup serves the UI's map; failing to create it must not
+		// stop the flows from being stored (the map then reads raw rows).
+		if err := w.ensureRollup(ctx, v); err != nil {
+			klog.ErrorS(err, "Creating the service-map rollup failed; storing flows without it", "addr", w.cfg.Addr, "table", table)
+		}
 	}
 	w.version, w.ready = v, true
 	klog.InfoS("ClickHouse schema ready", "addr", w.cfg.Addr, "version", v, "table", w.cfg.Database+"."+w.table)
@@ -391,6 +405,7 @@ func (w *Writer) Write(ctx context.Context, b *sink.Batch) (int, error) {
 	}
 	err := w.insert(ctx, b)
 	if err == nil {
+		w.pruneRollupIfDue(ctx, time.Now())
 		return len(b.Records), nil
 	}
 	if !isSchemaError(err) {

@@ -33,6 +33,10 @@ func Record(i int) *correlate.Record {
 		RevDelta: flow.Counters{Packets: 34, Bytes: 3400}, Throughput: 35, ReverseThroughput: 36, EndNanos: start + 58e9}
 	r.Source = flow.Endpoint{PodName: "client", PodNamespace: "ns-a", NodeName: "node-a", Labels: fmt.Sprintf(`{"app":"c%d","q":"a\"b"}`, i)}
 	r.Destination = flow.Endpoint{PodName: "web", PodNamespace: "ns-b", NodeName: "node-b", Labels: "tab\tnewline\n\\ é"}
+	r.Source.WorkloadKind, r.Source.WorkloadName = "Deployment", "client"
+	r.Destination.WorkloadKind, r.Destination.WorkloadName = "StatefulSet", "w\"eb\t"
+	// Distinct values, so a column reading another count shows.
+	r.L7Counts = correlate.L7Counts{HTTPRequests: 41, HTTP4xx: 42, HTTP5xx: 43, DNSErrors: 44}
 	r.ServicePortName = "ns-b/web:http"
 	r.ProxySnatIP, r.ProxySnatPort = netip.MustParseAddr("172.18.0.3").As16(), uint16(40000+i)
 	r.ClusterID = "5b9c1f0e-6a8e-4d2b-b7a5-0f3e2d1c4b5a"
