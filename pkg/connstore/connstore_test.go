@@ -72,13 +72,18 @@ func newHarness(t *testing.T, maxConns int) *harness {
 }
 
 func newHarnessWithQueue(t *testing.T, maxConns int, qcfg expirequeue.Config) *harness {
+	return newHarnessWith(t, Config{MaxConnections: maxConns}, qcfg)
+}
+
+func newHarnessWith(t *testing.T, cfg Config, qcfg expirequeue.Config) *harness {
 	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry()}
 	q, err := expirequeue.New(qcfg, h.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{MaxConnections: maxConns, Scheduler: q, Emit: h.emit}, h.reg)
+	cfg.Scheduler, cfg.Emit = q, h.emit
+	s, err := New(cfg, h.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,20 +190,6 @@ func TestStoreAndQueue(t *testing.T) {
 				{do: tick(10 * sec), want: []rec{{A, 1, flow.EndActiveTimeout, 20, 4, 10 * sec}}},
 				{do: up(12*sec, conn(A, 1, 31, 9))},
 				{do: tick(15 * sec), want: []rec{{A, 1, flow.EndActiveTimeout, 1, 0, 15 * sec}}},
-			},
-		},
-		{
-			// A NEW carries no counters; with eBPF counting the rest, a
-			// connection conntrack counts gets its counters with the
-			// resync or its end. An idle record before that would be all
-			// zeros: it goes idle silently, and its counters, when they
-			// come, start a new period as any resumed activity.
-			name: "connection without any counter goes idle without a record",
-			steps: []step{
-				{do: up(0, conn(A, 1, 0, 0))},
-				{do: tick(15 * sec)},
-				{do: up(20*sec, conn(A, 1, 10, 5))},
-				{do: tick(25 * sec), want: []rec{{A, 1, flow.EndActiveTimeout, 10, 5, 25 * sec}}},
 			},
 		},
 		{
@@ -838,5 +829,36 @@ func TestRecordsCarryProxySnat(t *testing.T) {
 	}
 	if h.full[1].EndReason != flow.EndOfFlow || h.full[1].FwdDelta.Bytes != 200 || h.full[1].RevDelta.Bytes != 200 {
 		t.Errorf("final record %+v, want end-of-flow with 200/200 bytes of delta", h.full[1])
+	}
+}
+
+// A NEW carries no counters; with eBPF counting the rest (CountersLater), a
+// connection conntrack counts gets its counters with the resync or its end.
+// An idle record before that would be all zeros: it goes idle silently, and
+// its counters, when they come, start a new period as any resumed activity.
+// Without CountersLater zero counters are a fact (accounting off) and the
+// idle record goes out.
+func TestIdleWithoutAnyCounter(t *testing.T) {
+	const A = 40001
+	qcfg := expirequeue.Config{ActiveTimeout: 5 * sec, IdleTimeout: 15 * sec}
+	for _, tc := range []struct {
+		later    bool
+		wantIdle []rec
+	}{
+		{true, nil},
+		{false, []rec{{A, 1, flow.EndIdleTimeout, 0, 0, 15 * sec}}},
+	} {
+		h := newHarnessWith(t, Config{CountersLater: tc.later}, qcfg)
+		h.store.Upsert(ptr(conn(A, 1, 0, 0)), t0)
+		h.tick(15 * sec)
+		if !slices.Equal(h.got, tc.wantIdle) {
+			t.Fatalf("CountersLater %v: idle tick produced %+v, want %+v", tc.later, h.got, tc.wantIdle)
+		}
+		h.got = nil
+		h.store.Upsert(ptr(conn(A, 1, 10, 5)), t0.Add(20*sec))
+		h.tick(25 * sec)
+		if want := []rec{{A, 1, flow.EndActiveTimeout, 10, 5, 25 * sec}}; !slices.Equal(h.got, want) {
+			t.Fatalf("CountersLater %v: after its counters came: %+v, want %+v", tc.later, h.got, want)
+		}
 	}
 }
