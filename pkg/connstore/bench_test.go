@@ -104,8 +104,13 @@ func BenchmarkStoreUpsertExisting(b *testing.B) {
 }
 
 // BenchmarkDrain100k times one Expire over 100k due connections (no per-call
-// cap), each producing a record. Baseline: ranging over a plain
-// map[flow.Tuple]flow.Conn of 100k and building the same record.
+// cap), each producing a record, into a sink that takes everything: the
+// store's and queue's share of a backlog only. Whether a backlog reaches a
+// collector without loss, through the real exporter and its bounded buffer,
+// is test/agentbench's BenchmarkIdleTable (1M first records at start-up,
+// dropped counted) and pkg/agent's TestStartupBacklogReachesASlowCollector.
+// Baseline: ranging over a plain map[flow.Tuple]flow.Conn of 100k and
+// building the same record.
 func BenchmarkDrain100k(b *testing.B) {
 	const n = 100_000
 	for _, kind := range []string{"active", "closed"} {
@@ -157,7 +162,9 @@ func BenchmarkDrain100k(b *testing.B) {
 }
 
 // BenchmarkMemoryPerConnection measures the live heap of a store and its
-// queue holding n connections (all DNATed, so all doubly indexed). Baselines:
+// queue holding n connections (all DNATed, so all doubly indexed): their
+// share only. The agent's whole-process RSS per connection (runtime, export
+// buffer, everything) is test/agentbench's BenchmarkIdleTable. Baselines:
 // the bare size of a flow.Conn plus its key, and the measured heap of a plain
 // map[flow.Tuple]flow.Conn holding the same connections.
 func BenchmarkMemoryPerConnection(b *testing.B) {
