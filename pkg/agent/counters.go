@@ -257,6 +257,7 @@ func (l *Loop) closeCounted(c *flow.Conn, now time.Time) {
 	if start != 0 {
 		c.StartNanos = start
 	}
+	c.Counters = flow.CountersConntrack // read now
 	if conntrack.Finished(c) {
 		l.report(c, now)
 	}
@@ -324,7 +325,7 @@ func (l *Loop) counterBorn(c *flow.Conn, now time.Time) {
 	if _, ok := l.counters.reborn[c.Tuple]; ok {
 		delete(l.counters.reborn, c.Tuple)
 		l.counters.m.switched.Inc()
-		c.Counters = flow.CountersConntrack
+		c.Counters = flow.CountersConntrackLater
 		return
 	}
 	c.Counters = flow.CountersBPF
@@ -366,19 +367,19 @@ func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, err error, now time.Ti
 	switch {
 	case err != nil:
 		cs.m.fillErrors.Inc()
-		c.Counters = flow.CountersConntrack
+		c.Counters = flow.CountersConntrackLater
 	case !res.Seen:
-		c.Counters = flow.CountersConntrack
+		c.Counters = flow.CountersConntrackLater
 	case stale:
 		// The views stay: they mix the two connections, and a FIN or RST
 		// the program sees in them still gets this one read and closed
 		// (closeCounted); the sweep removes them once it ended.
 		cs.m.switched.Inc()
 		cs.m.staleViews.Inc()
-		c.Counters = flow.CountersConntrack
+		c.Counters = flow.CountersConntrackLater
 	case res.Lossy || attachedLate:
 		cs.m.switched.Inc()
-		c.Counters = flow.CountersConntrack
+		c.Counters = flow.CountersConntrackLater
 	default:
 		if c.StartNanos == 0 {
 			c.StartNanos = res.FirstNanos

@@ -340,7 +340,7 @@ func TestCountersDoubtAConnectionBornAsItsInterfaceWasAttached(t *testing.T) {
 		attached  time.Duration // after t0, when the loop started
 		wantCount flow.CounterSource
 	}{
-		{"attached just before the NEW", time.Second - 10*time.Millisecond, flow.CountersConntrack},
+		{"attached just before the NEW", time.Second - 10*time.Millisecond, flow.CountersConntrackLater},
 		{"attached well before the NEW", 500 * time.Millisecond, flow.CountersBPF},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -206,9 +206,6 @@ func NewLoop(cfg LoopConfig, reg prometheus.Registerer) (*Loop, error) {
 		Emit:           l.export,
 		// With events, a tombstone waits for its connection's DESTROY.
 		AwaitDestroy: cfg.Events,
-		// With eBPF counting, a connection conntrack counts learns its
-		// counters at the resync or its end.
-		CountersLater: cfg.Counters != nil,
 	}, reg)
 	if err != nil {
 		return nil, fmt.Errorf("connection store: %w", err)

@@ -159,14 +159,6 @@ type Config struct {
 	// when conntrack events are on. Tombstones then wait for their
 	// connection's DESTROY instead of ending when a dump misses the entry.
 	AwaitDestroy bool
-	// CountersLater says a connection may be stored before any of its
-	// counters is known (a NEW event, with eBPF counting the rest: a
-	// connection conntrack counts gets its counters with the resync or its
-	// end). Such a connection going idle is marked idle without a record,
-	// which would carry nothing but zeros and no start time. Without it a
-	// zero counter is a fact (accounting off, or nothing crossed yet) and
-	// the idle record goes out.
-	CountersLater bool
 	// TombstoneMaxAge bounds how long, with AwaitDestroy, a tombstone waits
 	// for a DESTROY after the first complete dump that no longer returned
 	// its entry. The event normally follows that dump at once; it comes
@@ -221,12 +213,11 @@ func (c Change) String() string {
 // Store is the connection store. It is not safe for concurrent use (see
 // the package documentation).
 type Store struct {
-	max           int
-	sched         Scheduler
-	emit          func(*flow.Record)
-	awaitDestroy  bool
-	countersLater bool
-	tombMaxAge    int64 // ns
+	max          int
+	sched        Scheduler
+	emit         func(*flow.Record)
+	awaitDestroy bool
+	tombMaxAge   int64 // ns
 
 	chunks   [][]entry
 	hw       uint32 // slots ever handed out
@@ -274,14 +265,13 @@ func New(cfg Config, reg prometheus.Registerer) (*Store, error) {
 		cfg.TombstoneMaxAge = DefaultTombstoneMaxAge
 	}
 	s := &Store{
-		max:           cfg.MaxConnections,
-		sched:         cfg.Scheduler,
-		emit:          cfg.Emit,
-		awaitDestroy:  cfg.AwaitDestroy,
-		countersLater: cfg.CountersLater,
-		tombMaxAge:    int64(cfg.TombstoneMaxAge),
-		seed:          rand.Uint64(),
-		rng:           rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		max:          cfg.MaxConnections,
+		sched:        cfg.Scheduler,
+		emit:         cfg.Emit,
+		awaitDestroy: cfg.AwaitDestroy,
+		tombMaxAge:   int64(cfg.TombstoneMaxAge),
+		seed:         rand.Uint64(),
+		rng:          rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 	if err := s.initMetrics(reg); err != nil {
 		return nil, err

@@ -832,12 +832,12 @@ func TestRecordsCarryProxySnat(t *testing.T) {
 	}
 }
 
-// A NEW carries no counters; with eBPF counting the rest (CountersLater), a
-// connection conntrack counts gets its counters with the resync or its end.
-// An idle record before that would be all zeros: it goes idle silently, and
-// its counters, when they come, start a new period as any resumed activity.
-// Without CountersLater zero counters are a fact (accounting off) and the
-// idle record goes out.
+// A NEW carries no counters; with eBPF counting the rest, a connection
+// conntrack counts gets its counters with the resync or its end
+// (flow.CountersConntrackLater until then). An idle record before that would
+// be all zeros: it goes idle silently, and its counters, when they come,
+// start a new period as any resumed activity. Otherwise zero counters are a
+// fact (accounting off, a synthetic entry) and the idle record goes out.
 func TestIdleWithoutAnyCounter(t *testing.T) {
 	const A = 40001
 	qcfg := expirequeue.Config{ActiveTimeout: 5 * sec, IdleTimeout: 15 * sec}
@@ -848,17 +848,21 @@ func TestIdleWithoutAnyCounter(t *testing.T) {
 		{true, nil},
 		{false, []rec{{A, 1, flow.EndIdleTimeout, 0, 0, 15 * sec}}},
 	} {
-		h := newHarnessWith(t, Config{CountersLater: tc.later}, qcfg)
-		h.store.Upsert(ptr(conn(A, 1, 0, 0)), t0)
+		h := newHarnessWith(t, Config{}, qcfg)
+		born := conn(A, 1, 0, 0)
+		if tc.later {
+			born.Counters = flow.CountersConntrackLater
+		}
+		h.store.Upsert(&born, t0)
 		h.tick(15 * sec)
 		if !slices.Equal(h.got, tc.wantIdle) {
-			t.Fatalf("CountersLater %v: idle tick produced %+v, want %+v", tc.later, h.got, tc.wantIdle)
+			t.Fatalf("counters later %v: idle tick produced %+v, want %+v", tc.later, h.got, tc.wantIdle)
 		}
 		h.got = nil
 		h.store.Upsert(ptr(conn(A, 1, 10, 5)), t0.Add(20*sec))
 		h.tick(25 * sec)
 		if want := []rec{{A, 1, flow.EndActiveTimeout, 10, 5, 25 * sec}}; !slices.Equal(h.got, want) {
-			t.Fatalf("CountersLater %v: after its counters came: %+v, want %+v", tc.later, h.got, want)
+			t.Fatalf("counters later %v: after its counters came: %+v, want %+v", tc.later, h.got, want)
 		}
 	}
 }

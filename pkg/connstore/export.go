@@ -37,7 +37,7 @@ func (s *Store) Export(h expirequeue.Handle, reason flow.EndReason, nowNanos int
 	if !ok || emit == nil {
 		return !ok
 	}
-	if s.countersLater && reason == flow.EndIdleTimeout && e.conn.Fwd == (flow.Counters{}) && e.conn.Rev == (flow.Counters{}) {
+	if reason == flow.EndIdleTimeout && e.conn.Counters == flow.CountersConntrackLater {
 		// No counter of it is known yet (a NEW carries none, and with
 		// eBPF counting the rest, conntrack's come with the resync or the
 		// end): a record now would be all zeros and no start time.

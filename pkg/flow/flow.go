@@ -167,6 +167,11 @@ const (
 	// CountersBPF: the eBPF program on the pods' interfaces, which saw the
 	// connection from its first packet.
 	CountersBPF
+	// CountersConntrackLater: counted by conntrack, none read yet (a NEW
+	// event, which carries none, with eBPF counting the rest: the resync
+	// or the connection's end brings them). Zero counters then mean
+	// "unknown", not "nothing crossed".
+	CountersConntrackLater
 )
 
 // OrigDst returns the destination the client dialled.

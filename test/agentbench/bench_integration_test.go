@@ -347,6 +347,9 @@ export:
 server:
   listen: 127.0.0.1:0
 `, m.top, path, m.conntrack, n+n/4, col.addr))
+	// At SIGTERM it exports every connection it holds (forced), and in
+	// eBPF mode dumps the table once more first: a million take a while.
+	ag.StopWithin = 10*time.Second + time.Duration(n/10_000)*time.Second
 
 	// Start-up: every entry's first record, or, when some never come,
 	// until the agent has nothing more on its way.

@@ -189,8 +189,12 @@ type Agent struct {
 	LogPath     string
 	// Pid is the agent's process id, for benchmarks that read its CPU
 	// time and memory from /proc.
-	Pid  int
-	stop func()
+	Pid int
+	// StopWithin is how long Stop (and the test's cleanup) waits for the
+	// agent to exit after SIGTERM; 10 s unless the test sets it (an agent
+	// holding a million connections exports them all before it exits).
+	StopWithin time.Duration
+	stop       func()
 }
 
 // Stop sends SIGTERM, waits for the agent to exit and checks it exited
@@ -229,6 +233,7 @@ func StartAgent(t testing.TB, bin, cfg string) *Agent {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	ag := &Agent{StopWithin: 10 * time.Second}
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
@@ -238,7 +243,7 @@ func StartAgent(t testing.TB, bin, cfg string) *Agent {
 				if err != nil {
 					t.Errorf("agent exited with %v", err)
 				}
-			case <-time.After(10 * time.Second):
+			case <-time.After(ag.StopWithin):
 				// SIGQUIT makes the Go runtime write every goroutine's
 				// stack to the log: where it hangs.
 				_ = cmd.Process.Signal(syscall.SIGQUIT)
@@ -248,7 +253,7 @@ func StartAgent(t testing.TB, bin, cfg string) *Agent {
 					_ = cmd.Process.Kill()
 					<-exited
 				}
-				t.Errorf("agent did not stop within 10s of SIGTERM")
+				t.Errorf("agent did not stop within %s of SIGTERM", ag.StopWithin)
 			}
 			logFile.Close()
 		})
@@ -281,7 +286,8 @@ func StartAgent(t testing.TB, bin, cfg string) *Agent {
 			}
 			if ready {
 				t.Logf("agent ready (serving metrics, conntrack events %v) %s after start", events, time.Since(began).Round(time.Millisecond))
-				return &Agent{MetricsAddr: string(serving), LogPath: logPath, Pid: cmd.Process.Pid, stop: stop}
+				ag.MetricsAddr, ag.LogPath, ag.Pid, ag.stop = string(serving), logPath, cmd.Process.Pid, stop
+				return ag
 			}
 		}
 		select {
