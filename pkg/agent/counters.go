@@ -59,8 +59,12 @@ type CounterFill struct {
 	FwdFlags uint8
 }
 
-// tcpSYN is the SYN bit of CounterFill.FwdFlags.
-const tcpSYN = 0x02
+// TCP flag bits of CounterFill.FwdFlags.
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+)
 
 // reuseWindow: a DESTROY whose views counted a packet less than this
 // before the entry died shares them with the entry that replaced it on the
@@ -388,6 +392,14 @@ func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, err error, now time.Ti
 	}
 	// Counted by conntrack: whatever the source put in c goes.
 	c.Fwd, c.Rev = flow.Counters{}, flow.Counters{}
+	if c.Tuple.Proto == flow.ProtoTCP && res.FwdFlags&(tcpFIN|tcpRST) != 0 {
+		// Under load a NEW is handled seconds after the connection
+		// began (stale): a short one has ended by then, so no packet
+		// will mark its views again and only the DESTROY, after
+		// TIME_WAIT, would close it. The views say it ended: one GET
+		// next round.
+		cs.finishing = append(cs.finishing, c.Tuple)
+	}
 }
 
 // fillBPF reads c's eBPF counters into c, for a connection counted by the

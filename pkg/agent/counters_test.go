@@ -24,6 +24,9 @@ type fakeCounters struct {
 type fakeCounted struct {
 	fwd, rev        flow.Counters
 	finished, lossy bool
+	// fwdFlags and firstNanos are what Born reports of the views.
+	fwdFlags   uint8
+	firstNanos int64
 }
 
 func newFakeCounters() *fakeCounters {
@@ -74,7 +77,7 @@ func (f *fakeCounters) Born(c *flow.Conn) (CounterFill, error) {
 	if !ok {
 		return CounterFill{}, nil
 	}
-	return CounterFill{Seen: true, Lossy: fc.lossy, AttachedAt: f.attached}, nil
+	return CounterFill{Seen: true, Lossy: fc.lossy, AttachedAt: f.attached, FwdFlags: fc.fwdFlags, FirstNanos: fc.firstNanos}, nil
 }
 
 func (f *fakeCounters) Forget(c *flow.Conn) error {
@@ -398,5 +401,28 @@ func TestCountersFINOfAConntrackCountedConnectionClosesItAtOnce(t *testing.T) {
 	}
 	if fills, _ := fc.stats(); fills != 0 {
 		t.Errorf("%d eBPF reads of a connection conntrack counts", fills)
+	}
+}
+
+// Under load a NEW is handled seconds after its connection began: a short
+// one is over by then (the views hold its SYN and FIN), so it goes to
+// conntrack, and no later packet marks its views again. It is closed by
+// one GET the next round, not two minutes later by its DESTROY.
+func TestCountersLateNEWOfAFinishedConnectionClosesItNextRound(t *testing.T) {
+	src := newFakeSource()
+	fc := newFakeCounters()
+	h := newHarness(t, src, withCounters(fc, CrossCheck{}))
+
+	a := tcpConn(40001, 7, 0, 0, 0, 0)
+	fc.count(a, a.Tuple, fakeCounted{fwd: ctr(300, 5), rev: ctr(900, 4), finished: true,
+		fwdFlags: tcpSYN | tcpFIN, firstNanos: at(time.Second).UnixNano()})
+	h.tick(at(1100 * time.Millisecond)) // the round sees views no connection owns yet
+	src.set(finished(a, 300, 5, 900, 4))
+	h.send(at(5*time.Second), conntrack.EventNew, &a) // 4 s late: stale
+	h.tick(at(5100 * time.Millisecond))
+	h.tick(at(5200 * time.Millisecond))
+	checkRecords(t, h.sink.all(), want{40001, eof, 300, 5, 900, 4})
+	if _, gets := src.counts(); len(gets) != 1 {
+		t.Errorf("conntrack GETs %v, want one", gets)
 	}
 }

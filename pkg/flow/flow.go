@@ -330,6 +330,89 @@ type Record struct {
 	// the kube-system namespace; empty when neither is known.
 	ClusterID string
 	L7        L7
+	// Health is what the kernel's TCP stack and drop points reported for
+	// the connection since its previous record (pkg/tcphealth,
+	// pkg/packetdrops); zero where they saw nothing or do not run.
+	Health Health
+	// DestinationName is the DNS name the source pod resolved to the
+	// destination address (pkg/dnsnames): the answer of a response seen on
+	// pod traffic, still within its TTL. Empty when none is known.
+	DestinationName string
+}
+
+// Health is a connection's network health over one record period (since
+// its previous record). Fwd is what the source sent (the original
+// direction), Rev what the destination sent.
+type Health struct {
+	// RTT of the connection's sockets on this node: the kernel's smoothed
+	// round-trip time, sampled as ACKs arrive, over the record period.
+	// RTTSamples is how many samples the three figures come from; all
+	// four are zero when there was none (not a TCP socket on this node,
+	// or no ACK in the period).
+	RTTMinMicros uint32
+	RTTAvgMicros uint32
+	RTTMaxMicros uint32
+	RTTSamples   uint32
+	// Retransmitted segments, by the source and by the destination.
+	FwdRetransmits uint32
+	RevRetransmits uint32
+	// Resets sent by the source and by the destination; an RST seen both
+	// leaving one socket and arriving at the other (both ends on this
+	// node) is one reset.
+	FwdResets uint32
+	RevResets uint32
+	// EstablishMicros is the time from the client's SYN to ESTABLISHED,
+	// as the client's socket saw it: in the first record after the
+	// handshake only, zero in every other.
+	EstablishMicros uint32
+	// ZeroWindows is how often a sender of the connection found the
+	// peer's receive window zero.
+	ZeroWindows uint32
+	// Packets of the connection the kernel dropped, per direction, and
+	// the kernel's reason for the most frequent of them in the period
+	// (enum skb_drop_reason without its prefix, e.g. "NETFILTER_DROP");
+	// empty when none was dropped.
+	FwdDrops   uint32
+	RevDrops   uint32
+	DropReason string
+}
+
+// Forms are the tuples under which the connection's original-direction
+// packets appear on this node, Tuple first: as the client sent them to
+// the address it dialled (before DNAT), as the server receives them, and
+// as they leave source-NATed. The reply direction's forms are their
+// Reverse. A client's socket is named by the first form (local, remote),
+// a server's by the Reverse of the second or third. n counts the distinct
+// forms.
+func (c *Conn) Forms() (forms [3]Tuple, n int) {
+	forms[0] = c.Tuple
+	n = 1
+	if c.OrigDstIP != ([16]byte{}) && c.IsDNATed() {
+		forms[n] = Tuple{SrcIP: c.Tuple.SrcIP, DstIP: c.OrigDstIP, SrcPort: c.Tuple.SrcPort, DstPort: c.OrigDstPort, Proto: c.Tuple.Proto}
+		n++
+	}
+	if c.IsSNATed() {
+		forms[n] = c.CorrelationTuple()
+		n++
+	}
+	return forms, n
+}
+
+// DirectionOf says whether t, a packet's or a sending socket's (local,
+// remote) tuple, is one of the connection's forms (the original
+// direction: fwd true), the Reverse of one (the reply direction), or
+// neither (ok false).
+func (c *Conn) DirectionOf(t Tuple) (fwd, ok bool) {
+	forms, n := c.Forms()
+	for i := range n {
+		switch t {
+		case forms[i]:
+			return true, true
+		case forms[i].Reverse():
+			return false, true
+		}
+	}
+	return false, false
 }
 
 // L7Want says which ends of a connection opted into L7 export through the
