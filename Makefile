@@ -15,7 +15,7 @@ PKGS      := ./...
 # share the machine's conntrack/iptables so they run one package at a time.
 INTEGRATION_FLAGS := -tags integration -p 1 -count=1 -timeout 25m
 
-.PHONY: all build test unit fuzz integration bench soak demo generate lint deps demo-deps clean chart-test images
+.PHONY: all build test unit fuzz integration bench soak demo generate lint deps demo-deps clean chart-test images e2e-images nodee2e
 
 all: build
 
@@ -62,7 +62,9 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$${t##*:}\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s $${t%%:*}; \
 	done
 
-integration: deps build
+# test/nodee2e (a real single-node cluster, the chart installed with helm)
+# needs the images: `images` and `e2e-images` run first.
+integration: deps build images e2e-images
 	$(GO) test $(INTEGRATION_FLAGS) $(PKGS)
 
 # The whole suite: installs what the integration tests need, then unit,
@@ -118,6 +120,19 @@ images:
 		GOWORK=off GOFLAGS=-mod=readonly $(GO) run . -tag $(IMAGE_TAG) \
 		-bin $(CURDIR)/$(BIN)/images/rootfs -out $(CURDIR)/$(BIN)/images -images $(IMAGES)
 
+# The real-node end-to-end test's images (test/nodee2e): its pods' one
+# static binary (test/nodee2e/testpod), and the same binary as the pod
+# sandbox ("pause") image, so the node pulls nothing.
+e2e-images:
+	@mkdir -p $(BIN)/images/rootfs
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/images/rootfs/flowlens-e2e-pod ./test/nodee2e/testpod
+	cd hack/images && GOWORK=off GOFLAGS=-mod=readonly $(GO) run . -tag $(IMAGE_TAG) \
+		-bin $(CURDIR)/$(BIN)/images/rootfs -out $(CURDIR)/$(BIN)/images -images e2e,e2e-pause
+
+# Only the real-node end-to-end test (a part of `make integration`).
+nodee2e: deps images e2e-images
+	$(GO) test $(INTEGRATION_FLAGS) -v -run TestNodeE2E ./test/nodee2e
+
 # test/agentbench runs the real agent binary on a 1M-entry idle table and
 # on 1k and 5k connections/s of churn through a DNAT Service, each counter
 # mode beside the polling baseline, once each (-benchtime 1x: one run is
@@ -139,7 +154,7 @@ demo: demo-deps build
 	$(GO) run ./hack/demo $(DEMO_FLAGS)
 
 # Regenerates committed generated code: the eBPF objects and their Go
-# bindings (pkg/bpfcounters, needs `hack/install-deps.sh ebpf`) and the UI.
+# bindings (pkg/bpfcounters, pkg/packetdrops, pkg/tcphealth, needs `hack/install-deps.sh ebpf`) and the UI.
 generate:
 	@command -v clang >/dev/null || { echo "make generate: clang not found; run hack/install-deps.sh ebpf" >&2; exit 1; }
 	$(GO) generate $(PKGS)

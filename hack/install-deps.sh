@@ -12,6 +12,10 @@
 #   suricata    Suricata 7 from bookworm-backports (L7 tests, demo)
 #   clickhouse  clickhouse-server 18.16 (aggregator sink tests; run per test)
 #   kube        etcd-server plus a kube-apiserver built from source and cached
+#   node        a real single-node cluster (test/nodee2e): containerd, runc,
+#               the CNI plugins (bridge, host-local), and kube-apiserver,
+#               kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+#               and kubectl built from source in one go and cached
 #   chromium    Debian's chromium, driven headless by the UI's browser test
 #               (test/uie2e); never downloaded by the test itself
 #   helm        helm (pinned, built with Go): the chart's lint and template
@@ -35,7 +39,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(base ipfix-tools suricata clickhouse kube chromium helm kubeconform)
+[ ${#components[@]} -gt 0 ] || components=(base ipfix-tools suricata clickhouse kube node chromium helm kubeconform)
 
 apt_updated=0
 apt_install() {
@@ -133,6 +137,21 @@ for c in "${components[@]}"; do
       # Built once and cached under /var/cache/flowlens (minutes the first
       # time, instant after).
       "$(dirname "${BASH_SOURCE[0]}")/build-kube-apiserver.sh" >/dev/null
+      ;;
+    node)
+      apt_install etcd-server containerd runc containernetworking-plugins iptables conntrack
+      # Tests start their own containerd (own root, state and socket); a
+      # packaged service would manage the host's containers.
+      if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        systemctl disable --now containerd 2>/dev/null || true
+      fi
+      for b in containerd containerd-shim-runc-v2 ctr runc; do
+        command -v "$b" >/dev/null || { echo "install-deps: $b missing after installing containerd/runc" >&2; exit 1; }
+      done
+      for p in bridge host-local loopback portmap; do
+        [ -x "/usr/lib/cni/$p" ] || { echo "install-deps: /usr/lib/cni/$p missing after installing containernetworking-plugins" >&2; exit 1; }
+      done
+      "$(dirname "${BASH_SOURCE[0]}")/build-kube.sh" >/dev/null
       ;;
     chromium)
       # A font: without recommends, a minimal machine may have none and

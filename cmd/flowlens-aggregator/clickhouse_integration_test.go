@@ -3,6 +3,7 @@
 package main
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -75,6 +76,20 @@ func TestIPFIXFromTwoAgentsLandsInClickHouseCorrelated(t *testing.T) {
 		{"lone half stored flagged", "SELECT sourcePodName, destinationPodName FROM flows WHERE correlation = 'unmatched'", lone.Source.PodName + "\t"},
 		{"intra-node rows pass through", "SELECT count() FROM flows WHERE correlation = 'not-required' AND flowType = 1 AND sourceNodeName = 'node-c'", "10"},
 		{"aggregator identity stored", "SELECT DISTINCT aggregator FROM flows", "test-agg"},
+		{"health of both nodes merged", "SELECT tcpRttMinMicroseconds, tcpRttAvgMicroseconds, tcpRttMaxMicroseconds, tcpRttSampleCount, " +
+			"tcpRetransmitDeltaCount, reverseTcpRetransmitDeltaCount, tcpResetDeltaCount, reverseTcpResetDeltaCount, tcpEstablishMicroseconds, " +
+			"tcpZeroWindowDeltaCount, droppedPacketDeltaCount, reverseDroppedPacketDeltaCount, packetDropReason, destinationDnsName, count() " +
+			"FROM flows WHERE correlation = 'correlated' GROUP BY tcpRttMinMicroseconds, tcpRttAvgMicroseconds, tcpRttMaxMicroseconds, tcpRttSampleCount, " +
+			"tcpRetransmitDeltaCount, reverseTcpRetransmitDeltaCount, tcpResetDeltaCount, reverseTcpResetDeltaCount, tcpEstablishMicroseconds, " +
+			"tcpZeroWindowDeltaCount, droppedPacketDeltaCount, reverseDroppedPacketDeltaCount, packetDropReason, destinationDnsName",
+			fmt.Sprintf("%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\tweb.ns-b.svc.cluster.local\t%d",
+				healthMerged.RTTMinMicros, healthMerged.RTTAvgMicros, healthMerged.RTTMaxMicros, healthMerged.RTTSamples,
+				healthMerged.FwdRetransmits, healthMerged.RevRetransmits, healthMerged.FwdResets, healthMerged.RevResets,
+				healthMerged.EstablishMicros, healthMerged.ZeroWindows, healthMerged.FwdDrops, healthMerged.RevDrops,
+				healthMerged.DropReason, n)},
+		{"lone half keeps its own health", "SELECT tcpRttAvgMicroseconds, tcpRttSampleCount, droppedPacketDeltaCount, packetDropReason FROM flows WHERE correlation = 'unmatched'",
+			"300\t3\t4\tNETFILTER_DROP"},
+		{"no health where none was measured", "SELECT count() FROM flows WHERE correlation = 'not-required' AND tcpRttSampleCount = 0 AND droppedPacketDeltaCount = 0 AND destinationDnsName = ''", "10"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := chQuery(t, ch, tc.query); got != strings.TrimSpace(tc.want) {

@@ -42,8 +42,8 @@ func sinkConfig(c *aggregatorconfig.Config, name string, w sink.Writer, q aggreg
 func exportConfig(s aggregatorconfig.IPFIXSink) ipfixexport.Config {
 	return ipfixexport.Config{
 		Address: s.Address, Transport: ipfixexport.Transport(s.Transport), ObservationDomainID: s.ObservationDomainID,
-		L7DetailElements: s.L7DetailElements,
-		TLS:              ipfixexport.TLSConfig{CAFile: s.CAFile, CertFile: s.CertFile, KeyFile: s.KeyFile, ServerName: s.ServerName},
+		L7DetailElements: s.L7DetailElements, HealthElements: s.HealthElements,
+		TLS: ipfixexport.TLSConfig{CAFile: s.CAFile, CertFile: s.CertFile, KeyFile: s.KeyFile, ServerName: s.ServerName},
 	}
 }
 

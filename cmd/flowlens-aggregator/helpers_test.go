@@ -157,8 +157,8 @@ func startAgent(t *testing.T, collector string, transport ipfixexport.Transport,
 	t.Helper()
 	exp, err := ipfixexport.New(ipfixexport.Config{
 		Address: collector, Transport: transport, ObservationDomainID: domain,
-		L7DetailElements: true,
-		FlushInterval:    20 * time.Millisecond, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
+		L7DetailElements: true, HealthElements: true,
+		FlushInterval: 20 * time.Millisecond, ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond,
 		BufferRecords: 200_000,
 	}, nil)
 	if err != nil {
@@ -208,6 +208,10 @@ func halves(i int, start time.Time) (src, dst flow.Record) {
 	src.ClusterIP = true
 	src.ServicePortName = "ns-b/web:http"
 	src.L7 = flow.L7{AppProtocolName: "http", HTTPVals: fmt.Sprintf(`{"0":"GET /c%d"}`, i), DNSQueryName: "web.ns-b.svc"}
+	// The client's socket and this node's drops (healthMerged is the row).
+	src.Health = flow.Health{RTTMinMicros: 200, RTTAvgMicros: 300, RTTMaxMicros: 900, RTTSamples: 3,
+		FwdRetransmits: 2, FwdResets: 1, EstablishMicros: 450, ZeroWindows: 1, FwdDrops: 4, DropReason: "NETFILTER_DROP"}
+	src.DestinationName = "web.ns-b.svc.cluster.local"
 
 	dst = base
 	dst.Fwd, dst.Rev = flow.Counters{Packets: 9, Bytes: 900}, flow.Counters{Packets: 8, Bytes: 9000}
@@ -216,8 +220,20 @@ func halves(i int, start time.Time) (src, dst flow.Record) {
 	// The server's node has no HTTP for it (must not wipe the client's) but
 	// saw the TLS handshake.
 	dst.L7 = flow.L7{TLSServerName: "server.example"}
+	// The server's socket: the client's RST arriving, its own
+	// retransmissions, drops on this node.
+	dst.Health = flow.Health{RTTMinMicros: 150, RTTAvgMicros: 250, RTTMaxMicros: 400, RTTSamples: 1,
+		RevRetransmits: 5, FwdResets: 1, ZeroWindows: 2, FwdDrops: 1, RevDrops: 6, DropReason: "TCP_INVALID_SEQUENCE"}
 	return src, dst
 }
+
+// healthMerged is the Health of the row of a connection of halves:
+// counts summed per direction, the RST both nodes saw once, RTT min of the
+// minima, max of the maxima, the sample-weighted mean (287.5 rounded),
+// the reason of the half with more drops (pkg/correlate).
+var healthMerged = flow.Health{RTTMinMicros: 150, RTTAvgMicros: 288, RTTMaxMicros: 900, RTTSamples: 4,
+	FwdRetransmits: 2, RevRetransmits: 5, FwdResets: 1, EstablishMicros: 450, ZeroWindows: 3,
+	FwdDrops: 5, RevDrops: 6, DropReason: "TCP_INVALID_SEQUENCE"}
 
 // intraNode is connection i seen whole by one node, ended.
 func intraNode(i int, start time.Time) flow.Record {

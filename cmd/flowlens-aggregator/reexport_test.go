@@ -37,6 +37,7 @@ func TestReexportSendsMergedRecordsToAnotherCollector(t *testing.T) {
 
 	cfg := testConfig(t, "tcp://127.0.0.1:0")
 	cfg.Sinks.IPFIX.Enabled, cfg.Sinks.IPFIX.Address = true, down.Addr().String()
+	cfg.Sinks.IPFIX.HealthElements = true
 	cfg.Sinks.IPFIX.CommitInterval = aggregatorconfig.Duration(20 * time.Millisecond)
 	ra := startAggregator(t, cfg)
 	nodeA := startAgent(t, ra.addr(t, "tcp"), ipfixexport.TCP, 1)
@@ -63,5 +64,9 @@ func TestReexportSendsMergedRecordsToAnotherCollector(t *testing.T) {
 	r := got[0]
 	if r.Source.PodName != src.Source.PodName || r.Destination.PodName != "server" || r.L7.HTTPVals != src.L7.HTTPVals || r.FlowType != flow.FlowTypeInterNode {
 		t.Errorf("re-exported record = %+v / %+v / %+v, want both pods and the L7 fields", r.Source, r.Destination, r.L7)
+	}
+	// Both nodes' health, merged, and the source node's destination name.
+	if r.Health != healthMerged || r.DestinationName != src.DestinationName {
+		t.Errorf("re-exported health %+v, name %q; want %+v, %q", r.Health, r.DestinationName, healthMerged, src.DestinationName)
 	}
 }

@@ -503,6 +503,7 @@ export:
   collector: 127.0.0.1:%d
   transport: tcp
   l7DetailElements: true   # DNS/TLS details; the aggregator stores them
+  healthElements: true     # RTT, drops, destination names (the table's columns)
 connections:
   activeTimeout: 5s
   idleTimeout: 5s

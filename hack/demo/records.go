@@ -67,6 +67,8 @@ type sinkView struct {
 	total  int
 	latest map[flowKey]*row
 	rows   map[flowKey]int
+	// health sums every row's health of a connection (connHealth).
+	health map[flowKey]*connHealth
 }
 
 // summarize picks each connection's latest row. The aggregator writes a
@@ -74,11 +76,17 @@ type sinkView struct {
 // a sink may store a retried batch out of order, so "latest" is the row
 // with the largest totals, an ended one winning a tie.
 func summarize(rows []row) sinkView {
-	v := sinkView{total: len(rows), latest: make(map[flowKey]*row), rows: make(map[flowKey]int)}
+	v := sinkView{total: len(rows), latest: make(map[flowKey]*row), rows: make(map[flowKey]int), health: make(map[flowKey]*connHealth)}
 	for i := range rows {
 		r := &rows[i]
 		k := r.key()
 		v.rows[k]++
+		h := v.health[k]
+		if h == nil {
+			h = &connHealth{}
+			v.health[k] = h
+		}
+		h.add(r)
 		prev, ok := v.latest[k]
 		switch {
 		case !ok:

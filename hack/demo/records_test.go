@@ -38,7 +38,7 @@ func TestAgentConfigIsAcceptedByTheAgentLoader(t *testing.T) {
 		}
 		if cfg.NodeName != nodeName || cfg.Conntrack.NetNS != netnsPath ||
 			cfg.Export.Collector != "127.0.0.1:4739" || cfg.Export.Transport != "tcp" ||
-			cfg.Inventory.File != inv || !*cfg.Export.L7DetailElements {
+			cfg.Inventory.File != inv || !*cfg.Export.L7DetailElements || !*cfg.Export.HealthElements {
 			t.Fatalf("config read back as %+v", cfg)
 		}
 		wantSource := ""
@@ -281,5 +281,55 @@ func TestSize(t *testing.T) {
 		if got := size(n); got != want {
 			t.Errorf("size(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// The RTT, DROPS and NAME columns sum every row of a connection (each row
+// carries its own period) and show "-" where nothing was measured.
+func TestTableShowsHealthOverAllRowsOfAConnection(t *testing.T) {
+	active := lineOf(func(r *correlate.Record) {
+		activeRecord(r)
+		r.Health = flow.Health{RTTMinMicros: 100, RTTAvgMicros: 200, RTTMaxMicros: 900, RTTSamples: 3, FwdDrops: 2, DropReason: "NETFILTER_DROP"}
+		r.DestinationName = "echo.demo.test"
+	})
+	final := lineOf(func(r *correlate.Record) {
+		endRecord(r)
+		r.Health = flow.Health{RTTMinMicros: 300, RTTAvgMicros: 400, RTTMaxMicros: 1500, RTTSamples: 1, RevDrops: 5, DropReason: "TCP_OFO_DROP"}
+	})
+	v := summarize(rowsOf(t, active, final))
+	other := demoFlow()
+	other.Src = netip.MustParseAddrPort("10.244.0.2:40001")
+	otherLine := lineOf(func(r *correlate.Record) {
+		endRecord(r)
+		r.Tuple.SrcPort = 40001
+	})
+	v2 := summarize(rowsOf(t, active, final, otherLine))
+	var out bytes.Buffer
+	printTable(&out, []expected{demoFlow(), other}, &v2, func(netip.Addr) string { return "" })
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "RTT AVG/MAX") || !strings.Contains(lines[0], "DROPS") || !strings.Contains(lines[0], "NAME") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+	// Mean over 4 samples (200×3 + 400)/4 = 250µs, the largest 1.5ms;
+	// 2 dropped one way, 5 the other, the reason of the most.
+	for _, want := range []string{"250µs/1.5ms", "2 > / 5 < TCP_OFO_DROP", "echo.demo.test"} {
+		if !strings.Contains(lines[1], want) {
+			t.Errorf("row lacks %q: %s", want, lines[1])
+		}
+	}
+	if h := v.health[demoFlow().key()]; h.rtt() != "250µs/1.5ms" {
+		t.Errorf("rtt %q", h.rtt())
+	}
+	// The other connection measured nothing: "-" in each of the three
+	// columns (tabwriter aligns them under their headers), not zeros.
+	for _, col := range []string{"RTT AVG/MAX", "DROPS", "NAME"} {
+		i := strings.Index(lines[0], col)
+		if i < 0 || i+2 > len(lines[2]) || lines[2][i:i+2] != "- " {
+			t.Errorf("row without health: column %s does not show -:\n%s\n%s", col, lines[0], lines[2])
+		}
+	}
+	var nilHealth *connHealth
+	if nilHealth.rtt() != "-" || nilHealth.drops() != "-" || nilHealth.destName() != "-" {
+		t.Error("a connection without rows should show -")
 	}
 }

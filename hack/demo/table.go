@@ -15,12 +15,14 @@ import (
 // printTable writes one row per connection the demo made, from the rows
 // the aggregator stored: the 5-tuple, the Service it went through, bytes
 // and packets in both directions, how it ended, L7, how the aggregator
-// correlated it and how many rows it wrote, and what the client itself
-// counted. Connections without a row show as missing, unless view is nil
+// correlated it and how many rows it wrote, the connection's RTT (mean
+// and largest sample), packets the kernel dropped each way and why, the
+// DNS name the client resolved the destination from, and what the client
+// itself counted. Connections without a row show as missing, unless view is nil
 // (no aggregator ran). It returns how many had no row.
 func printTable(w io.Writer, want []expected, view *sinkView, podName func(netip.Addr) string) int {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CONNECTION\tPROTO\tSOURCE\tDESTINATION\tSERVICE\tBYTES >\tPKTS >\tBYTES <\tPKTS <\tEND\tL7\tCORRELATION\tROWS\tCLIENT PAYLOAD > / <")
+	fmt.Fprintln(tw, "CONNECTION\tPROTO\tSOURCE\tDESTINATION\tSERVICE\tBYTES >\tPKTS >\tBYTES <\tPKTS <\tEND\tL7\tRTT AVG/MAX\tDROPS\tNAME\tCORRELATION\tROWS\tCLIENT PAYLOAD > / <")
 	missing, noRecord := 0, "NO ROW"
 	if view == nil {
 		noRecord = "-"
@@ -33,17 +35,18 @@ func printTable(w io.Writer, want []expected, view *sinkView, podName func(netip
 		}
 		if r == nil {
 			missing++
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t-\t-\t-\t-\t%s\t-\t-\t0\t%s\n",
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t-\t-\t-\t-\t%s\t-\t-\t-\t-\t-\t0\t%s\n",
 				e.What, flow.ProtoName(e.Proto), endpoint(e.Src, podName), endpoint(e.Dst(), podName), e.Service.Addr(), noRecord, payload)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%d\t%s\n",
+		h := view.health[e.key()]
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n",
 			e.What, flow.ProtoName(r.proto()),
 			recordEndpoint(r.src(), r.Str("sourcePodName"), podName),
 			recordEndpoint(r.dst(), r.Str("destinationPodName"), podName),
 			service(r), size(int64(r.Num("octetTotalCount"))), r.Num("packetTotalCount"),
 			size(int64(r.Num("reverseOctetTotalCount"))), r.Num("reversePacketTotalCount"),
-			endName(r), l7Summary(r), orDash(r.Str("correlation")), view.rows[e.key()], payload)
+			endName(r), l7Summary(r), h.rtt(), h.drops(), h.destName(), orDash(r.Str("correlation")), view.rows[e.key()], payload)
 	}
 	tw.Flush()
 	if view == nil {

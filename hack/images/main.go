@@ -58,6 +58,10 @@ var specs = map[string]spec{
 	// libhtp2 must come from backports with Suricata 7 (bookworm's is for 6).
 	"suricata":   {repo: "flowlens-suricata", entrypoint: []string{"/usr/bin/suricata"}, debian: []string{"suricata/bookworm-backports", "libhtp2/bookworm-backports", "ca-certificates"}},
 	"clickhouse": {repo: "flowlens-clickhouse", entrypoint: []string{"/usr/bin/clickhouse-server"}, debian: []string{"clickhouse-server", "tzdata"}},
+	// The real-node end-to-end test's pods (test/nodee2e/testpod, `make
+	// e2e-images`), and its pod sandbox image: the same binary pausing.
+	"e2e":       {repo: "flowlens-e2e", entrypoint: []string{"/flowlens-e2e-pod"}, binaries: []string{"flowlens-e2e-pod"}},
+	"e2e-pause": {repo: "flowlens-e2e-pause", entrypoint: []string{"/flowlens-e2e-pod", "pause"}, binaries: []string{"flowlens-e2e-pod"}},
 }
 
 func main() {

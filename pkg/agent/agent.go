@@ -22,6 +22,7 @@ import (
 
 	"github.com/flowlens/flowlens/pkg/agentconfig"
 	"github.com/flowlens/flowlens/pkg/conntrack"
+	"github.com/flowlens/flowlens/pkg/dnsnames"
 	"github.com/flowlens/flowlens/pkg/eve"
 	"github.com/flowlens/flowlens/pkg/expirequeue"
 	"github.com/flowlens/flowlens/pkg/ipfixexport"
@@ -46,10 +47,13 @@ type Agent struct {
 	reg      *prometheus.Registry
 	source   *conntrack.Source
 	bpf      *bpfStage             // nil: counters come from conntrack dumps
+	observe  *observeStage         // the eBPF observers that loaded
+	links    *podLinkStage         // nil: no program on the pod interfaces
 	exporter *ipfixexport.Exporter // export.collector; nil when sharded
 	sharded  *ShardedSink          // export.collectors or collectorDNS
 	out      exportOutput          // whichever of the two is in use
 	context  *contextStage         // nil: no workload context
+	mirror   *mirrorStage          // nil: no traffic mirror
 	reader   *eve.Reader           // nil: no L7
 	handoff  *Handoff
 	health   *Health
@@ -101,6 +105,7 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 		TemplateRefreshInterval: cfg.Export.TemplateRefresh.D(),
 		TemplateRefreshMessages: cfg.Export.TemplateRefreshMessages,
 		L7DetailElements:        *cfg.Export.L7DetailElements,
+		HealthElements:          *cfg.Export.HealthElements,
 		ReconnectMax:            cfg.Export.ReconnectMax.D(),
 		// The exporter's first retry (500ms) must not exceed the cap.
 		ReconnectMin: min(500*time.Millisecond, cfg.Export.ReconnectMax.D()),
@@ -113,7 +118,31 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 	if a.context, err = newContextStage(cfg, a.ident, reg); err != nil {
 		return nil, err
 	}
+	if a.mirror, err = newMirrorStage(cfg, a.context, reg); err != nil {
+		return nil, err
+	}
 
+	// After the context source, which gives DNS names their pods'
+	// namespaces.
+	var namespaces dnsnames.NamespaceResolver
+	if a.context != nil {
+		namespaces = a.context.src
+	}
+	if a.observe, err = newObserveStage(cfg, namespaces, reg); err != nil {
+		return nil, errors.Join(err, a.closeBPF())
+	}
+	var programs []podProgram
+	if a.bpf != nil {
+		programs = append(programs, podProgram{"counters", "its connections are counted by conntrack", a.bpf.counters})
+	}
+	if a.observe.names != nil {
+		programs = append(programs, podProgram{"dns-names", "no destination names from its DNS responses", a.observe.names})
+	}
+	if len(programs) > 0 {
+		if a.links, err = newPodLinkStage(cfg, programs, reg); err != nil {
+			return nil, errors.Join(err, a.closeBPF())
+		}
+	}
 	dumpEvery := cfg.Conntrack.PollInterval.D()
 	if a.bpf != nil {
 		dumpEvery = cfg.Conntrack.ResyncInterval.D()
@@ -159,6 +188,8 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 	if cfg.ClusterID != "" || cfg.Kubernetes.Enabled {
 		loopCfg.Enrichers = append(loopCfg.Enrichers, a.ident)
 	}
+	// After the context: DNS names are kept per pod namespace.
+	loopCfg.Enrichers = append(loopCfg.Enrichers, a.observe.enrichers...)
 	if cfg.L7.EVE.Source != "" {
 		if a.context == nil {
 			return nil, errors.New("l7: needs a context source for the L7 export opt-in")
@@ -229,6 +260,14 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	// Once the context source is synced (see mirrorStage.start).
+	if a.mirror != nil {
+		stopMirror, err := a.mirror.start(ctx)
+		if err != nil {
+			return err
+		}
+		defer func() { errs = append(errs, stopMirror()) }()
+	}
 	waitHTTP, err := serveHTTP(ctx, a.cfg.Server.Listen, a.reg, a.health)
 	if err != nil {
 		return err
@@ -264,15 +303,24 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 
 	klog.InfoS("flowlens-agent started", "node", a.cfg.NodeName, "netns", a.cfg.Conntrack.NetNS,
 		"collector", a.cfg.Export.Collector, "collectors", a.cfg.Export.Collectors, "collectorDNS", a.cfg.Export.CollectorDNS, "transport", a.cfg.Export.Transport, "collectorKind", a.cfg.Export.CollectorKind)
-	if a.bpf != nil {
-		synced, waitLinks := a.bpf.start(ctx)
+	waitObservers := a.observe.start(ctx)
+	defer func() {
+		stopAll()
+		waitObservers()
+		// After the loop: its last records were enriched.
+		if err := a.observe.close(); err != nil {
+			errs = append(errs, fmt.Errorf("eBPF observers: %w", err))
+		}
+	}()
+	if a.links != nil {
+		synced, waitLinks := a.links.start(ctx)
 		defer func() {
 			stopAll()
 			if err := waitLinks(); err != nil {
 				errs = append(errs, err)
 			}
 			// After the loop: its last round read the counters.
-			if err := a.bpf.close(); err != nil {
+			if err := a.closeBPF(); err != nil {
 				errs = append(errs, fmt.Errorf("eBPF counters: %w", err))
 			}
 		}()
@@ -379,4 +427,12 @@ func (a *Agent) newOutput(expCfg ipfixexport.Config, reg prometheus.Registerer) 
 	}
 	a.sharded, a.out = s, s
 	return nil
+}
+
+// closeBPF unloads the eBPF counters, if they loaded.
+func (a *Agent) closeBPF() error {
+	if a.bpf == nil {
+		return nil
+	}
+	return a.bpf.close()
 }

@@ -75,3 +75,26 @@ func TestL7DetailElementsFollowTheCollectorKind(t *testing.T) {
 		}
 	}
 }
+
+// The health and destination-name elements follow the collector unless
+// the file says otherwise, independently of l7DetailElements.
+func TestHealthElementsFollowTheCollectorKind(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want bool
+	}{
+		{"", true},
+		{"kubernetes:\n  enabled: true\nexport:\n  collectorKind: antrea\n", false},
+		{"export:\n  healthElements: false\n", false},
+		{"export:\n  l7DetailElements: false\n", true},
+		{"kubernetes:\n  enabled: true\nexport:\n  collectorKind: antrea\n  healthElements: true\n", true},
+	} {
+		cfg, err := Load(writeConfig(t, "nodeName: n\n"+tc.yaml))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.yaml, err)
+		}
+		if got := *cfg.Export.HealthElements; got != tc.want {
+			t.Errorf("%q: healthElements %v, want %v", tc.yaml, got, tc.want)
+		}
+	}
+}

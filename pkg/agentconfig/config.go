@@ -36,6 +36,8 @@ type Config struct {
 	Kubernetes  Kubernetes  `yaml:"kubernetes"`
 	Inventory   Inventory   `yaml:"inventory"`
 	L7          L7          `yaml:"l7"`
+	Mirror      Mirror      `yaml:"mirror"`
+	Observe     Observe     `yaml:"observe"`
 }
 
 // Kubernetes enables enrichment from the API server.
@@ -242,6 +244,16 @@ type Export struct {
 	// templates holding IEs it does not know, with every record: set false
 	// for one (docs/ipfix-elements.md). After validation it is never nil.
 	L7DetailElements *bool `yaml:"l7DetailElements"`
+	// HealthElements exports each connection's network health (RTT,
+	// retransmissions, resets, time to establish, zero windows, drops and
+	// their reason) and its destination's DNS name
+	// (ipfixexport.Config.HealthElements). Unset, it follows
+	// CollectorKind: on for flowlens, which stores them; off for antrea:
+	// Antrea's Flow Aggregator (v2.3 onwards) decodes unknown IEs
+	// leniently and so accepts the templates, but has no field for them
+	// and drops them. The Strict go-ipfix caveat of L7DetailElements
+	// applies. After validation it is never nil.
+	HealthElements *bool `yaml:"healthElements"`
 	// CollectorKind is what reads the records: CollectorFlowlens (both
 	// ends' pods in every record; flowlens-aggregator tells halves by
 	// observation domain) or CollectorAntrea (only this node's pods, the
@@ -307,7 +319,9 @@ func Default() Config {
 			TemplateRefreshMessages: 20,
 			CollectorKind:           CollectorFlowlens,
 		},
-		Server: Server{Listen: "127.0.0.1:9560"},
+		Server:  Server{Listen: "127.0.0.1:9560"},
+		Mirror:  defaultMirror(),
+		Observe: defaultObserve(),
 		Kubernetes: Kubernetes{
 			GracePeriod: Duration(5 * time.Minute),
 		},
@@ -477,6 +491,10 @@ func (c *Config) validate() error {
 			on := kind == CollectorFlowlens
 			c.Export.L7DetailElements = &on
 		}
+		if c.Export.HealthElements == nil {
+			on := kind == CollectorFlowlens
+			c.Export.HealthElements = &on
+		}
 	default:
 		p.Addf("export.collectorKind", "want %q or %q, got %q", CollectorFlowlens, CollectorAntrea, c.Export.CollectorKind)
 	}
@@ -516,6 +534,8 @@ func (c *Config) validate() error {
 	if c.L7.CloseDelay < 0 || c.L7.CloseDelay > c.Connections.IdleTimeout {
 		p.Addf("l7.closeDelay", "must be within 0..connections.idleTimeout, got %s", c.L7.CloseDelay)
 	}
+	c.validateMirror(&p)
+	c.validateObserve(&p)
 	return p.Err()
 }
 

@@ -249,12 +249,16 @@ type IPFIXSink struct {
 	// L7DetailElements adds the DNS/TLS detail IEs (enterprise 32473) to
 	// the templates; off keeps to IEs of go-ipfix's registry, which its
 	// collectors accept in Strict mode from go-ipfix v0.17.0.
-	L7DetailElements bool   `yaml:"l7DetailElements"`
-	CAFile           string `yaml:"caFile"`
-	CertFile         string `yaml:"certFile"`
-	KeyFile          string `yaml:"keyFile"`
-	ServerName       string `yaml:"serverName"`
-	Queue            `yaml:",inline"`
+	L7DetailElements bool `yaml:"l7DetailElements"`
+	// HealthElements adds the network health and destination-name IEs
+	// (droppedPacketDeltaCount and its reverse, the rest enterprise
+	// 32473); off for the same reason.
+	HealthElements bool   `yaml:"healthElements"`
+	CAFile         string `yaml:"caFile"`
+	CertFile       string `yaml:"certFile"`
+	KeyFile        string `yaml:"keyFile"`
+	ServerName     string `yaml:"serverName"`
+	Queue          `yaml:",inline"`
 }
 
 // Upper bounds of the size and count options. Each is stated in the

@@ -96,13 +96,25 @@
 //
 // # Memory layout
 //
-// Entries (208 bytes) live in a slab of fixed-size chunks, so growing never
-// copies the slab or needs twice its memory, and are found through
-// open-addressing indexes of 8-byte slots; nothing the store holds per
-// connection contains a pointer, so the garbage collector does not scan it.
-// With the queue's 16-byte deadline, BenchmarkMemoryPerConnection measures
-// about 260-270 bytes per DNATed connection. Freed slots are reused; the slab
-// does not shrink.
+// Entries (144 bytes) hold inline what every connection has; the NAT
+// fields of a translated connection (36 bytes) and the counters at the
+// previous export of one whose counters moved since (32 bytes) are side
+// slots, so an untranslated idle connection takes no more than its entry
+// (see entry in slab.go). Entries and side slots live in slabs of
+// fixed-size chunks, so growing never copies a slab or needs twice its
+// memory, and are found through open-addressing indexes of 8-byte slots
+// that grow by half, not double. Nothing the store holds per connection
+// contains a pointer, and beyond the first few thousand connections all
+// of it is mapped outside the Go heap (package offheap): the garbage
+// collector neither scans it nor counts it in its heap goal, which would
+// otherwise let the process grow to twice the store's size, and keep it
+// there, after any burst of garbage such as a start-up dump.
+// BenchmarkMemoryPerConnection measures about 172 bytes per connection
+// of an idle 1M table with one connection in three DNATed (204 when all
+// are), the queue's deadlines (16 bytes each, only for connections that
+// are not idle) included; flowlens_connstore_memory_bytes reports it.
+// Freed slots are reused; the slabs do not shrink. Release gives the
+// mapped memory back.
 //
 // # Concurrency
 //
@@ -116,6 +128,7 @@
 package connstore
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -219,11 +232,12 @@ type Store struct {
 	awaitDestroy bool
 	tombMaxAge   int64 // ns
 
-	chunks   [][]entry
-	hw       uint32 // slots ever handed out
-	freeHead uint32 // first free slot + 1; 0: none
-	n        int    // live connections
-	retired  int    // tombstones
+	entries slab[entry, *entry]
+	exts    slab[extSlot, *extSlot]
+	bases   slab[baseSlot, *baseSlot]
+	n       int // live connections
+	retired int // tombstones
+	memory  int // bytes of the slabs and indexes, last reported
 
 	// tombs lists tombstones oldest first as handles; entries whose slot
 	// was since revived or dropped no longer match and are skipped.
@@ -272,11 +286,38 @@ func New(cfg Config, reg prometheus.Registerer) (*Store, error) {
 		tombMaxAge:   int64(cfg.TombstoneMaxAge),
 		seed:         rand.Uint64(),
 		rng:          rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		entries:      newSlab[entry](entryChunkBits, entryHeapChunks),
+		exts:         newSlab[extSlot](sideChunkBits, sideHeapChunks),
+		bases:        newSlab[baseSlot](sideChunkBits, sideHeapChunks),
 	}
 	if err := s.initMetrics(reg); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// Release gives back the store's memory outside the Go heap (see Memory
+// layout); the store must not be used afterwards. A store never released
+// keeps that memory until the process exits, which is what the agent's
+// one store does; a program that makes and drops stores of more than a few
+// thousand connections (tests, benchmarks) releases each one.
+func (s *Store) Release() error {
+	err := errors.Join(s.entries.release(), s.exts.release(), s.bases.release(), s.byTuple.release(), s.byVIP.release())
+	s.n, s.retired, s.tombs, s.tombHead = 0, 0, nil, 0
+	s.noteMemory()
+	if err != nil {
+		return fmt.Errorf("connstore: release: %w", err)
+	}
+	return nil
+}
+
+// noteMemory updates the memory gauge after a slab or an index grew.
+func (s *Store) noteMemory() {
+	b := s.entries.bytes() + s.exts.bytes() + s.bases.bytes() + s.byTuple.bytes() + s.byVIP.bytes()
+	if b != s.memory {
+		s.memory = b
+		s.m.memory.Set(float64(b))
+	}
 }
 
 // Len is the number of connections held, closed ones awaiting export

@@ -18,18 +18,18 @@ const (
 // evictOne drops the least recently active of a few open connections
 // sampled at random, after handing out its final record.
 func (s *Store) evictOne(now int64) {
-	if s.hw == 0 {
+	if s.entries.hw == 0 {
 		return
 	}
 	victim, fallback := int64(-1), int64(-1)
 	oldest := int64(math.MaxInt64)
 	// A small slab is examined whole, so eviction there is exact.
-	exact := s.hw <= evictProbes
+	exact := s.entries.hw <= evictProbes
 	for probes, found := 0, 0; probes < evictProbes && (exact || found < evictSample); probes++ {
 		idx := uint32(probes)
 		if !exact {
-			idx = s.rng.Uint32N(s.hw)
-		} else if idx >= s.hw {
+			idx = s.rng.Uint32N(s.entries.hw)
+		} else if idx >= s.entries.hw {
 			break
 		}
 		e := s.at(idx)
@@ -50,9 +50,9 @@ func (s *Store) evictOne(now int64) {
 	if victim < 0 {
 		// The slab is mostly free slots: walk from a random point to the
 		// first live one, which exists since the store is full.
-		start := s.rng.Uint32N(s.hw)
-		for i := uint32(0); i < s.hw; i++ {
-			idx := (start + i) % s.hw
+		start := s.rng.Uint32N(s.entries.hw)
+		for i := uint32(0); i < s.entries.hw; i++ {
+			idx := (start + i) % s.entries.hw
 			if s.at(idx).flags&fLive != 0 {
 				victim = int64(idx)
 				break

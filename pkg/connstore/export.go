@@ -16,7 +16,7 @@ func (s *Store) Timing(h expirequeue.Handle) (expirequeue.Timing, bool) {
 	return expirequeue.Timing{
 		LastActive:  e.lastActive,
 		PeriodStart: e.periodStart,
-		Moved:       e.conn.Fwd != e.baseFwd || e.conn.Rev != e.baseRev,
+		Moved:       s.moved(e),
 		Closed:      e.flags&fClosed != 0,
 		ClosedAt:    e.closedAt(),
 		Idle:        e.flags&fIdle != 0,
@@ -37,7 +37,7 @@ func (s *Store) Export(h expirequeue.Handle, reason flow.EndReason, nowNanos int
 	if !ok || emit == nil {
 		return !ok
 	}
-	if reason == flow.EndIdleTimeout && e.conn.Counters == flow.CountersConntrackLater {
+	if reason == flow.EndIdleTimeout && e.counters == flow.CountersConntrackLater {
 		// No counter of it is known yet (a NEW carries none, and with
 		// eBPF counting the rest, conntrack's come with the resync or the
 		// end): a record now would be all zeros and no start time.
@@ -100,17 +100,18 @@ func (s *Store) fill(e *entry, reason flow.EndReason, now int64) {
 // build writes the record of e into s.rec without changing e.
 func (s *Store) build(e *entry, reason flow.EndReason, now int64) {
 	r := &s.rec
-	*r = flow.Record{Conn: e.conn, EndReason: reason, ExportNanos: now}
+	*r = flow.Record{Conn: s.conn(e), EndReason: reason, ExportNanos: now}
 	// Deltas cannot go negative: a backwards counter replaces the
 	// connection before it is stored.
-	r.FwdDelta, _ = e.conn.Fwd.Sub(e.baseFwd)
-	r.RevDelta, _ = e.conn.Rev.Sub(e.baseRev)
+	baseFwd, baseRev := s.baseOf(e)
+	r.FwdDelta, _ = e.fwd.Sub(baseFwd)
+	r.RevDelta, _ = e.rev.Sub(baseRev)
 }
 
 // advance starts a new period of e once its record was taken: the next
 // record's deltas start from the counters this one carried.
 func (s *Store) advance(e *entry, reason flow.EndReason, now int64) {
-	e.baseFwd, e.baseRev = e.conn.Fwd, e.conn.Rev
+	s.resetBase(e)
 	e.periodStart = now
 	if int(reason) < len(s.m.records) && s.m.records[reason] != nil {
 		s.m.records[reason].Inc()
@@ -135,15 +136,14 @@ func (s *Store) handOut(emit func(*flow.Record)) {
 func (s *Store) ExportAll(now time.Time, emit func(*flow.Record)) int {
 	nowNs := now.UnixNano()
 	n := 0
-	for idx := uint32(0); idx < s.hw; idx++ {
+	for idx := uint32(0); idx < s.entries.hw; idx++ {
 		e := s.at(idx)
-		moved := e.conn.Fwd != e.baseFwd || e.conn.Rev != e.baseRev
 		switch {
 		case e.flags&fLive == 0 || e.flags&fDone != 0:
 			continue
 		case e.flags&fClosed != 0:
 			s.export(handleOf(idx, e.gen), flow.EndOfFlow, nowNs)
-		case moved:
+		case s.moved(e):
 			s.export(handleOf(idx, e.gen), flow.EndForced, nowNs)
 		default:
 			continue

@@ -5,6 +5,7 @@ import (
 	"math/bits"
 
 	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/offheap"
 )
 
 // index maps a tuple to a slab index. It is an open-addressing table with
@@ -13,18 +14,35 @@ import (
 // slot takes, probing rejects most mismatches without touching the slab, and
 // growing rehashes without reading any key. Keys themselves live only in the
 // slab.
+//
+// A key's home slot is its 32-bit hash scaled to the table's size
+// ((h * size) >> 32), so the size need not be a power of two: the table
+// grows by half (not double) when three quarters full, which keeps its
+// load between 1/2 and 3/4 (8 B / load: 11-16 bytes per connection)
+// instead of 3/8 and 3/4 (up to 21 bytes). Tables of 1 MiB and more are
+// mapped outside the Go heap, and the old one is unmapped as soon as it
+// was rehashed.
 type index struct {
 	slots []uint64 // 0: empty
+	mem   offheap.Mapping
 	n     int
 }
 
-const minIndexSlots = 1024
+const (
+	minIndexSlots = 1024
+	// indexHeapBytes: smaller tables stay on the Go heap.
+	indexHeapBytes = 1 << 20
+)
 
 func packSlot(h uint64, idx uint32) uint64 { return uint64(uint32(h))<<32 | (uint64(idx) + 1) }
 
 func slotIdx(sl uint64) uint32 { return uint32(sl) - 1 }
 
-func slotHome(sl uint64, mask uint64) uint64 { return (sl >> 32) & mask }
+// homeOf is where a key whose hash has tag as its low 32 bits starts
+// probing in a table of size slots.
+func homeOf(tag uint32, size int) int { return int(uint64(tag) * uint64(size) >> 32) }
+
+func slotHome(sl uint64, size int) int { return homeOf(uint32(sl>>32), size) }
 
 // insert adds idx under hash h; the caller knows the key is absent.
 func (x *index) insert(h uint64, idx uint32) {
@@ -32,46 +50,58 @@ func (x *index) insert(h uint64, idx uint32) {
 	if (x.n+1)*4 > len(x.slots)*3 {
 		x.grow()
 	}
-	mask := uint64(len(x.slots) - 1)
-	for p := uint64(uint32(h)) & mask; ; p = (p + 1) & mask {
+	x.place(packSlot(h, idx))
+	x.n++
+}
+
+// place puts sl in the first empty slot from its home.
+func (x *index) place(sl uint64) {
+	n := len(x.slots)
+	for p := slotHome(sl, n); ; {
 		if x.slots[p] == 0 {
-			x.slots[p] = packSlot(h, idx)
-			x.n++
+			x.slots[p] = sl
 			return
+		}
+		if p++; p == n {
+			p = 0
 		}
 	}
 }
 
 func (x *index) grow() {
-	n := max(2*len(x.slots), minIndexSlots)
-	old := x.slots
-	x.slots = make([]uint64, n)
-	mask := uint64(n - 1)
-	for _, sl := range old {
-		if sl == 0 {
-			continue
-		}
-		p := slotHome(sl, mask)
-		for x.slots[p] != 0 {
-			p = (p + 1) & mask
-		}
-		x.slots[p] = sl
+	n := max(len(x.slots)+len(x.slots)/2, minIndexSlots)
+	old, oldMem := x.slots, x.mem
+	if n*8 >= indexHeapBytes {
+		x.slots, x.mem = offheap.Make[uint64](n)
+	} else {
+		x.slots, x.mem = make([]uint64, n), offheap.Mapping{}
 	}
+	for _, sl := range old {
+		if sl != 0 {
+			x.place(sl)
+		}
+	}
+	// Unmapping cannot fail for a mapping Make returned; if it did, the
+	// old table would only stay mapped.
+	_ = oldMem.Free()
 }
 
 // posOf returns the slot holding idx under hash h, or -1.
 func (x *index) posOf(h uint64, idx uint32) int {
-	if len(x.slots) == 0 {
+	n := len(x.slots)
+	if n == 0 {
 		return -1
 	}
 	want := packSlot(h, idx)
-	mask := uint64(len(x.slots) - 1)
-	for p := uint64(uint32(h)) & mask; ; p = (p + 1) & mask {
+	for p := homeOf(uint32(h), n); ; {
 		switch x.slots[p] {
 		case 0:
 			return -1
 		case want:
-			return int(p)
+			return p
+		}
+		if p++; p == n {
+			p = 0
 		}
 	}
 }
@@ -79,14 +109,17 @@ func (x *index) posOf(h uint64, idx uint32) int {
 // deleteAt empties slot p and shifts later members of the probe run back so
 // that lookups never need tombstones.
 func (x *index) deleteAt(p int) {
-	mask := uint64(len(x.slots) - 1)
-	i := uint64(p)
-	for j := (i + 1) & mask; ; j = (j + 1) & mask {
+	n := len(x.slots)
+	i := p
+	for j := p + 1; ; j++ {
+		if j == n {
+			j = 0
+		}
 		sl := x.slots[j]
 		if sl == 0 {
 			break
 		}
-		home := slotHome(sl, mask)
+		home := slotHome(sl, n)
 		// The entry at j may fill the hole at i unless its home lies
 		// cyclically within (i, j]: then moving it would put it before
 		// its home and lookups would miss it.
@@ -103,6 +136,15 @@ func (x *index) deleteAt(p int) {
 	}
 	x.slots[i] = 0
 	x.n--
+}
+
+func (x *index) bytes() int { return len(x.slots) * 8 }
+
+// release drops the table (unmapping it when it was mapped).
+func (x *index) release() error {
+	err := x.mem.Free()
+	*x = index{}
+	return err
 }
 
 // hashTuple mixes the tuple with a per-store random seed, so that peers

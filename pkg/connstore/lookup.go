@@ -13,7 +13,7 @@ func (s *Store) LookupConn(t flow.Tuple) (flow.Conn, bool) {
 	if !ok {
 		return flow.Conn{}, false
 	}
-	return s.at(idx).conn, true
+	return s.conn(s.at(idx)), true
 }
 
 // Peek returns the connection stored under exactly t, live or a
@@ -23,36 +23,38 @@ func (s *Store) Peek(t flow.Tuple) (flow.Conn, bool) {
 	if !ok {
 		return flow.Conn{}, false
 	}
-	return s.at(idx).conn, true
+	return s.conn(s.at(idx)), true
 }
 
 // find looks key up in x; vip selects which form of an entry's tuple x is
 // keyed by.
 func (s *Store) find(x *index, vip bool, key *flow.Tuple, h uint64) (uint32, bool) {
-	if len(x.slots) == 0 {
+	n := len(x.slots)
+	if n == 0 {
 		return 0, false
 	}
-	mask := uint64(len(x.slots) - 1)
 	tag := uint32(h)
-	for p := uint64(tag) & mask; ; p = (p + 1) & mask {
+	for p := homeOf(tag, n); ; {
 		sl := x.slots[p]
 		if sl == 0 {
 			return 0, false
 		}
-		if uint32(sl>>32) != tag {
-			continue
-		}
-		idx := slotIdx(sl)
-		e := s.at(idx)
-		if vip {
-			keys, n := altKeys(&e.conn)
-			for i := range n {
-				if keys[i] == *key {
-					return idx, true
+		if uint32(sl>>32) == tag {
+			idx := slotIdx(sl)
+			e := s.at(idx)
+			if vip {
+				keys, n := s.altKeys(e)
+				for i := range n {
+					if keys[i] == *key {
+						return idx, true
+					}
 				}
+			} else if e.tuple == *key {
+				return idx, true
 			}
-		} else if e.conn.Tuple == *key {
-			return idx, true
+		}
+		if p++; p == n {
+			p = 0
 		}
 	}
 }
@@ -76,8 +78,13 @@ func (s *Store) lookup(t *flow.Tuple) (uint32, bool) {
 // connection: the client side of a DNATed one (the Service VIP as
 // destination), and the server side of a source-NATed one (the translated
 // source, as the backend's interface sees a NodePort connection from
-// outside).
-func altKeys(c *flow.Conn) (keys [2]flow.Tuple, n int) {
+// outside). Only a connection with an ext slot can have any.
+func (s *Store) altKeys(e *entry) (keys [2]flow.Tuple, n int) {
+	if e.ext == 0 {
+		return keys, 0
+	}
+	x := s.exts.at(e.ext - 1)
+	c := flow.Conn{Tuple: e.tuple, OrigDstIP: x.origDstIP, OrigDstPort: x.origDstPort, ProxySnatIP: x.snatIP, ProxySnatPort: x.snatPort}
 	if c.OrigDstIP != ([16]byte{}) && c.IsDNATed() {
 		keys[n] = flow.Tuple{
 			SrcIP: c.Tuple.SrcIP, DstIP: c.OrigDstIP,
@@ -92,9 +99,9 @@ func altKeys(c *flow.Conn) (keys [2]flow.Tuple, n int) {
 	return keys, n
 }
 
-// indexVIP indexes c's alternative tuples (altKeys).
-func (s *Store) indexVIP(idx uint32, c *flow.Conn) {
-	keys, n := altKeys(c)
+// indexVIP indexes e's alternative tuples (altKeys).
+func (s *Store) indexVIP(idx uint32, e *entry) {
+	keys, n := s.altKeys(e)
 	for i := range n {
 		k := &keys[i]
 		h := hashTuple(k, s.seed)
@@ -106,15 +113,25 @@ func (s *Store) indexVIP(idx uint32, c *flow.Conn) {
 				s.byVIP.deleteAt(p)
 			}
 		}
-		s.byVIP.insert(h, idx)
+		s.indexInsert(&s.byVIP, h, idx)
 	}
 }
 
-func (s *Store) unindexVIP(idx uint32, c *flow.Conn) {
-	keys, n := altKeys(c)
+func (s *Store) unindexVIP(idx uint32, e *entry) {
+	keys, n := s.altKeys(e)
 	for i := range n {
 		if p := s.byVIP.posOf(hashTuple(&keys[i], s.seed), idx); p >= 0 {
 			s.byVIP.deleteAt(p)
 		}
+	}
+}
+
+// indexInsert adds idx under h to x, and updates the memory gauge when x
+// grew.
+func (s *Store) indexInsert(x *index, h uint64, idx uint32) {
+	n := len(x.slots)
+	x.insert(h, idx)
+	if len(x.slots) != n {
+		s.noteMemory()
 	}
 }

@@ -8,7 +8,7 @@ import (
 )
 
 type metrics struct {
-	conns, tombstones                     prometheus.Gauge
+	conns, tombstones, memory             prometheus.Gauge
 	created, closed, stale                prometheus.Counter
 	evicted, lateIgnored, emptyIdle       prometheus.Counter
 	replacedByID, replacedByCtr           prometheus.Counter
@@ -38,6 +38,10 @@ func (s *Store) initMetrics(reg prometheus.Registerer) error {
 		conns: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "flowlens_connstore_connections",
 			Help: "Connections tracked.",
+		}),
+		memory: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flowlens_connstore_memory_bytes",
+			Help: "Memory the connection store holds for its connections and indexes, most of it outside the Go heap (so not in go_memstats_*): it grows with the largest number of connections held and does not shrink.",
 		}),
 		tombstones: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "flowlens_connstore_tombstones",
@@ -69,7 +73,7 @@ func (s *Store) initMetrics(reg prometheus.Registerer) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{
-		s.m.conns, s.m.tombstones, s.m.created, s.m.closed, s.m.stale, s.m.evicted, s.m.lateIgnored, s.m.emptyIdle, replaced, records,
+		s.m.conns, s.m.tombstones, s.m.memory, s.m.created, s.m.closed, s.m.stale, s.m.evicted, s.m.lateIgnored, s.m.emptyIdle, replaced, records,
 		s.m.tombsDestroyed, tombsDropped,
 	} {
 		if err := reg.Register(c); err != nil {

@@ -41,8 +41,8 @@ func (s *Store) close(c *flow.Conn, nowNs int64) (uint32, Change) {
 	}
 	e := s.at(idx)
 	if e.flags&fClosed == 0 {
-		if e.conn.StopNanos == 0 {
-			e.conn.StopNanos = nowNs
+		if e.stopNanos == 0 {
+			e.stopNanos = nowNs
 		}
 		s.markClosed(idx, e, nowNs)
 		s.m.closed.Inc()
@@ -80,8 +80,8 @@ func (s *Store) destroyed(c *flow.Conn, now int64) Change {
 // entry's events before the first of the entry that takes its tuple next,
 // so only a dump can have shown e first.
 func (s *Store) reportsPrev(e *entry, c *flow.Conn) bool {
-	return e.flags&fAwaitPrev != 0 && c.ID != 0 && e.conn.ID != 0 && c.ID != e.conn.ID &&
-		(c.StartNanos == 0 || e.conn.StartNanos == 0)
+	return e.flags&fAwaitPrev != 0 && c.ID != 0 && e.id != 0 && c.ID != e.id &&
+		(c.StartNanos == 0 || e.startNanos == 0)
 }
 
 // destroysOlder reports whether the DESTROY c is that of a kernel entry
@@ -92,8 +92,8 @@ func (s *Store) reportsPrev(e *entry, c *flow.Conn) bool {
 // predecessor's DESTROY (fAwaitPrev) the first DESTROY on the tuple is that
 // one, whatever its id (ids can repeat on a tuple).
 func destroysOlder(e *entry, c *flow.Conn) bool {
-	if c.StartNanos != 0 && e.conn.StartNanos != 0 {
-		return c.StartNanos < e.conn.StartNanos
+	if c.StartNanos != 0 && e.startNanos != 0 {
+		return c.StartNanos < e.startNanos
 	}
 	return e.flags&fAwaitPrev != 0
 }
@@ -105,13 +105,13 @@ func destroysOlder(e *entry, c *flow.Conn) bool {
 func (s *Store) EndDump(dumpStarted time.Time) int {
 	started := dumpStarted.UnixNano()
 	closed := 0
-	for idx := uint32(0); idx < s.hw; idx++ {
+	for idx := uint32(0); idx < s.entries.hw; idx++ {
 		e := s.at(idx)
 		if e.flags&(fLive|fClosed) != fLive || e.lastSeen >= started {
 			continue
 		}
-		if e.conn.StopNanos == 0 {
-			e.conn.StopNanos = started
+		if e.stopNanos == 0 {
+			e.stopNanos = started
 		}
 		s.markClosed(idx, e, started)
 		closed++
@@ -129,7 +129,7 @@ func (s *Store) upsert(c *flow.Conn, now int64) (uint32, Change) {
 		return s.insert(c, h, now), Created
 	}
 	e := s.at(idx)
-	if c.StartNanos != 0 && e.conn.StartNanos != 0 && c.StartNanos < e.conn.StartNanos {
+	if c.StartNanos != 0 && e.startNanos != 0 && c.StartNanos < e.startNanos {
 		s.m.lateIgnored.Inc()
 		return idx, Ignored
 	}
@@ -141,15 +141,15 @@ func (s *Store) upsert(c *flow.Conn, now int64) (uint32, Change) {
 	case s.reportsPrev(e, c):
 		s.m.lateIgnored.Inc()
 		return idx, Ignored
-	case c.ID != 0 && e.conn.ID != 0 && c.ID != e.conn.ID:
+	case c.ID != 0 && e.id != 0 && c.ID != e.id:
 		s.m.replacedByID.Inc()
 		s.replace(idx, e, c, now)
 		return idx, Replaced
-	case counters && backwards(c, &e.conn):
+	case counters && backwards(c, e):
 		s.m.replacedByCtr.Inc()
 		s.replace(idx, e, c, now)
 		return idx, Replaced
-	case c.StartNanos != 0 && e.conn.StartNanos != 0 && c.StartNanos > e.conn.StartNanos:
+	case c.StartNanos != 0 && e.startNanos != 0 && c.StartNanos > e.startNanos:
 		// The kernel stamps an entry's start once: a later one is a new
 		// entry, even under the same id.
 		s.m.replacedByStart.Inc()
@@ -163,25 +163,26 @@ func (s *Store) upsert(c *flow.Conn, now int64) (uint32, Change) {
 		return idx, Replaced
 	}
 
-	moved := counters && (c.Fwd != e.conn.Fwd || c.Rev != e.conn.Rev)
-	old := e.conn
-	e.conn = *c
-	if !counters {
-		e.conn.Fwd, e.conn.Rev = old.Fwd, old.Rev
+	moved := counters && (c.Fwd != e.fwd || c.Rev != e.rev)
+	if moved {
+		s.keepBase(e)
+		e.fwd, e.rev = c.Fwd, c.Rev
 	}
-	if e.conn.StartNanos == 0 {
-		e.conn.StartNanos = old.StartNanos
+	// A report without a start time, stop time or id leaves the known one.
+	if c.StartNanos != 0 {
+		e.startNanos = c.StartNanos
 	}
-	if e.conn.StopNanos == 0 {
-		e.conn.StopNanos = old.StopNanos
+	if c.StopNanos != 0 {
+		e.stopNanos = c.StopNanos
 	}
-	if e.conn.ID == 0 {
-		e.conn.ID = old.ID
+	if c.ID != 0 {
+		e.id = c.ID
 	}
-	if old.OrigDstIP != e.conn.OrigDstIP || old.OrigDstPort != e.conn.OrigDstPort ||
-		old.ProxySnatIP != e.conn.ProxySnatIP || old.ProxySnatPort != e.conn.ProxySnatPort {
-		s.unindexVIP(idx, &old)
-		s.indexVIP(idx, &e.conn)
+	e.zone, e.mark, e.status, e.tcpState, e.counters = c.Zone, c.Mark, c.Status, c.TCPState, c.Counters
+	if !s.natEqual(e, c) {
+		s.unindexVIP(idx, e)
+		s.setNAT(e, c)
+		s.indexVIP(idx, e)
 	}
 	// Dump rows carry the dump's start time and may be handled after
 	// events stamped later: times only move forward.
@@ -198,9 +199,10 @@ func (s *Store) upsert(c *flow.Conn, now int64) (uint32, Change) {
 	return idx, Updated
 }
 
-func backwards(c, stored *flow.Conn) bool {
-	return c.Fwd.Packets < stored.Fwd.Packets || c.Fwd.Bytes < stored.Fwd.Bytes ||
-		c.Rev.Packets < stored.Rev.Packets || c.Rev.Bytes < stored.Rev.Bytes
+// backwards reports whether a counter of c is below e's.
+func backwards(c *flow.Conn, e *entry) bool {
+	return c.Fwd.Packets < e.fwd.Packets || c.Fwd.Bytes < e.fwd.Bytes ||
+		c.Rev.Packets < e.rev.Packets || c.Rev.Bytes < e.rev.Bytes
 }
 
 // hasCounters tells a report that carries counters from one that has none
@@ -213,22 +215,46 @@ func hasCounters(c *flow.Conn) bool {
 // same slot under a new generation.
 func (s *Store) replace(idx uint32, e *entry, c *flow.Conn, now int64) {
 	s.fill(e, flow.EndOfFlow, now)
-	s.unindexVIP(idx, &e.conn)
+	s.unindexVIP(idx, e)
 	s.reuse(idx, e, c, now)
 	s.sched.Track(handleOf(idx, e.gen), now)
 }
 
-// reuse starts c as a live connection in the slot of the one e held,
-// under a new generation so the old one's queued handles go stale, and
-// keeps the old one's wait for its DESTROY (awaitingPrev).
+// reuse starts c as a live connection in the slot of the one e held
+// (already unindexed from byVIP), under a new generation so the old one's
+// queued handles go stale, and keeps the old one's wait for its DESTROY
+// (awaitingPrev).
 func (s *Store) reuse(idx uint32, e *entry, c *flow.Conn, now int64) {
-	*e = live(c, e.gen+1, fLive|s.awaitingPrev(e), now)
-	s.indexVIP(idx, c)
+	s.setLive(idx, e, c, e.gen+1, fLive|s.awaitingPrev(e), now)
 }
 
-// live is a fresh entry for c first seen at now.
-func live(c *flow.Conn, gen uint32, flags uint8, now int64) entry {
-	return entry{conn: *c, lastActive: now, periodStart: now, lastSeen: now, gen: gen, flags: flags}
+// setLive makes e, at idx and indexed by c's tuple, the fresh connection c
+// first seen at now, and indexes its alternative tuples. Whatever side
+// slots e held are given back.
+func (s *Store) setLive(idx uint32, e *entry, c *flow.Conn, gen uint32, flags uint8, now int64) {
+	s.freeSide(e)
+	*e = entry{
+		tuple:       c.Tuple,
+		zone:        c.Zone,
+		mark:        c.Mark,
+		id:          c.ID,
+		status:      c.Status,
+		tcpState:    c.TCPState,
+		counters:    c.Counters,
+		startNanos:  c.StartNanos,
+		stopNanos:   c.StopNanos,
+		fwd:         c.Fwd,
+		rev:         c.Rev,
+		lastActive:  now,
+		periodStart: now,
+		lastSeen:    now,
+		gen:         gen,
+		flags:       flags,
+		// Its first record carries its full counters.
+		layout: lBaseZero,
+	}
+	s.setNAT(e, c)
+	s.indexVIP(idx, e)
 }
 
 // awaitingPrev is the flag a new entry on e's tuple takes: fAwaitPrev when
@@ -255,9 +281,8 @@ func (s *Store) insert(c *flow.Conn, h uint64, now int64) uint32 {
 	}
 	idx := s.alloc()
 	e := s.at(idx)
-	*e = live(c, e.gen, fLive, now)
-	s.byTuple.insert(h, idx)
-	s.indexVIP(idx, c)
+	s.indexInsert(&s.byTuple, h, idx)
+	s.setLive(idx, e, c, e.gen, fLive, now)
 	s.n++
 	s.m.conns.Inc()
 	s.m.created.Inc()

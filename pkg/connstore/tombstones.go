@@ -8,7 +8,8 @@ import (
 // end-of-flow and is kept, indexed by tuple, to recognise late reports of
 // it (see the package documentation). Its fields mean:
 //
-//   - conn: the connection as it ended (id, counters, start);
+//   - the connection's fields: as it ended (id, counters, start; its NAT
+//     fields for Peek, though it is no longer indexed by them);
 //   - periodStart: when it was retired or last requeued, which orders s.tombs;
 //   - lastSeen: when a report last named it; after its DESTROY (fDestroyed),
 //     when that came: any report stamped later is a new kernel entry;
@@ -44,9 +45,9 @@ func (s *Store) reviveOrIgnore(idx uint32, e *entry, c *flow.Conn, now int64) (u
 // than the connection the tombstone e remembers. Reports of an older entry
 // were set aside before (by start time).
 func (s *Store) newerThanTomb(e *entry, c *flow.Conn, now int64) bool {
-	return (c.ID != 0 && e.conn.ID != 0 && c.ID != e.conn.ID) ||
-		(c.StartNanos != 0 && e.conn.StartNanos != 0 && c.StartNanos > e.conn.StartNanos) ||
-		(hasCounters(c) && backwards(c, &e.conn)) ||
+	return (c.ID != 0 && e.id != 0 && c.ID != e.id) ||
+		(c.StartNanos != 0 && e.startNanos != 0 && c.StartNanos > e.startNanos) ||
+		(hasCounters(c) && backwards(c, e)) ||
 		(e.flags&fDestroyed != 0 && now > e.lastSeen)
 }
 
@@ -65,7 +66,7 @@ func (s *Store) tombDestroyed(e *entry, now int64) {
 // queue.
 func (s *Store) retire(idx uint32, now int64) {
 	e := s.at(idx)
-	s.unindexVIP(idx, &e.conn)
+	s.unindexVIP(idx, e)
 	e.gen++
 	e.flags = fDone | e.flags&(fDestroyed|fAwaitPrev)
 	if e.flags&fDestroyed == 0 {

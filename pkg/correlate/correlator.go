@@ -114,6 +114,8 @@ type entry struct {
 	next       *entry
 	// seqs are the inputs folded in since the last export.
 	seqs []uint64
+	// health folds the halves' flow.Health into rec.Health.
+	health healthAcc
 }
 
 func (e *entry) side(s side) *Side {
@@ -252,6 +254,8 @@ func (c *Correlator) newEntry(in *Input, sd side, peer bool, now time.Time) *ent
 	s := e.side(sd)
 	s.Seen, s.Exporter = true, in.Exporter
 	c.applyCounters(s, r)
+	e.rec.Health = flow.Health{}
+	e.health.add(&e.rec.Health, &r.Health, sd)
 	return e
 }
 
@@ -426,6 +430,13 @@ func (c *Correlator) apply(e *entry, r *flow.Record, sd side, exporter string, n
 	if err := mergeL7(&m.L7, &r.L7); err != nil {
 		c.m.L7Errors.Inc()
 		klog.V(4).InfoS("Kept valid side of httpVals", "tuple", r.Tuple, "err", err)
+	}
+	e.health.add(&m.Health, &r.Health, sd)
+	// The name the source pod resolved: its node's DNS cache knows it;
+	// the other node's value (both pods on it, or none) fills a gap. An
+	// empty one (the TTL ran out since) never wipes a known name.
+	if r.DestinationName != "" && (m.DestinationName == "" || sd == sideSource) {
+		m.DestinationName = r.DestinationName
 	}
 	if r.StartNanos != 0 && (m.StartNanos == 0 || r.StartNanos < m.StartNanos) {
 		m.StartNanos = r.StartNanos
@@ -684,6 +695,7 @@ func (c *Correlator) export(e *entry, reason flow.EndReason) *Record {
 	// Counted before the entry forgets the transactions: out.L7 is a copy.
 	out.L7Counts = c.countL7(&out.L7)
 	resetTransactions(&e.rec.L7)
+	e.health.reset(&e.rec.Health)
 	for i, s := range []*Side{&e.rec.FromSource, &e.rec.FromDestination} {
 		s.FwdDelta, s.RevDelta = flow.Counters{}, flow.Counters{}
 		if s.Seen {

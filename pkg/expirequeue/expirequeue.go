@@ -69,6 +69,16 @@
 // than a heap.Fix of its existing one; the leftover item is dropped when it
 // pops because the Source no longer knows the handle (handles carry a
 // generation, so a reused slot does not match).
+//
+// # Memory
+//
+// A deadline is 16 bytes, in one array. An array of 1 MiB or more (65536
+// deadlines) is mapped outside the Go heap (package offheap), so that the
+// garbage collector's heap goal does not double it, and it is shrunk by
+// half whenever a round leaves it less than a quarter full: at start-up
+// every connection of the table has a deadline, but once they have gone
+// idle none has, and the array's memory goes back to the kernel instead
+// of staying with the process.
 package expirequeue
 
 import (
@@ -77,8 +87,10 @@ import (
 	"fmt"
 	"math"
 	"time"
+	"unsafe"
 
 	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/offheap"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -157,14 +169,15 @@ type Queue struct {
 	active, idle, closeDelay int64 // nanoseconds
 	spread                   bool
 	items                    itemHeap
+	mem                      offheap.Mapping // behind items, when mapped
 	maxSize                  int
 	m                        metrics
 }
 
 type metrics struct {
-	size, maxSize prometheus.Gauge
-	discarded     prometheus.Counter
-	refused       prometheus.Counter
+	size, maxSize, memory prometheus.Gauge
+	discarded             prometheus.Counter
+	refused               prometheus.Counter
 }
 
 // New validates cfg and registers the queue's metrics on reg (nil: not
@@ -199,6 +212,10 @@ func New(cfg Config, reg prometheus.Registerer) (*Queue, error) {
 				Name: "flowlens_expirequeue_max_size",
 				Help: "Largest number of deadlines queued since start.",
 			}),
+			memory: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "flowlens_expirequeue_memory_bytes",
+				Help: "Memory of the deadline array, most of it outside the Go heap once large (so not in go_memstats_*). It shrinks when the deadlines queued fall below a quarter of it.",
+			}),
 			discarded: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "flowlens_expirequeue_stale_deadlines_discarded_total",
 				Help: "Deadlines dropped on pop because their connection was already exported and removed, evicted or replaced.",
@@ -210,7 +227,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Queue, error) {
 		},
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{q.m.size, q.m.maxSize, q.m.discarded, q.m.refused} {
+		for _, c := range []prometheus.Collector{q.m.size, q.m.maxSize, q.m.memory, q.m.discarded, q.m.refused} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("expirequeue: register metrics: %w", err)
 			}
@@ -221,6 +238,59 @@ func New(cfg Config, reg prometheus.Registerer) (*Queue, error) {
 
 // Len is the number of queued deadlines.
 func (q *Queue) Len() int { return len(q.items) }
+
+// Release gives back the queue's memory outside the Go heap (see Memory);
+// the queue must not be used afterwards. A queue never released keeps it
+// until the process exits, which is what the agent's one queue does.
+func (q *Queue) Release() error {
+	err := q.mem.Free()
+	q.items = nil
+	q.m.memory.Set(0)
+	if err != nil {
+		return fmt.Errorf("expirequeue: release: %w", err)
+	}
+	return nil
+}
+
+// Sizes of the deadline array: it starts at minItems; from
+// mappedItemsBytes on it is mapped outside the Go heap.
+const (
+	minItems         = 256
+	mappedItemsBytes = 1 << 20
+)
+
+// resize moves the deadlines into an array of n (at least Len()).
+func (q *Queue) resize(n int) {
+	var items []item
+	var mem offheap.Mapping
+	if n*int(unsafe.Sizeof(item{})) >= mappedItemsBytes {
+		items, mem = offheap.Make[item](n)
+	} else {
+		items = make([]item, n)
+	}
+	items = items[:copy(items, q.items)]
+	old := q.mem
+	q.items, q.mem = items, mem
+	// Unmapping cannot fail for a mapping Make returned; if it did, the
+	// old array would only stay mapped.
+	_ = old.Free()
+	q.m.memory.Set(float64(cap(q.items) * int(unsafe.Sizeof(item{}))))
+}
+
+// shrink halves the array while it is less than a quarter full: the
+// hysteresis keeps a queue that hovers around one size from resizing
+// back and forth.
+func (q *Queue) shrink() {
+	c := cap(q.items)
+	if c <= minItems || len(q.items) >= c/4 {
+		return
+	}
+	n := c / 2
+	for n > minItems && len(q.items) < n/4 {
+		n /= 2
+	}
+	q.resize(max(n, minItems))
+}
 
 // Track starts a flow record period for h at nowNanos: a new connection, or
 // an idle one whose counters moved again. Call it once per period; the
@@ -263,8 +333,14 @@ func (q *Queue) Due(h Handle) {
 }
 
 func (q *Queue) push(it item) {
-	// Append and sift up through heap.Fix instead of heap.Push: Push takes
-	// an interface value, which would allocate for every deadline.
+	if len(q.items) == cap(q.items) {
+		// Grow by half: doubling would leave up to half of a large
+		// array unused.
+		q.resize(max(cap(q.items)+cap(q.items)/2, minItems))
+	}
+	// Append (within capacity: the array is the queue's own) and sift up
+	// through heap.Fix instead of heap.Push: Push takes an interface
+	// value, which would allocate for every deadline.
 	q.items = append(q.items, it)
 	heap.Fix(&q.items, len(q.items)-1)
 	if n := len(q.items); n > q.maxSize {
@@ -333,6 +409,7 @@ func (q *Queue) Expire(now time.Time, src Source, emit func(*flow.Record) bool) 
 			q.reschedTop(min(q.activeDeadline(h, t.PeriodStart), t.LastActive+q.idle), nowNs)
 		}
 	}
+	q.shrink()
 	q.m.size.Set(float64(len(q.items)))
 	return emitted, nil
 }

@@ -60,8 +60,10 @@ func (r *Record) Clone() Record {
 var ErrNotFlow = errors.New("record has no source/destination address IEs")
 
 // FlowRecord converts the record into a flow.Record using the shared IE
-// tables (ipfixie.FlowIEs, and the DNS/TLS details of ipfixie.L7Details,
-// which fill flow.L7 when the exporter sent them); other IEs are ignored.
+// tables (ipfixie.FlowIEs, and, when the exporter sent them, the DNS/TLS
+// details of ipfixie.L7Details filling flow.L7, the workloads, and the
+// ipfixie.HealthElements filling Health and DestinationName); other IEs
+// are ignored.
 // See ipfixie.FlowBuilder for what the wire format cannot carry.
 func (r *Record) FlowRecord() (flow.Record, error) {
 	var fb ipfixie.FlowBuilder

@@ -158,17 +158,32 @@ func startDaemon(t *testing.T, sig syscall.Signal, name string, args ...string) 
 	return out, stop
 }
 
-// sendRecords exports recs over UDP to port and stops the exporter.
-func sendRecords(t *testing.T, port int, recs []flow.Record, l7Details bool) {
+// interopOptions are the template variants each collector is checked
+// with: the default, each option group alone, and both (what
+// collectorKind flowlens sends).
+var interopOptions = []exportOptions{{}, {L7: true}, {Health: true}, {L7: true, Health: true}}
+
+type exportOptions struct{ L7, Health bool }
+
+func (o exportOptions) String() string {
+	return fmt.Sprintf("L7DetailElements=%v/HealthElements=%v", o.L7, o.Health)
+}
+
+// sendRecords exports recs over UDP to port and stops the exporter; the
+// records carry the optional fields o selects.
+func sendRecords(t *testing.T, port int, recs []flow.Record, o exportOptions) {
 	t.Helper()
 	e, stop := startExporter(t, Config{
 		Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Transport: UDP,
-		FlushInterval: 20 * time.Millisecond, L7DetailElements: l7Details,
+		FlushInterval: 20 * time.Millisecond, L7DetailElements: o.L7, HealthElements: o.Health,
 	}, nil)
 	for i := range recs {
 		r := recs[i]
-		if l7Details {
+		if o.L7 {
 			setL7Details(&r)
+		}
+		if o.Health {
+			setHealth(&r)
 		}
 		e.Export(&r)
 	}

@@ -47,6 +47,14 @@ type Config struct {
 	// nfdump, tshark, goflow2 and nfacctd skip the details; turn it on for
 	// flowlens-aggregator, which decodes them.
 	L7DetailElements bool
+	// HealthElements adds the connection's network health and its
+	// destination's DNS name (flow.Record.Health, DestinationName) to both
+	// templates: droppedPacketDeltaCount and its RFC 5103 reverse from
+	// IANA, twelve enterprise-32473 IEs for the rest
+	// (ipfixie.HealthElements, docs/ipfix-elements.md). The same caveat as
+	// L7DetailElements: a Strict go-ipfix collector rejects the templates;
+	// Antrea's Flow Aggregator decodes and ignores them.
+	HealthElements bool
 
 	// MaxMessageSize caps one IPFIX message. Default and maximum: 65535 for
 	// TCP/TLS (the header's length field), PathMTU minus IP and UDP headers

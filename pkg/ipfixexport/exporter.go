@@ -1,6 +1,8 @@
 // Package ipfixexport sends flow records to an IPFIX collector (RFC 7011)
 // over TCP, UDP or TLS, with the templates Antrea's Flow Aggregator reads
-// (plus, when Config.L7DetailElements is set, the DNS/TLS detail IEs).
+// (plus, when Config.L7DetailElements is set, the DNS/TLS detail and
+// workload IEs, and when Config.HealthElements is, the health and
+// destination-name IEs).
 //
 // Export copies a record into a bounded buffer and returns at once; Run owns
 // the connection, batches records into messages up to the size limit, and
@@ -169,7 +171,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Exporter, error) {
 		return nil, fmt.Errorf("ipfixexport config: %w", err)
 	}
 	v4, v6, err := ipfixie.NewFlowTemplates(ipfixie.TemplateOptions{
-		IDv4: TemplateIDv4, IDv6: TemplateIDv6, L7Details: cfg.L7DetailElements,
+		IDv4: TemplateIDv4, IDv6: TemplateIDv6, L7Details: cfg.L7DetailElements, Health: cfg.HealthElements,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ipfixexport templates: %w", err)

@@ -3,7 +3,6 @@
 package ipfixexport
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -138,8 +137,8 @@ func goflow2Want(r *flow.Record) goflow2Flow {
 // template length and the rest is unchanged.
 func TestGoflow2DecodesExportedRecords(t *testing.T) {
 	goflow2 := requireProgram(t, "goflow2")
-	for _, l7Details := range []bool{false, true} {
-		t.Run(fmt.Sprintf("L7DetailElements=%v", l7Details), func(t *testing.T) {
+	for _, opts := range interopOptions {
+		t.Run(opts.String(), func(t *testing.T) {
 			dir := t.TempDir()
 			mapping := filepath.Join(dir, "mapping.yaml")
 			if err := os.WriteFile(mapping, []byte(goflow2Mapping), 0o600); err != nil {
@@ -158,7 +157,7 @@ func TestGoflow2DecodesExportedRecords(t *testing.T) {
 			waitUDPBound(t, port, "goflow2", log)
 
 			sent := interopRecords()
-			sendRecords(t, port, sent, l7Details)
+			sendRecords(t, port, sent, opts)
 			deadline := time.Now().Add(10 * time.Second)
 			for len(jsonLines(readFileOrEmpty(outFile))) < len(sent) && time.Now().Before(deadline) {
 				time.Sleep(50 * time.Millisecond)

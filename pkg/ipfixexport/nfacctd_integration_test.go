@@ -102,8 +102,8 @@ func nfacctdWant(r *flow.Record) nfacctdFlow {
 // are skipped and the rest is unchanged.
 func TestNfacctdDecodesExportedRecords(t *testing.T) {
 	nfacctd := requireProgram(t, "nfacctd")
-	for _, l7Details := range []bool{false, true} {
-		t.Run(fmt.Sprintf("L7DetailElements=%v", l7Details), func(t *testing.T) {
+	for _, opts := range interopOptions {
+		t.Run(opts.String(), func(t *testing.T) {
 			dir := t.TempDir()
 			primitives := filepath.Join(dir, "primitives.lst")
 			outFile := filepath.Join(dir, "flows.json")
@@ -130,7 +130,7 @@ print_output_file_append[flows]: true
 			waitUDPBound(t, port, "nfacctd", log)
 
 			sent := interopRecords()
-			sendRecords(t, port, sent, l7Details)
+			sendRecords(t, port, sent, opts)
 			// nfacctd's core hands records to its print plugin in buffers
 			// that a few records do not fill, and SIGINT flushes them: stop
 			// it once it read every datagram from its socket.

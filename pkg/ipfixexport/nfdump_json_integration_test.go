@@ -4,7 +4,6 @@ package ipfixexport
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,15 +60,15 @@ func nfdumpWant(r *flow.Record) nfdumpFlow {
 // intact.
 func TestNfdumpKeepsTimesAndCountersOfBothDirections(t *testing.T) {
 	nfcapd, nfdump := requireProgram(t, "nfcapd"), requireProgram(t, "nfdump")
-	for _, l7Details := range []bool{false, true} {
-		t.Run(fmt.Sprintf("L7DetailElements=%v", l7Details), func(t *testing.T) {
+	for _, opts := range interopOptions {
+		t.Run(opts.String(), func(t *testing.T) {
 			dir := t.TempDir()
 			port := freeUDPPort(t)
 			// SIGTERM makes nfcapd close and name its current file.
 			log, stop := startDaemon(t, syscall.SIGTERM, nfcapd, "-w", dir, "-b", "127.0.0.1", "-p", strconv.Itoa(port), "-t", "3600")
 			waitUDPBound(t, port, "nfcapd", log)
 			sent := interopRecords()
-			sendRecords(t, port, sent, l7Details)
+			sendRecords(t, port, sent, opts)
 			waitFor(t, 10*time.Second, "nfcapd to read its socket", func() bool { return udpRxQueue(t, port) == 0 })
 			time.Sleep(200 * time.Millisecond)
 			stop()

@@ -326,6 +326,11 @@ type TemplateOptions struct {
 	// already costs those collectors everything, so splitting it would
 	// protect no one.
 	L7Details bool
+	// Health appends the health and destination-name IEs (HealthElements,
+	// after the L7 ones when both are on): droppedPacketDeltaCount and its
+	// reverse from IANA's registry, the rest enterprise
+	// EnterprisePlaceholder, so the same Strict-collector caveat applies.
+	Health bool
 }
 
 // NewFlowTemplates resolves the IEs o selects into the IPv4 and the IPv6
@@ -333,7 +338,10 @@ type TemplateOptions struct {
 func NewFlowTemplates(o TemplateOptions) (v4, v6 *Template, err error) {
 	ies := FlowIEs
 	if o.L7Details {
-		ies = slices.Concat(FlowIEs, l7DetailIEs, workloadIEs)
+		ies = slices.Concat(ies, l7DetailIEs, workloadIEs)
+	}
+	if o.Health {
+		ies = slices.Concat(ies, healthIEs)
 	}
 	return flowTemplates(ies, o.IDv4, o.IDv6)
 }
@@ -404,8 +412,8 @@ func (t *Template) AppendData(b []byte, r *flow.Record) []byte {
 // flowIEByName holds the optional IEs too: a collector decodes whatever an
 // exporter chose to send.
 var flowIEByName = func() map[nameKey]*FlowIE {
-	m := make(map[nameKey]*FlowIE, len(FlowIEs)+len(l7DetailIEs)+len(workloadIEs))
-	for _, ies := range [][]FlowIE{FlowIEs, l7DetailIEs, workloadIEs} {
+	m := make(map[nameKey]*FlowIE, len(FlowIEs)+len(l7DetailIEs)+len(workloadIEs)+len(healthIEs))
+	for _, ies := range [][]FlowIE{FlowIEs, l7DetailIEs, workloadIEs, healthIEs} {
 		for i := range ies {
 			m[nameKey{ies[i].Enterprise, ies[i].Name}] = &ies[i]
 		}

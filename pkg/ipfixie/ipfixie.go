@@ -101,7 +101,7 @@ func init() {
 			byName[nameKey{ent, e.Name}] = e
 		}
 	}
-	for _, fie := range slices.Concat(FlowIEs, l7DetailIEs, workloadIEs) {
+	for _, fie := range slices.Concat(FlowIEs, l7DetailIEs, workloadIEs, healthIEs) {
 		if d := fie.Define; d != nil {
 			byID[idKey{d.Enterprise, d.ID}] = *d
 			byName[nameKey{d.Enterprise, d.Name}] = *d

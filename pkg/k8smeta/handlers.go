@@ -72,6 +72,7 @@ func (m *Meta) onPod(p *cachedPod) {
 	if p.HostNetwork {
 		// A host-network pod's address is its node's: it maps to the node.
 		m.idx.SetHost("pod/"+id, p.NodeName, m.parseAddrs("pod", p.IPs...))
+		m.local.deletePod(id) // its traffic is the node's: never mirrored
 		return
 	}
 	var ips []netip.Addr
@@ -84,12 +85,13 @@ func (m *Meta) onPod(p *cachedPod) {
 	if p.HasL7 {
 		ann = map[string]string{ipindex.L7Annotation: p.L7}
 	}
+	own := m.l7Mode("pod", p.Namespace, p.Name, ann)
 	pod := &ipindex.Pod{
 		Name:            p.Name,
 		Namespace:       p.Namespace,
 		Node:            p.NodeName,
 		Labels:          p.LabelsJSON,
-		L7:              m.l7Mode("pod", p.Namespace, p.Name, ann),
+		L7:              own,
 		OwnerKind:       p.OwnerKind,
 		OwnerName:       p.OwnerName,
 		TemplateHashLen: p.TemplateHashLen,
@@ -97,20 +99,25 @@ func (m *Meta) onPod(p *cachedPod) {
 	if err := m.idx.SetPod(id, ips, p.Start, pod); err != nil {
 		klog.ErrorS(err, "Indexing pod", "pod", klog.KObj(p))
 	}
+	m.local.setPod(id, p.Namespace, p.Name, p.NodeName, ips, own)
 }
 
 func (m *Meta) onPodDelete(p *cachedPod) {
 	m.idx.DeletePod(string(p.UID), time.Time{})
 	m.idx.DeleteHost("pod/" + string(p.UID))
+	m.local.deletePod(string(p.UID))
 	m.forgetInvalid("pod/" + p.Namespace + "/" + p.Name)
 }
 
 func (m *Meta) onNamespace(n *corev1.Namespace) {
-	m.idx.SetNamespaceL7(n.Name, m.l7Mode("namespace", "", n.Name, n.Annotations))
+	mode := m.l7Mode("namespace", "", n.Name, n.Annotations)
+	m.idx.SetNamespaceL7(n.Name, mode)
+	m.local.setNamespace(n.Name, mode)
 }
 
 func (m *Meta) onNamespaceDelete(n *corev1.Namespace) {
 	m.idx.SetNamespaceL7(n.Name, ipindex.L7Unset)
+	m.local.setNamespace(n.Name, ipindex.L7Unset)
 	m.forgetInvalid("namespace//" + n.Name)
 }
 

@@ -76,6 +76,9 @@ type Meta struct {
 	remoteMu sync.Mutex
 	remote   map[string]*remotePod
 	sliceRem map[string][]string // slice key -> remote pod UIDs it lists
+
+	// local: this node's pods that opted into L7, for the traffic mirror.
+	local *localPods
 }
 
 type remotePod struct {
@@ -105,6 +108,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Meta, error) {
 		invalid:  map[string]string{},
 		remote:   map[string]*remotePod{},
 		sliceRem: map[string][]string{},
+		local:    newLocalPods(cfg.NodeName),
 	}
 	if m.metrics, err = newMetrics(reg, idx); err != nil {
 		return nil, err

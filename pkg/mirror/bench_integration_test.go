@@ -37,15 +37,31 @@ func benchMirror(b *testing.B, mech string) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = m.Close() })
-	transfer := func() time.Duration {
+	// Packets that reached the capture peer: a mirrored transfer must add
+	// some, an unmirrored one none, or the two figures compare nothing.
+	peerRx := func() uint64 {
+		l, err := m.h.LinkByName(m.cfg.PeerName)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return l.Attrs().Statistics.RxPackets
+	}
+	transfer := func(mirrored bool) time.Duration {
+		before := peerRx()
 		start := time.Now()
 		if _, err := netnstest.SendExactly(client, srv.Addr(), benchBytes, 0); err != nil {
 			b.Fatal(err)
 		}
-		return time.Since(start)
+		d := time.Since(start)
+		// Copies of a transfer's packets are all delivered when its last
+		// ACK is; a few more (the FIN's) may trail, so only the sign counts.
+		if copied := peerRx() - before; mirrored == (copied == 0) {
+			b.Fatalf("mirrored %v, but %d packets reached the capture peer", mirrored, copied)
+		}
+		return d
 	}
 	mirrored := []netip.Addr{client.IPv4}
-	transfer() // warm up: connection set-up paths, page cache of the zero reader
+	transfer(false) // warm up: connection set-up paths, page cache of the zero reader
 	var base, mir time.Duration
 	b.ResetTimer()
 	set := func(want []netip.Addr) {
@@ -57,8 +73,8 @@ func benchMirror(b *testing.B, mech string) {
 	// transfer of a pair (a fresh connection's autotuning, the scheduler)
 	// does not favour one side.
 	for i := 0; i < b.N; i++ {
-		runBase := func() { set(nil); base += transfer() }
-		runMir := func() { set(mirrored); mir += transfer() }
+		runBase := func() { set(nil); base += transfer(false) }
+		runMir := func() { set(mirrored); mir += transfer(true) }
 		if i%2 == 0 {
 			runBase()
 			runMir()

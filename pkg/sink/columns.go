@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/flowlens/flowlens/pkg/correlate"
+	"github.com/flowlens/flowlens/pkg/flow"
 	"github.com/flowlens/flowlens/pkg/shard"
 )
 
@@ -24,6 +25,7 @@ const (
 	TypeUInt16
 	TypeUInt64
 	TypeDateTime
+	TypeUInt32
 )
 
 func (t Type) String() string {
@@ -38,6 +40,8 @@ func (t Type) String() string {
 		return "UInt64"
 	case TypeDateTime:
 		return "DateTime"
+	case TypeUInt32:
+		return "UInt32"
 	}
 	return fmt.Sprintf("Type(%d)", uint8(t))
 }
@@ -52,7 +56,7 @@ func (t Type) Max() uint64 {
 		return 1<<8 - 1
 	case TypeUInt16:
 		return 1<<16 - 1
-	case TypeDateTime:
+	case TypeDateTime, TypeUInt32:
 		return 1<<32 - 1
 	}
 	return 1<<64 - 1
@@ -108,12 +112,13 @@ func lowStrCol(name string, f func(*rec) string) Column {
 
 // numCol is the one place a typed accessor becomes a column: the Go type
 // of f matches t, so no value is narrowed when a writer converts it.
-func numCol[T uint8 | uint16 | uint64](name string, t Type, f func(*rec) T) Column {
+func numCol[T uint8 | uint16 | uint32 | uint64](name string, t Type, f func(*rec) T) Column {
 	return Column{Name: name, Type: t, num: func(r *rec, _ *Meta) uint64 { return uint64(f(r)) }}
 }
 
 func u8Col(name string, f func(*rec) uint8) Column   { return numCol(name, TypeUInt8, f) }
 func u16Col(name string, f func(*rec) uint16) Column { return numCol(name, TypeUInt16, f) }
+func u32Col(name string, f func(*rec) uint32) Column { return numCol(name, TypeUInt32, f) }
 func u64Col(name string, f func(*rec) uint64) Column { return numCol(name, TypeUInt64, f) }
 
 // timeCol stores Unix nanoseconds as whole seconds (18.16 has no
@@ -266,8 +271,37 @@ var columns = func() []Column {
 		u64Col("http5xx", func(r *rec) uint64 { return r.L7Counts.HTTP5xx }),
 		u64Col("dnsErrors", func(r *rec) uint64 { return r.L7Counts.DNSErrors }),
 	)
+	cs = append(cs, healthCols()...)
 	return cs
 }()
+
+// healthCols are the connection's network health over the row's period
+// and its destination's DNS name (flow.Record.Health, DestinationName;
+// docs/ipfix-elements.md), named as their IPFIX elements. Zero and empty
+// where the agents measured nothing (not TCP, no sample in the period, an
+// agent without the eBPF programs or with export.healthElements off): a
+// zero RTT is "no sample", never a measurement, so queries average
+// tcpRttAvgMicroseconds over rows with tcpRttSampleCount > 0, weighted by
+// it. How the two nodes' halves combine: correlate.Record.
+func healthCols() []Column {
+	h := func(r *rec) *flow.Health { return &r.Health }
+	return []Column{
+		u32Col("tcpRttMinMicroseconds", func(r *rec) uint32 { return h(r).RTTMinMicros }),
+		u32Col("tcpRttAvgMicroseconds", func(r *rec) uint32 { return h(r).RTTAvgMicros }),
+		u32Col("tcpRttMaxMicroseconds", func(r *rec) uint32 { return h(r).RTTMaxMicros }),
+		u32Col("tcpRttSampleCount", func(r *rec) uint32 { return h(r).RTTSamples }),
+		u32Col("tcpRetransmitDeltaCount", func(r *rec) uint32 { return h(r).FwdRetransmits }),
+		u32Col("reverseTcpRetransmitDeltaCount", func(r *rec) uint32 { return h(r).RevRetransmits }),
+		u32Col("tcpResetDeltaCount", func(r *rec) uint32 { return h(r).FwdResets }),
+		u32Col("reverseTcpResetDeltaCount", func(r *rec) uint32 { return h(r).RevResets }),
+		u32Col("tcpEstablishMicroseconds", func(r *rec) uint32 { return h(r).EstablishMicros }),
+		u32Col("tcpZeroWindowDeltaCount", func(r *rec) uint32 { return h(r).ZeroWindows }),
+		u32Col("droppedPacketDeltaCount", func(r *rec) uint32 { return h(r).FwdDrops }),
+		u32Col("reverseDroppedPacketDeltaCount", func(r *rec) uint32 { return h(r).RevDrops }),
+		lowStrCol("packetDropReason", func(r *rec) string { return h(r).DropReason }),
+		strCol("destinationDnsName", func(r *rec) string { return r.DestinationName }),
+	}
+}
 
 // theiaCols are the columns of Antrea Theia's flows table that flowlens
 // has no value for (NetworkPolicy verdicts, Egress, Theia's own flags):

@@ -12,9 +12,10 @@ import (
 // inputVersion leads every encoded input; a field added to flow.Record
 // bumps it (TestInputCodecCoversEveryField fails until the codec has it).
 // Version 2 appended the proxy SNAT address and port and the cluster id,
-// version 3 both ends' workload kind and name; inputs of earlier versions,
+// version 3 both ends' workload kind and name, version 4 the network
+// health and the destination's DNS name; inputs of earlier versions,
 // logged before an upgrade, still decode (without what came later).
-const inputVersion = 3
+const inputVersion = 4
 
 // AppendInput appends the binary encoding of in (everything but Seq, which
 // the log assigns) to dst. Hand-written rather than reflective: it runs for
@@ -66,7 +67,21 @@ func AppendInput(dst []byte, in *correlate.Input) []byte {
 		dst = binary.AppendUvarint(dst, uint64(len(s)))
 		dst = append(dst, s...)
 	}
+	for _, v := range healthCounts(&r.Health) {
+		dst = binary.AppendUvarint(dst, uint64(*v))
+	}
+	for _, s := range [...]string{r.Health.DropReason, r.DestinationName} {
+		dst = binary.AppendUvarint(dst, uint64(len(s)))
+		dst = append(dst, s...)
+	}
 	return dst
+}
+
+// healthCounts are the numeric flow.Health fields in their encoded order.
+func healthCounts(h *flow.Health) [12]*uint32 {
+	return [12]*uint32{&h.RTTMinMicros, &h.RTTAvgMicros, &h.RTTMaxMicros, &h.RTTSamples,
+		&h.FwdRetransmits, &h.RevRetransmits, &h.FwdResets, &h.RevResets,
+		&h.EstablishMicros, &h.ZeroWindows, &h.FwdDrops, &h.RevDrops}
 }
 
 var errShort = errors.New("input record truncated")
@@ -178,6 +193,12 @@ func DecodeInput(b []byte, in *correlate.Input) error {
 		for _, s := range [...]*string{&r.Source.WorkloadKind, &r.Source.WorkloadName, &r.Destination.WorkloadKind, &r.Destination.WorkloadName} {
 			*s = d.str()
 		}
+	}
+	if v >= 4 {
+		for _, p := range healthCounts(&r.Health) {
+			*p = d.u32()
+		}
+		r.Health.DropReason, r.DestinationName = d.str(), d.str()
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.err = fmt.Errorf("%d trailing bytes", len(d.b))

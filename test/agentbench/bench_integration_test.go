@@ -420,6 +420,7 @@ server:
 		t1.Sub(t0).Round(time.Millisecond), cores, targetIdleCores, verdict(cores <= targetIdleCores),
 		float64(u1.RSS)/(1<<20), perConn, targetIdleBytesPerConn, verdict(perConn <= targetIdleBytesPerConn),
 		float64(u1.HWM)/(1<<20), float64(u1.HWM)/float64(n), totalAfter-totalBefore)
+	logMemory(b, ag, u1, n)
 	if d := totalAfter - totalBefore; d > 0 && seen == n {
 		// Every connection was reported idle; nothing moved since.
 		b.Errorf("idle table: %d records exported while nothing changed", d)
@@ -434,6 +435,28 @@ server:
 	b.ReportMetric(lost, "dropped")
 	b.ReportMetric(float64(extra), "duplicated")
 	b.ReportMetric(float64(n), "conns")
+}
+
+// logMemory says where the idle agent's resident memory goes: the mapped
+// binary against anonymous memory, and of the latter what the Go runtime
+// accounts for (its heap: live objects, free spans not yet returned to the
+// kernel, the next GC's goal; stacks; its own structures), from the agent's
+// go_memstats_* metrics, and the connection store's and expire queue's
+// own memory where the agent exports it. The rest of the anonymous
+// memory is outside the Go runtime's accounting (the BPF ring buffer, C
+// allocations: none today).
+func logMemory(b *testing.B, ag *agenttest.Agent, u agentbench.Usage, n int) {
+	b.Helper()
+	met := ag.Metrics(b)
+	mib := func(v float64) string { return fmt.Sprintf("%.1f MiB (%.0f B/conn)", v/(1<<20), v/float64(n)) }
+	get := func(name string) float64 { return metricSum(met, name) }
+	heapIdle, released := get("go_memstats_heap_idle_bytes"), get("go_memstats_heap_released_bytes")
+	b.Logf("memory: RSS %s = anonymous %s + file %s (+ shmem); Go heap: in use %s (live objects %s), free but retained %s, returned %s, next GC at %s; stacks %s; runtime total from the OS %s; connstore %s, expirequeue %s",
+		mib(float64(u.RSS)), mib(float64(u.Anon)), mib(float64(u.File)),
+		mib(get("go_memstats_heap_inuse_bytes")), mib(get("go_memstats_heap_alloc_bytes")),
+		mib(heapIdle-released), mib(released), mib(get("go_memstats_next_gc_bytes")),
+		mib(get("go_memstats_stack_inuse_bytes")), mib(get("go_memstats_sys_bytes")),
+		mib(get("flowlens_connstore_memory_bytes")), mib(get("flowlens_expirequeue_memory_bytes")))
 }
 
 // made is one connection as the client saw it: its address, when it

@@ -30,6 +30,10 @@ type Usage struct {
 	CPU time.Duration
 	// RSS is resident memory now (VmRSS), HWM its peak so far (VmHWM).
 	RSS, HWM int64
+	// Anon and File split RSS (RssAnon, RssFile; RssShmem is the rest):
+	// the heap and stacks against the mapped binary, which does not grow
+	// with the table.
+	Anon, File int64
 }
 
 // ReadUsage reads pid's CPU time from /proc/<pid>/stat and its memory from
@@ -47,11 +51,12 @@ func ReadUsage(pid int) (Usage, error) {
 	if err != nil {
 		return Usage{}, fmt.Errorf("read memory of pid %d: %w", pid, err)
 	}
-	rss, hwm, err := parseStatusMemory(status)
+	u, err := parseStatusMemory(status)
 	if err != nil {
 		return Usage{}, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	return Usage{CPU: cpu, RSS: rss, HWM: hwm}, nil
+	u.CPU = cpu
+	return u, nil
 }
 
 // parseStatCPU returns utime+stime of a /proc/<pid>/stat line. The command
@@ -79,34 +84,34 @@ func parseStatCPU(stat []byte) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / userHZ, nil
 }
 
-// parseStatusMemory returns VmRSS and VmHWM of /proc/<pid>/status in bytes.
-func parseStatusMemory(status []byte) (rss, hwm int64, err error) {
+// parseStatusMemory returns VmRSS, VmHWM, RssAnon and RssFile of
+// /proc/<pid>/status in bytes.
+func parseStatusMemory(status []byte) (Usage, error) {
+	var u Usage
+	fields := map[string]*int64{"VmRSS": &u.RSS, "VmHWM": &u.HWM, "RssAnon": &u.Anon, "RssFile": &u.File}
 	found := 0
 	sc := bufio.NewScanner(bytes.NewReader(status))
 	for sc.Scan() {
 		name, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (name != "VmRSS" && name != "VmHWM") {
+		dst := fields[name]
+		if !ok || dst == nil {
 			continue
 		}
 		f := strings.Fields(rest)
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, 0, fmt.Errorf("status: %s %q: want \"<n> kB\"", name, rest)
+			return Usage{}, fmt.Errorf("status: %s %q: want \"<n> kB\"", name, rest)
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("status: %s: %w", name, err)
+			return Usage{}, fmt.Errorf("status: %s: %w", name, err)
 		}
-		if name == "VmRSS" {
-			rss = kb << 10
-		} else {
-			hwm = kb << 10
-		}
+		*dst = kb << 10
 		found++
 	}
-	if found != 2 {
-		return 0, 0, fmt.Errorf("status: VmRSS or VmHWM missing (a kernel thread or a zombie?)")
+	if found != len(fields) {
+		return Usage{}, fmt.Errorf("status: VmRSS, VmHWM, RssAnon or RssFile missing (a kernel thread or a zombie?)")
 	}
-	return rss, hwm, nil
+	return u, nil
 }
 
 // Quantile returns the q-quantile (0..1) of ds by the nearest-rank method;

@@ -22,15 +22,15 @@ func TestParseStatCPU(t *testing.T) {
 }
 
 func TestParseStatusMemory(t *testing.T) {
-	status := []byte("Name:\tflowlens-agent\nVmPeak:\t  900 kB\nVmHWM:\t   2048 kB\nVmRSS:\t   1024 kB\nThreads:\t9\n")
-	rss, hwm, err := parseStatusMemory(status)
+	status := []byte("Name:\tflowlens-agent\nVmPeak:\t  900 kB\nVmHWM:\t   2048 kB\nVmRSS:\t   1024 kB\nRssAnon:\t    700 kB\nRssFile:\t    300 kB\nRssShmem:\t   24 kB\nThreads:\t9\n")
+	u, err := parseStatusMemory(status)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rss != 1024<<10 || hwm != 2048<<10 {
-		t.Fatalf("rss %d hwm %d, want %d %d", rss, hwm, 1024<<10, 2048<<10)
+	if u.RSS != 1024<<10 || u.HWM != 2048<<10 || u.Anon != 700<<10 || u.File != 300<<10 {
+		t.Fatalf("rss %d hwm %d anon %d file %d, want %d %d %d %d", u.RSS, u.HWM, u.Anon, u.File, 1024<<10, 2048<<10, 700<<10, 300<<10)
 	}
-	if _, _, err := parseStatusMemory([]byte("Name:\tkthreadd\n")); err == nil {
+	if _, err := parseStatusMemory([]byte("Name:\tkthreadd\n")); err == nil {
 		t.Fatal("status without VmRSS parsed without error")
 	}
 }
@@ -40,8 +40,8 @@ func TestReadUsageOfThisProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.RSS <= 0 || u.HWM < u.RSS {
-		t.Fatalf("rss %d hwm %d: want 0 < rss <= hwm", u.RSS, u.HWM)
+	if u.RSS <= 0 || u.HWM < u.RSS || u.Anon <= 0 || u.File <= 0 || u.Anon+u.File > u.RSS {
+		t.Fatalf("rss %d hwm %d anon %d file %d: want 0 < rss <= hwm, anon and file > 0 and within rss", u.RSS, u.HWM, u.Anon, u.File)
 	}
 }
 

@@ -110,8 +110,8 @@ inventory:
 		}
 		truthA, truthB := agenttest.StartCollector(t), agenttest.StartCollector(t)
 		faAddr := fmt.Sprintf("127.0.0.1:%d", faIPFIXPort)
-		agenttest.StartAgent(t, agentBin, agentCfg(a, startTee(t, faAddr, truthA.Addr), kind))
-		agenttest.StartAgent(t, agentBin, agentCfg(b, startTee(t, faAddr, truthB.Addr), kind))
+		agenttest.StartAgent(t, agentBinary(t), agentCfg(a, startTee(t, faAddr, truthA.Addr), kind))
+		agenttest.StartAgent(t, agentBinary(t), agentCfg(b, startTee(t, faAddr, truthB.Addr), kind))
 
 		xfer := exchangeAcrossASecond(t, client, db.Addr(dbPort))
 		t.Logf("%s mode: %s -> %s", kind, xfer.Local, xfer.Remote)

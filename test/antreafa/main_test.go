@@ -18,6 +18,7 @@ package antreafa_test
 import (
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 
 	"github.com/flowlens/flowlens/test/agenttest"
@@ -28,7 +29,27 @@ import (
 // aggregator reads the L7 fields (appProtocolName, httpVals).
 const faVersion = "v2.5.3"
 
-var agentBin, faBin string
+var faBin string
+
+// binDir holds what TestMain builds; the agent is built on first use, so
+// a test that drives the aggregator without agents (health_integration_test.go)
+// does not need it.
+var (
+	binDir       string
+	agentOnce    sync.Once
+	agentBinPath string
+	agentErr     error
+)
+
+// agentBinary builds cmd/flowlens-agent once and returns its path.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	agentOnce.Do(func() { agentBinPath, agentErr = agenttest.BuildAgent(binDir) })
+	if agentErr != nil {
+		t.Fatal(agentErr)
+	}
+	return agentBinPath
+}
 
 // faBinary is $FLOWLENS_ANTREA_FLOW_AGGREGATOR, else where
 // hack/build-antrea-flow-aggregator.sh caches it.
@@ -44,8 +65,8 @@ func faBinary() error {
 }
 
 func TestMain(m *testing.M) {
-	agenttest.RunMain(m, "Antrea Flow Aggregator tests", func(dir string) (err error) {
-		agentBin, err = agenttest.BuildAgent(dir)
-		return err
+	agenttest.RunMain(m, "Antrea Flow Aggregator tests", func(dir string) error {
+		binDir = dir
+		return nil
 	}, netnstest.CheckPrereqs, faBinary)
 }

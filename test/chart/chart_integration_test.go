@@ -218,6 +218,9 @@ func TestChartConfigsLoadWithTheRealParsers(t *testing.T) {
 			}
 			if vs.l7 {
 				checkSuricata(t, r, spec, cfg.L7.EVE.Path)
+				checkMirror(t, spec, cfg)
+			} else if *cfg.Mirror.Enabled {
+				t.Errorf("mirror.enabled with L7 off: the agent would mirror traffic no Suricata reads")
 			}
 			if vs.collector == "" {
 				checkAggregator(t, r, vs, aggFlags, fields)
@@ -291,9 +294,10 @@ func checkSuricata(t *testing.T, r *rendering, spec *corev1.PodSpec, evePath str
 	s := containerNamed(t, spec, "suricata")
 	a := containerNamed(t, spec, "agent")
 	var confPath string
-	for i, arg := range s.Command {
-		if arg == "-c" && i+1 < len(s.Command) {
-			confPath = s.Command[i+1]
+	argv := suricataArgv(s)
+	for i, arg := range argv {
+		if arg == "-c" && i+1 < len(argv) {
+			confPath = argv[i+1]
 		}
 	}
 	conf := mountedConfig(t, r, spec, s, confPath)
@@ -340,6 +344,34 @@ func checkSuricata(t *testing.T, r *rendering, spec *corev1.PodSpec, evePath str
 	if err != nil {
 		t.Fatalf("suricata -T rejects the chart's configuration: %v\n%s", err, out)
 	}
+}
+
+// checkMirror: with L7 the agent mirrors opted-in pods to the veth pair
+// whose peer is the interface the Suricata sidecar captures.
+func checkMirror(t *testing.T, spec *corev1.PodSpec, cfg agentconfig.Config) {
+	t.Helper()
+	if !*cfg.Mirror.Enabled {
+		t.Error("l7.enabled but the agent's mirror.enabled is false: Suricata would see no traffic")
+	}
+	s := containerNamed(t, spec, "suricata")
+	var iface string
+	for _, arg := range suricataArgv(s) {
+		if v, ok := strings.CutPrefix(arg, "--af-packet="); ok {
+			iface = v
+		}
+	}
+	if iface == "" || iface != cfg.Mirror.PeerInterface {
+		t.Errorf("Suricata captures %q, the agent mirrors to the peer %q", iface, cfg.Mirror.PeerInterface)
+	}
+}
+
+// suricataArgv is Suricata's command line: the container's args when it
+// has any (its command then waits for the capture interface first).
+func suricataArgv(c *corev1.Container) []string {
+	if len(c.Args) > 0 {
+		return c.Args
+	}
+	return c.Command
 }
 
 // A value that makes an invalid configuration must fail here, not in a

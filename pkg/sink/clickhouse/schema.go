@@ -53,6 +53,8 @@ func columnValues(c *sink.Column, rs []*correlate.Record, m *sink.Meta) any {
 		return fill(rs, func(r *correlate.Record) uint8 { return uint8(c.Num(r, m)) })
 	case sink.TypeUInt16:
 		return fill(rs, func(r *correlate.Record) uint16 { return uint16(c.Num(r, m)) })
+	case sink.TypeUInt32:
+		return fill(rs, func(r *correlate.Record) uint32 { return uint32(c.Num(r, m)) })
 	case sink.TypeDateTime:
 		return fill(rs, func(r *correlate.Record) time.Time { return time.Unix(int64(c.Num(r, m)), 0).UTC() })
 	default:
@@ -224,6 +226,8 @@ func ScanRow(rows driver.Rows) (sink.Row, error) {
 			dest[i] = new(uint8)
 		case sink.TypeUInt16:
 			dest[i] = new(uint16)
+		case sink.TypeUInt32:
+			dest[i] = new(uint32)
 		case sink.TypeDateTime:
 			dest[i] = new(time.Time)
 		default:
@@ -242,6 +246,8 @@ func ScanRow(rows driver.Rows) (sink.Row, error) {
 		case *uint8:
 			err = row.SetNum(c.Name, uint64(*d))
 		case *uint16:
+			err = row.SetNum(c.Name, uint64(*d))
+		case *uint32:
 			err = row.SetNum(c.Name, uint64(*d))
 		case *time.Time:
 			err = row.SetNum(c.Name, uint64(max(d.Unix(), 0)))

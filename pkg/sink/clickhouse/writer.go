@@ -330,10 +330,13 @@ func (w *Writer) ensureTable(ctx context.Context, name, create string, v Version
 		got, ok := have[c.Name]
 		switch {
 		case !ok:
-			if err := w.conn.Exec(ctx, AddColumnSQL(w.cfg.Database, name, c.Name, typ)); err != nil {
-				return classify(fmt.Errorf("migrate %s: add column %s: %w", table, c.Name, err))
+			added, err := w.addColumn(ctx, name, c, typ)
+			if err != nil {
+				return err
 			}
-			klog.InfoS("Added ClickHouse column", "table", table, "addr", w.cfg.Addr, "column", c.Name, "type", typ)
+			if added {
+				klog.InfoS("Added ClickHouse column", "table", table, "addr", w.cfg.Addr, "column", c.Name, "type", typ)
+			}
 		case !compatible(c, got):
 			mismatched = append(mismatched, fmt.Sprintf("%s is %s, want %s", c.Name, got, typ))
 		}
@@ -343,6 +346,28 @@ func (w *Writer) ensureTable(ctx context.Context, name, create string, v Version
 			"change them back (ALTER TABLE ... MODIFY COLUMN) or point the sink at another table", table, w.cfg.Addr, strings.Join(mismatched, "; ")))
 	}
 	return nil
+}
+
+// addColumn adds c to the table. Another aggregator upgrading the same
+// table may add it between our look at the table and the ALTER (18.16
+// has no ADD COLUMN IF NOT EXISTS; the second ALTER fails with
+// ILLEGAL_COLUMN, "column with this name already exists"): a column that
+// exists with a compatible type afterwards is no failure, only added
+// false. Any other failure is returned classified.
+func (w *Writer) addColumn(ctx context.Context, table string, c *sink.Column, typ string) (added bool, err error) {
+	addErr := w.conn.Exec(ctx, AddColumnSQL(w.cfg.Database, table, c.Name, typ))
+	if addErr == nil {
+		return true, nil
+	}
+	have, err := w.existingColumns(ctx, table)
+	if err == nil {
+		if got, ok := have[c.Name]; ok && compatible(c, got) {
+			klog.InfoS("ClickHouse column added meanwhile by another writer", "table", w.cfg.Database+"."+table,
+				"addr", w.cfg.Addr, "column", c.Name, "type", got)
+			return false, nil
+		}
+	}
+	return false, classify(fmt.Errorf("migrate %s.%s: add column %s: %w", w.cfg.Database, table, c.Name, addErr))
 }
 
 // recheckSchema makes the next EnsureSchema look at the table again.

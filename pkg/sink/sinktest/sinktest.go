@@ -38,6 +38,13 @@ func Record(i int) *correlate.Record {
 	// Distinct values, so a column reading another count shows.
 	r.L7Counts = correlate.L7Counts{HTTPRequests: 41, HTTP4xx: 42, HTTP5xx: 43, DNSErrors: 44}
 	r.ServicePortName = "ns-b/web:http"
+	// Each health field distinct, the first at its type's maximum.
+	r.Health = flow.Health{
+		RTTMinMicros: 1<<32 - 1 - uint32(i), RTTAvgMicros: 1100 + uint32(i), RTTMaxMicros: 1200 + uint32(i), RTTSamples: 1300 + uint32(i),
+		FwdRetransmits: 51, RevRetransmits: 52, FwdResets: 53, RevResets: 54, EstablishMicros: 1400 + uint32(i),
+		ZeroWindows: 55, FwdDrops: 56, RevDrops: 57, DropReason: "NETFILTER_DROP",
+	}
+	r.DestinationName = "api.example.com"
 	r.ProxySnatIP, r.ProxySnatPort = netip.MustParseAddr("172.18.0.3").As16(), uint16(40000+i)
 	r.ClusterID = "5b9c1f0e-6a8e-4d2b-b7a5-0f3e2d1c4b5a"
 	r.L7 = flow.L7{AppProtocolName: "http", HTTPVals: `{"0":{"url":"/x?y=\"z\"","hostname":"h\u00e9"}}`,

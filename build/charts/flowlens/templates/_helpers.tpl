@@ -112,6 +112,13 @@ over it (values.yaml lists them).
 {{- $_ := set $eve "path" (printf "%s/eve.sock" .Values.l7.socketDir) -}}
 {{- $_ := set $l7 "eve" $eve -}}
 {{- $_ := set $cfg "l7" $l7 -}}
+{{- /* The agent copies opted-in pods' traffic to the veth pair Suricata reads. */ -}}
+{{- $mirror := get $cfg "mirror" | default dict -}}
+{{- $_ := set $mirror "enabled" true -}}
+{{- $_ := set $mirror "mechanism" .Values.l7.mirror.mechanism -}}
+{{- $_ := set $mirror "captureInterface" .Values.l7.mirror.captureInterface -}}
+{{- $_ := set $mirror "peerInterface" .Values.l7.interface -}}
+{{- $_ := set $cfg "mirror" $mirror -}}
 {{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
