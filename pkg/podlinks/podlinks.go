@@ -249,15 +249,25 @@ func (w *Watcher) subscribeOnce(ctx context.Context, ns vnetns.NsHandle, fn func
 			}
 			idx := u.Link.Attrs().Index
 			if u.Header.Type == unix.RTM_DELLINK {
+				if u.IfInfomsg.Family == unix.AF_BRIDGE {
+					// A port leaving its bridge: the link stays.
+					continue
+				}
 				w.remove(idx, fn)
 				continue
 			}
-			if w.isPodFacing(u.Link) {
+			switch w.classify(u.Link) {
+			case podFacing:
 				w.add(u.Link, fn)
-			} else {
+			case notPodFacing:
 				// A link that stopped qualifying (renamed to an excluded
 				// prefix, peer moved back) is removed.
 				w.remove(idx, fn)
+			case unknown:
+				// Says nothing about the link: a bridge port's state
+				// (AF_BRIDGE, no link kind), or a veth announced before
+				// its peer was linked. A later message will tell; one
+				// known stays.
 			}
 		}
 	}
@@ -292,30 +302,50 @@ func (w *Watcher) remove(idx int, fn func(Event)) {
 	}
 }
 
-// isPodFacing classifies l. The kernel names the namespace of a veth's
-// peer (IFLA_LINK_NETNSID) only when it is another one, which is what
-// makes a host end pod-facing whatever the CNI.
-func (w *Watcher) isPodFacing(l netlink.Link) bool {
+// linkClass is what one link message says about a link.
+type linkClass uint8
+
+const (
+	notPodFacing linkClass = iota
+	podFacing
+	unknown // the message does not say
+)
+
+// isPodFacing reports whether l, as listed, is a pod's host end.
+func (w *Watcher) isPodFacing(l netlink.Link) bool { return w.classify(l) == podFacing }
+
+// classify classifies l. The kernel names the namespace of a veth's peer
+// (IFLA_LINK_NETNSID) only when it is another one, which is what makes a
+// host end pod-facing whatever the CNI. Two kinds of message say nothing:
+// a bridge port's (the bridge CNI, Flannel: its AF_BRIDGE messages carry no
+// link kind, so the veth looks like a plain "device"), and a veth's first
+// message when it was made with its peer in another namespace (no peer
+// index or namespace yet: the next message, e.g. set up, has them).
+func (w *Watcher) classify(l netlink.Link) linkClass {
 	a := l.Attrs()
 	for _, p := range w.cfg.ExcludePrefixes {
 		if strings.HasPrefix(a.Name, p) {
-			return false
+			return notPodFacing
 		}
 	}
+	if l.Type() == "device" && a.ParentIndex != 0 {
+		// No link kind, yet a peer: a bridge port's message about a veth.
+		return unknown
+	}
 	if l.Type() != "veth" {
-		return false
+		return notPodFacing
 	}
 	if a.NetNsID >= 0 {
-		return true
+		return podFacing
 	}
 	if a.ParentIndex == 0 {
-		// No peer index and no peer namespace: we cannot tell. Counted so
-		// a CNI wiring we do not understand shows up.
+		// No peer index and no peer namespace: not yet. Counted so a CNI
+		// wiring we do not understand shows up (it would never resolve).
 		w.metrics.unclassified.Inc()
-		klog.InfoS("Cannot classify veth: no peer reported", "ifindex", a.Index, "name", a.Name, "netns", w.cfg.NetnsPath)
-		return false
+		klog.V(2).InfoS("Cannot classify veth yet: no peer reported", "ifindex", a.Index, "name", a.Name, "netns", w.cfg.NetnsPath)
+		return unknown
 	}
-	return false // peer in this namespace: not a pod's
+	return notPodFacing // peer in this namespace: not a pod's
 }
 
 // Known returns the pod-facing interfaces currently known, by ifindex.
