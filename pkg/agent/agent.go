@@ -140,7 +140,7 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 	}
 	if len(programs) > 0 {
 		if a.links, err = newPodLinkStage(cfg, programs, reg); err != nil {
-			return nil, errors.Join(err, a.closeBPF())
+			return nil, errors.Join(err, a.observe.close(), a.closeBPF())
 		}
 	}
 	dumpEvery := cfg.Conntrack.PollInterval.D()

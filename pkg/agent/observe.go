@@ -20,6 +20,7 @@ import (
 // loads is an Enricher of the loop; one that cannot is left out, saying
 // which program and why (observe.*.mode auto), or stops the agent (on).
 type observeStage struct {
+	running   *prometheus.GaugeVec
 	enrichers []Enricher
 	runners   []observeRunner
 	closers   []func() error
@@ -28,19 +29,20 @@ type observeStage struct {
 
 // observeRunner is an observer with a ring buffer to read.
 type observeRunner struct {
-	name string
-	run  func(context.Context) error
+	name   string // for logs
+	metric string // its flowlens_agent_observer_running label
+	run    func(context.Context) error
 }
 
 func newObserveStage(cfg agentconfig.Config, namespaces dnsnames.NamespaceResolver, reg prometheus.Registerer) (*observeStage, error) {
 	running := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "flowlens_agent_observer_running",
-		Help: "1 for each eBPF observer that loaded (tcp-health, packet-drops, dns-names), 0 for one that is off or could not load.",
+		Help: "1 for each eBPF observer that runs (tcp-health, packet-drops, dns-names), 0 for one that is off, could not load, or stopped reading its events.",
 	}, []string{"observer"})
 	if err := reg.Register(running); err != nil {
 		return nil, fmt.Errorf("register observer metric: %w", err)
 	}
-	s := &observeStage{}
+	s := &observeStage{running: running}
 	o := cfg.Observe
 
 	t, err := loadObserver(o.TCPHealth.Mode, "observe.tcpHealth", func() (*tcphealth.Tracker, error) {
@@ -68,7 +70,7 @@ func newObserveStage(cfg agentconfig.Config, namespaces dnsnames.NamespaceResolv
 	running.WithLabelValues("packet-drops").Set(b2f(d != nil))
 	if d != nil {
 		s.enrichers = append(s.enrichers, d)
-		s.runners = append(s.runners, observeRunner{"packet drops", d.Run})
+		s.runners = append(s.runners, observeRunner{"packet drops", "packet-drops", d.Run})
 		s.closers = append(s.closers, d.Close)
 	}
 
@@ -89,7 +91,7 @@ func newObserveStage(cfg agentconfig.Config, namespaces dnsnames.NamespaceResolv
 	if n != nil {
 		s.names = n
 		s.enrichers = append(s.enrichers, n)
-		s.runners = append(s.runners, observeRunner{"DNS names", n.Run})
+		s.runners = append(s.runners, observeRunner{"DNS names", "dns-names", n.Run})
 		s.closers = append(s.closers, n.Close)
 	}
 	return s, nil
@@ -126,6 +128,8 @@ func (s *observeStage) start(ctx context.Context) (wait func()) {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			if err := r.run(ctx); err != nil && ctx.Err() == nil {
+				// Its records go on without what it adds: say so.
+				s.running.WithLabelValues(r.metric).Set(0)
 				klog.ErrorS(err, "An eBPF observer stopped reading its events", "observer", r.name)
 			}
 		}()

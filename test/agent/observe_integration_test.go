@@ -67,8 +67,19 @@ func TestObserversReachTheCollector(t *testing.T) {
 	if _, err := server.ListenUDP(5353); err != nil {
 		t.Fatal(err)
 	}
+	// An external-looking address the server pod also answers on: the
+	// name is what a pod resolved for a destination outside the cluster.
 	const name = "api.example.test"
-	stopDNS := serveDNS(t, node.Pod("dns"), name, server.IPv4)
+	external := netip.MustParseAddr("203.0.113.10")
+	for _, args := range [][]string{
+		{"ip", "-n", server.NetnsName, "addr", "add", external.String() + "/32", "dev", "eth0"},
+		{"ip", "-n", node.NetnsName, "route", "add", external.String() + "/32", "dev", server.HostVeth},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	stopDNS := serveDNS(t, node.Pod("dns"), name, external)
 	defer stopDNS()
 	svc := netnstest.AddServiceT(t, node, netnstest.Service{Name: "web", Port: 80, Backend: server, TargetPort: 8080})
 	col := agenttest.StartCollector(t)
@@ -186,12 +197,15 @@ func TestObserversReachTheCollector(t *testing.T) {
 		if err := client.Run(func() error { return queryDNS(node.Pod("dns").Addr(53), name) }); err != nil {
 			t.Fatal(err)
 		}
-		xfer, err := netnstest.SendExactly(client, server.Addr(8080), 1000, 1000)
+		xfer, err := netnstest.SendExactly(client, netip.AddrPortFrom(external, 8080), 1000, 1000)
 		if err != nil {
 			t.Fatalf("transfer: %v", err)
 		}
 		recs := col.WaitFor(t, xfer.Local, flow.ProtoTCP, flow.EndOfFlow, 20*time.Second)
 		for i, a := range recs {
+			if a.Rec.Tuple.Dst() != external {
+				t.Fatalf("record %d goes to %s, want %s", i, a.Rec.Tuple.Dst(), external)
+			}
 			if a.Rec.DestinationName != name {
 				t.Errorf("record %d: destination name %q, want %q (resolved by the client just before)", i, a.Rec.DestinationName, name)
 			}
