@@ -6,13 +6,18 @@
 // A direct-action TC program (TCX anchored at the head where the kernel
 // has it, else a clsact qdisc with a cls_bpf filter) runs at egress of the
 // host side of each pod-facing interface: every response a pod receives
-// crosses it once. It passes up, through a ring buffer, only answered UDP
+// crosses it once (but see Limits on bpf_redirect_peer). It passes up, through a ring buffer, only answered UDP
 // DNS responses (source port 53, QR set, RCODE NOERROR, ANCOUNT > 0;
 // IPv4, and IPv6 with UDP right after the fixed header): the addresses,
 // ports and up to 1232 bytes of the DNS message. A longer message is
-// copied up to the bound and the answers that fit whole are used. A
-// per-CPU bound on responses per second and a full ring are counted.
-// The program only looks: it returns TC_ACT_UNSPEC, so the filters after
+// copied up to the bound and the answers that fit whole are used
+// (counted in truncated_total once passed up). The DNS message is read
+// with bpf_skb_load_bytes, so one in the skb's page fragments is seen; a
+// UDP GSO or GRO packet (several datagrams under one UDP header) is read
+// datagram by datagram using its gso_size, each message passed up on its
+// own, at most 64 per packet (more are counted in
+// segments_skipped_total). A per-CPU bound on responses per second and a
+// full ring are counted. The program only looks: it returns TC_ACT_UNSPEC, so the filters after
 // it (a CNI's, the flow counters, a traffic mirror) still run. The
 // source is bpf/dnsnames.c; `make generate` rebuilds the committed object
 // and bindings (bpf_bpfel.*).
@@ -36,20 +41,35 @@
 // response lost to the rate bound). The namespace is taken when the
 // answer arrives, not at Enrich time: it is the asker's namespace then,
 // and a pod IP reused later by a pod of another namespace does not
-// inherit the answer. A per-IP entry whose recorded namespace differs
+// inherit the answer (when the namespace was known then: see Limits). A per-IP entry whose recorded namespace differs
 // from the flow's source namespace is not used, for the same reason.
 //
-// Answers are kept for their TTL, at least Config.TTLFloor (clients cache
+// Answers are kept for their TTL, the smallest along the CNAME chain that
+// leads to them (the question's name maps to the address only while every
+// record on the way is live), at least Config.TTLFloor (clients cache
 // answers and connect after the TTL; TTLs of 0-5 s are common) and at most
-// Config.TTLCeiling, in a cache of Config.CacheEntries entries that evicts
-// the entry closest to expiry when full. A connection keeps the name it
+// Config.TTLCeiling, in a cache of Config.CacheEntries entries shared
+// between namespaces: when it is full, an expired entry makes room first,
+// else the namespace holding the most entries gives up its entry closest
+// to expiry, so one namespace resolving many names cannot evict the live
+// answers of another that holds fewer. A connection keeps the name it
 // was first given until its end-of-flow record, even past the answer's
 // lifetime: it was opened to that name.
 //
 // Limits: a pod able to send UDP from port 53 to another pod can make
 // that pod's flows carry a name of its choosing (the program does not
 // check the response answers a query of the pod); names are descriptive,
-// not a basis for policy.
+// not a basis for policy. A CNI that delivers node-local traffic with
+// bpf_redirect_peer (Cilium's eBPF host routing) moves a response from
+// the DNS pod's host veth straight into the client pod, past the egress
+// this program watches, so answers from a node-local DNS server are not
+// seen there. A per-IP entry stored while the resolver did not yet know
+// the asking pod's namespace (a pod's first lookups, before the informer
+// has its IP) carries no namespace and is used by whichever pod holds
+// the IP later, for at most the answer's lifetime. Entries are keyed by
+// the IP the response was sent to, so a dual-stack pod that resolves over
+// one family and connects over the other gets names only from the
+// per-namespace entries.
 package dnsnames
 
 import (
@@ -79,10 +99,16 @@ type NamespaceResolver interface {
 
 // Config configures the names.
 type Config struct {
-	// CacheEntries bounds the address-to-name cache: one entry per
-	// (client IP, address) and one per (namespace, address). Default
-	// 65536 (~200 bytes each: ~13 MiB when full). It also bounds the
-	// connections that keep their name between records.
+	// CacheEntries bounds the address-to-name cache as a whole: one
+	// entry per (client IP, address) and one per (namespace, address).
+	// Each entry counts against the namespace of the pod that asked
+	// (the client's namespace when the answer arrived; clients of no
+	// known namespace count together as one more). When the cache is
+	// full, the namespace holding the most entries loses its entry
+	// closest to expiry, so with k namespaces holding answers each keeps
+	// at least CacheEntries/k of its live ones. Default 65536 (~260
+	// bytes each besides the names: ~17 MiB when full). It also bounds
+	// the connections that keep their name between records.
 	CacheEntries int
 	// TTLFloor is the shortest time an answer is kept, whatever its TTL.
 	// Default 30s.
@@ -341,8 +367,32 @@ func (n *Names) handle(s []byte) {
 		n.metrics.readErrors.Inc()
 		return
 	}
+	var client [16]byte
+	copy(client[:], s[evDaddr:evDaddr+16])
+	payload := s[evPayload : evPayload+copied]
+	// One message, normally. A payload longer than its first message is
+	// read as datagrams of that message's length, the last one up to it:
+	// the layout of a UDP GRO/GSO packet of back-to-back responses.
+	// The program passes those up one datagram at a time using the
+	// packet's gso_size; this covers one that reaches it without
+	// (a path that cleared gso_size), so that no response is dropped
+	// silently. Past the first, a part that is no message is counted as
+	// a parse error.
+	seg := msgLen
+	if l, ok := messageLen(payload); ok && l < msgLen {
+		seg = l
+	}
+	for i, off := 0, 0; off < msgLen && off < copied && i < maxMessages; i, off = i+1, off+seg {
+		end := min(off+seg, msgLen)
+		n.handleMessage(client, payload[off:min(end, copied)], end <= copied)
+	}
+}
+
+// handleMessage stores the answers of one DNS message sent to client;
+// whole is false when msg is only the copied prefix of it.
+func (n *Names) handleMessage(client [16]byte, msg []byte, whole bool) {
 	n.metrics.responses.Inc()
-	name, answers, err := n.parser.parse(s[evPayload:evPayload+copied], copied >= msgLen)
+	name, answers, err := n.parser.parse(msg, whole)
 	if err != nil {
 		n.metrics.parseErrors.Inc()
 		klog.V(5).InfoS("Unusable DNS response", "err", err)
@@ -351,8 +401,6 @@ func (n *Names) handle(s []byte) {
 	if len(answers) == 0 {
 		return
 	}
-	var client [16]byte
-	copy(client[:], s[evDaddr:evDaddr+16])
 	ns := ""
 	if n.cfg.Namespaces != nil {
 		ns = n.cfg.Namespaces.NamespaceOf(netip.AddrFrom16(client).Unmap())

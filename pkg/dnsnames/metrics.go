@@ -12,6 +12,7 @@ const (
 	statRingFull
 	statRateLimited
 	statTruncated
+	statSegsSkipped
 	statMax
 )
 
@@ -42,7 +43,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			statEvents:      c("ring_events_total", "Answered DNS responses the program passed up through the ring."),
 			statRingFull:    c("ring_losses_total", "Answered DNS responses lost because the ring was full (their names are not learnt)."),
 			statRateLimited: c("rate_limited_total", "Answered DNS responses not passed up because their CPU was over maxResponsesPerSecond."),
-			statTruncated:   c("truncated_total", "DNS responses longer than the copy bound (1232 bytes): only the answers that fit are used."),
+			statTruncated:   c("truncated_total", "DNS responses passed up that were longer than the copy bound (1232 bytes): only the answers that fit are used."),
+			statSegsSkipped: c("segments_skipped_total", "UDP GSO/GRO packets holding more DNS responses than the program reads from one packet (64): the responses past it are not read."),
 		},
 		responses:    c("responses_total", "DNS responses read from the ring and parsed."),
 		parseErrors:  c("parse_errors_total", "DNS responses read from the ring that could not be parsed or were not usable (malformed, no single question, a name that is not a hostname)."),
@@ -60,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, col := range []prometheus.Collector{
-		m.kernel[statEvents], m.kernel[statRingFull], m.kernel[statRateLimited], m.kernel[statTruncated],
+		m.kernel[statEvents], m.kernel[statRingFull], m.kernel[statRateLimited], m.kernel[statTruncated], m.kernel[statSegsSkipped],
 		m.responses, m.parseErrors, m.readErrors, m.answers, m.evictions, m.entries,
 		m.named, m.conns, m.connsFull, m.attached, m.attachErrors,
 	} {

@@ -1,6 +1,7 @@
 package dnsnames
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -35,8 +36,14 @@ var (
 type parser struct {
 	p      dnsmessage.Parser
 	addrs  []ownedAddr
-	cnames map[string]string
+	cnames map[string]cnameRR
 	out    []answer
+}
+
+// cnameRR is a CNAME record's target and TTL.
+type cnameRR struct {
+	target string
+	ttl    uint32
 }
 
 type ownedAddr struct {
@@ -47,7 +54,11 @@ type ownedAddr struct {
 // parse reads a DNS response and returns the name the client asked for
 // (lower case, no final dot) with the A and AAAA answers that belong to
 // it: those owned by the name itself or by a name its CNAME chain leads
-// to. Answers for any other name are ignored: an answer section may
+// to. An answer's TTL is the smallest along the chain that reaches it
+// (every CNAME on the way and the address record): the question's name
+// maps to the address only while all of them are live, after which the
+// client's resolver asks again and may be led elsewhere. Answers for any
+// other name are ignored: an answer section may
 // carry them, and they say nothing about what this client resolved.
 //
 // whole is false when msg is a prefix of the message (the program copies
@@ -86,29 +97,36 @@ func (ps *parser) parse(msg []byte, whole bool) (string, []answer, error) {
 
 	ps.addrs = ps.addrs[:0]
 	if ps.cnames == nil {
-		ps.cnames = make(map[string]string)
+		ps.cnames = make(map[string]cnameRR)
 	}
 	clear(ps.cnames)
 	if err := ps.answers(whole); err != nil {
 		return "", nil, err
 	}
 
-	// The names the question's chain goes through, the question first.
+	// The names the question's chain goes through, the question first,
+	// with the smallest TTL of the CNAMEs that lead to each.
 	var chain [maxChain + 1]string
+	var chainTTL [maxChain + 1]uint32
 	chain[0] = qname
+	chainTTL[0] = ^uint32(0)
 	n := 1
 	for n <= maxChain {
 		next, ok := ps.cnames[chain[n-1]]
-		if !ok || inChain(chain[:n], next) {
+		if !ok || inChain(chain[:n], next.target) {
 			break
 		}
-		chain[n] = next
+		chain[n] = next.target
+		chainTTL[n] = min(chainTTL[n-1], next.ttl)
 		n++
 	}
 	ps.out = ps.out[:0]
 	for _, a := range ps.addrs {
-		if inChain(chain[:n], a.owner) && len(ps.out) < maxAnswers {
-			ps.out = append(ps.out, a.answer)
+		i := chainIndex(chain[:n], a.owner)
+		if i >= 0 && len(ps.out) < maxAnswers {
+			ans := a.answer
+			ans.ttl = min(ans.ttl, chainTTL[i])
+			ps.out = append(ps.out, ans)
 		}
 	}
 	return qname, ps.out, nil
@@ -163,7 +181,7 @@ func (ps *parser) answers(whole bool) error {
 			// what its records hold.
 			if ok1 && ok2 {
 				if _, dup := ps.cnames[owner]; !dup {
-					ps.cnames[owner] = target
+					ps.cnames[owner] = cnameRR{target: target, ttl: rh.TTL}
 				}
 			}
 		default:
@@ -183,12 +201,16 @@ func (ps *parser) own(rh dnsmessage.ResourceHeader, a netip.Addr) {
 }
 
 func inChain(chain []string, name string) bool {
-	for _, c := range chain {
+	return chainIndex(chain, name) >= 0
+}
+
+func chainIndex(chain []string, name string) int {
+	for i, c := range chain {
 		if c == name {
-			return true
+			return i
 		}
 	}
-	return false
+	return -1
 }
 
 // hostname returns n in lower case without its final dot, or false when
@@ -226,4 +248,62 @@ func hostname(n dnsmessage.Name) (string, bool) {
 		buf[i] = c
 	}
 	return string(buf[:len(b)]), true
+}
+
+// maxMessages bounds the messages read from one ring record, as the
+// program bounds the datagrams it reads from one GSO/GRO packet.
+const maxMessages = 64
+
+// messageLen returns the length of the DNS message at the start of b, by
+// walking its sections' names and record lengths, or false when b ends
+// before the message does or holds no valid message structure.
+func messageLen(b []byte) (int, bool) {
+	if len(b) < 12 {
+		return 0, false
+	}
+	u16 := func(i int) int { return int(binary.BigEndian.Uint16(b[i:])) }
+	qd := u16(4)
+	rrs := u16(6) + u16(8) + u16(10)
+	off := 12
+	for i := 0; i < qd; i++ {
+		var ok bool
+		if off, ok = skipName(b, off); !ok || off+4 > len(b) {
+			return 0, false
+		}
+		off += 4
+	}
+	for i := 0; i < rrs; i++ {
+		var ok bool
+		if off, ok = skipName(b, off); !ok || off+10 > len(b) {
+			return 0, false
+		}
+		rdlen := u16(off + 8)
+		off += 10 + rdlen
+		if off > len(b) {
+			return 0, false
+		}
+	}
+	return off, true
+}
+
+// skipName returns the offset after the (possibly compressed) name at
+// off. Each step moves forward, so the walk ends within len(b) steps.
+func skipName(b []byte, off int) (int, bool) {
+	for off < len(b) {
+		l := int(b[off])
+		switch {
+		case l == 0:
+			return off + 1, true
+		case l&0xc0 == 0xc0: // a pointer ends the name
+			if off+2 > len(b) {
+				return 0, false
+			}
+			return off + 2, true
+		case l&0xc0 != 0: // reserved label types
+			return 0, false
+		default:
+			off += 1 + l
+		}
+	}
+	return 0, false
 }

@@ -10,7 +10,8 @@
 // Only egress of the host-side veth: a response a pod receives crosses it
 // exactly once, whether the server is another pod of the node (whose own
 // interface's ingress would show the same response a second time), a
-// node-local cache or a server outside the node.
+// node-local cache or a server outside the node. (A CNI that delivers
+// with bpf_redirect_peer skips this egress: see the Go package's Limits.)
 //
 // Like the flow counters, it reads only the packet and struct __sk_buff, so
 // it builds from linux/bpf.h and needs no CO-RE.
@@ -41,8 +42,13 @@
 #define STAT_EVENTS 0       // responses written to the ring
 #define STAT_RING_FULL 1    // responses the full ring refused
 #define STAT_RATE_LIMITED 2 // responses over the per-CPU rate bound
-#define STAT_TRUNCATED 3    // messages longer than MAX_PAYLOAD (copied in part)
-#define STAT_MAX 4
+#define STAT_TRUNCATED 3    // passed-up messages longer than MAX_PAYLOAD (copied in part)
+#define STAT_SEGS_SKIPPED 4 // GSO/GRO packets with datagrams beyond MAX_SEGS (not read)
+#define STAT_MAX 5
+
+// MAX_SEGS bounds the datagrams read from one UDP GSO/GRO packet: UDP GRO
+// merges at most 64.
+#define MAX_SEGS 64
 
 // max_per_sec is the per-CPU bound on responses passed up per second
 // (Config.MaxResponsesPerSecond); Go sets it before loading.
@@ -165,13 +171,60 @@ static __always_inline int rate_ok(void)
 	return 1;
 }
 
+// emit passes up the DNS message of one datagram: len bytes at off in
+// the skb. The DNS header is read with bpf_skb_load_bytes, so a message
+// in the skb's page fragments (a UDP GSO packet, a driver that pulled only
+// the L2-L4 headers into the linear part) is read as well as a linear one.
+// ev holds the addresses and ports already.
+static __always_inline void emit(struct __sk_buff *skb, struct event *ev, __u32 off, __u32 len)
+{
+	struct dnshdr_min dns;
+	if (len < DNS_HDR_LEN)
+		return;
+	if (bpf_skb_load_bytes(skb, off, &dns, sizeof(dns)) != 0)
+		return;
+	// Only answered responses (QR set, RCODE NOERROR, at least one
+	// answer) can name an address; the rest stay in the kernel.
+	__u16 flags = bpf_ntohs(dns.flags);
+	if (!(flags & 0x8000) || (flags & 0x000f) != 0 || dns.ancount == 0)
+		return;
+	if (!rate_ok()) {
+		stat_inc(STAT_RATE_LIMITED);
+		return;
+	}
+	__u32 n = len;
+	int truncated = 0;
+	if (n > MAX_PAYLOAD) {
+		n = MAX_PAYLOAD;
+		truncated = 1;
+	}
+	if (n < DNS_HDR_LEN || n > MAX_PAYLOAD)
+		return;
+	if (bpf_skb_load_bytes(skb, off, ev->payload, n) != 0)
+		return;
+	ev->msg_len = len;
+	ev->copied = n;
+
+	__u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wake_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, ev, offsetof(struct event, payload) + n, wake) != 0) {
+		stat_inc(STAT_RING_FULL);
+		return;
+	}
+	stat_inc(STAT_EVENTS);
+	// Counted only once passed up: truncated_total says the answers
+	// that fit were used, which a response the full ring refused was not.
+	if (truncated)
+		stat_inc(STAT_TRUNCATED);
+}
+
 SEC("tc")
 int dns_to_pod(struct __sk_buff *skb)
 {
-	// Headers by direct packet access: most packets are not DNS
+	// L2-L4 headers by direct packet access: most packets are not DNS
 	// responses and leave after a few compares, without a helper call.
-	// A response whose headers are not in the linear part is not seen
-	// (UDP from a pod or a resolver has them there).
+	// The kernel keeps them in the linear part (GSO and the stack's
+	// receive path pull them there); the DNS message itself may be in
+	// page fragments and is read with bpf_skb_load_bytes (emit).
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	if (data + ETH_HLEN > end)
@@ -211,55 +264,53 @@ int dns_to_pod(struct __sk_buff *skb)
 	if (l4 > 0xff)
 		return TC_ACT_UNSPEC;
 	struct udphdr_min *udp = data + l4;
-	// Only answered responses (QR set, RCODE NOERROR, at least one
-	// answer) can name an address; the rest stay in the kernel.
-	struct dnshdr_min *dns = (void *)(udp + 1);
-	if ((void *)(dns + 1) > end)
+	if ((void *)(udp + 1) > end)
 		return TC_ACT_UNSPEC;
 	if (udp->sport != bpf_htons(DNS_PORT))
 		return TC_ACT_UNSPEC;
-	__u16 flags = bpf_ntohs(dns->flags);
-	if (!(flags & 0x8000) || (flags & 0x000f) != 0 || dns->ancount == 0)
-		return TC_ACT_UNSPEC;
 	__u32 off = l4 + UDP_HDR_LEN;
-	__u32 udp_len = bpf_ntohs(udp->len);
-	__u16 dport = bpf_ntohs(udp->dport);
-
-	if (!rate_ok()) {
-		stat_inc(STAT_RATE_LIMITED);
+	__u32 msg_len = bpf_ntohs(udp->len);
+	msg_len = msg_len > UDP_HDR_LEN ? msg_len - UDP_HDR_LEN : 0;
+	__u32 avail = skb->len > off ? skb->len - off : 0;
+	if (msg_len > avail)
+		msg_len = avail;
+	if (msg_len < DNS_HDR_LEN)
 		return TC_ACT_UNSPEC;
-	}
+
 	__u32 zero = 0;
 	struct event *ev = bpf_map_lookup_elem(&scratch, &zero);
 	if (!ev)
 		return TC_ACT_UNSPEC;
 	__builtin_memcpy(ev->saddr, saddr, 16);
 	__builtin_memcpy(ev->daddr, daddr, 16);
-
-	__u32 msg_len = udp_len;
-	msg_len = msg_len > UDP_HDR_LEN ? msg_len - UDP_HDR_LEN : 0;
-	__u32 avail = skb->len > off ? skb->len - off : 0;
-	__u32 n = msg_len < avail ? msg_len : avail;
-	if (n > MAX_PAYLOAD) {
-		n = MAX_PAYLOAD;
-		stat_inc(STAT_TRUNCATED);
-	}
-	if (n < DNS_HDR_LEN || n > MAX_PAYLOAD)
-		return TC_ACT_UNSPEC;
-	if (bpf_skb_load_bytes(skb, off, ev->payload, n) != 0)
-		return TC_ACT_UNSPEC;
 	ev->sport = DNS_PORT;
-	ev->dport = dport;
-	ev->msg_len = msg_len;
-	ev->copied = n;
+	ev->dport = bpf_ntohs(udp->dport);
 	ev->ifindex = skb->ifindex;
 
-	__u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wake_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&events, ev, offsetof(struct event, payload) + n, wake) != 0) {
-		stat_inc(STAT_RING_FULL);
+	// A UDP GSO packet (a sender's UDP_SEGMENT) or a UDP GRO packet
+	// (back-to-back responses merged on receive) carries several
+	// datagrams under one UDP header whose length is the total: each
+	// datagram's payload is gso_size bytes, the last one up to that.
+	// Each datagram is its own DNS message, passed up on its own. (A
+	// legacy UFO packet, gso_size an IP fragment size, would be split
+	// wrongly; veths never carry one: UDP senders lost UFO in 4.14.)
+	__u32 seg = skb->gso_size;
+	if (seg == 0 || seg >= msg_len) {
+		emit(skb, ev, off, msg_len);
 		return TC_ACT_UNSPEC;
 	}
-	stat_inc(STAT_EVENTS);
+	__u32 start = 0;
+	for (int i = 0; i < MAX_SEGS; i++) {
+		if (start >= msg_len)
+			return TC_ACT_UNSPEC;
+		__u32 len = msg_len - start;
+		emit(skb, ev, off + start, len < seg ? len : seg);
+		start += seg;
+	}
+	// UDP GRO merges at most 64 datagrams; a GSO send of more (the
+	// kernel allows up to 128) leaves the rest unread, counted.
+	if (start < msg_len)
+		stat_inc(STAT_SEGS_SKIPPED);
 	return TC_ACT_UNSPEC;
 }
 
