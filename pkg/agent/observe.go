@@ -44,7 +44,18 @@ func newObserveStage(cfg agentconfig.Config, namespaces dnsnames.NamespaceResolv
 	}
 	s := &observeStage{running: running}
 	o := cfg.Observe
-
+	if !*cfg.Export.HealthElements {
+		// No record would carry what they add (Antrea's Flow Aggregator,
+		// the default for collectorKind antrea, discards those elements):
+		// auto loads nothing for nothing; on still loads (their metrics,
+		// e.g. drops per reason, stand on their own).
+		for _, m := range []*string{&o.TCPHealth.Mode, &o.PacketDrops.Mode, &o.DNSNames.Mode} {
+			if *m == agentconfig.ObserveAuto {
+				*m = agentconfig.ObserveOff
+			}
+		}
+		klog.InfoS("eBPF observers in mode auto are off: export.healthElements is off, so no record would carry what they add")
+	}
 	t, err := loadObserver(o.TCPHealth.Mode, "observe.tcpHealth", func() (*tcphealth.Tracker, error) {
 		return tcphealth.New(tcphealth.Config{MapEntries: o.TCPHealth.MapEntries}, reg)
 	})

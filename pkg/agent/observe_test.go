@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/flowlens/flowlens/pkg/agentconfig"
 )
 
@@ -42,5 +44,20 @@ func TestLoadObserverFollowsItsMode(t *testing.T) {
 		case tc.fatal != "" && (err == nil || !strings.Contains(err.Error(), tc.fatal)):
 			t.Errorf("mode %s: error %v, want one saying %q", tc.mode, err, tc.fatal)
 		}
+	}
+}
+
+// With export.healthElements off nothing carries what the observers add:
+// auto loads none of them.
+func TestObserversInAutoModeNeedHealthElements(t *testing.T) {
+	cfg := loadConfig(t, "nodeName: node-a\nconntrack:\n  events: false\nexport:\n  healthElements: false\n")
+	cfg.Observe.TCPHealth.Mode, cfg.Observe.PacketDrops.Mode, cfg.Observe.DNSNames.Mode = agentconfig.ObserveAuto, agentconfig.ObserveAuto, agentconfig.ObserveAuto
+	s, err := newObserveStage(cfg, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	if len(s.enrichers) != 0 || s.names != nil {
+		t.Errorf("observers loaded with export.healthElements off: %d enrichers", len(s.enrichers))
 	}
 }

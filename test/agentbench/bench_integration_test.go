@@ -96,15 +96,52 @@ func counterModes(b *testing.B) (modes []counterMode, eventMode bool) {
 	if eventMode {
 		poll.top = "counters:\n  source: conntrack\n"
 	}
+	// The counters' figures are compared without the eBPF observers
+	// (issue 13), which a binary that has them runs by default; their
+	// cost is a mode of its own.
+	observers := observersProbe(b, agentBin)
+	if observers {
+		poll.top += observersOff
+	}
 	modes = append(modes, poll)
 	if eventMode {
 		// ebpf, not auto: auto falls back to polling where the program
 		// cannot load, and the figures would then be the baseline's under
 		// the new mode's name. ebpf is what auto runs where it loads, and
 		// fails the agent's start where it does not.
-		modes = append(modes, counterMode{name: "source=ebpf", top: "counters:\n  source: ebpf\n", conntrack: "  resyncInterval: 5m\n"})
+		ebpf := counterMode{name: "source=ebpf", top: "counters:\n  source: ebpf\n", conntrack: "  resyncInterval: 5m\n"}
+		if observers {
+			withObservers := ebpf
+			withObservers.name = "source=ebpf,observers=on"
+			withObservers.top += observersOn
+			ebpf.top += observersOff
+			modes = append(modes, ebpf, withObservers)
+		} else {
+			modes = append(modes, ebpf)
+		}
 	}
 	return modes, eventMode
+}
+
+// observersOff and observersOn set every eBPF observer's mode (on: one
+// that cannot load fails the agent's start, so the figures are never a
+// fallback's).
+const (
+	observersOff = "observe:\n  tcpHealth: {mode: \"off\"}\n  packetDrops: {mode: \"off\"}\n  dnsNames: {mode: \"off\"}\n"
+	observersOn  = "observe:\n  tcpHealth: {mode: \"on\"}\n  packetDrops: {mode: \"on\"}\n  dnsNames: {mode: \"on\"}\n"
+)
+
+// observersProbe asks the binary whether it knows observe: (as
+// counterModes asks about counters).
+func observersProbe(b *testing.B, bin string) bool {
+	b.Helper()
+	dir := b.TempDir()
+	cfg := filepath.Join(dir, "probe.yaml")
+	if err := os.WriteFile(cfg, []byte(observersOff+"conntrack:\n  netns: "+filepath.Join(dir, "no-such-netns")+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	out, _ := exec.Command(bin, "--config", cfg).CombinedOutput()
+	return !strings.Contains(string(out), "unknown option")
 }
 
 func runModes(b *testing.B, run func(b *testing.B, m counterMode)) {
