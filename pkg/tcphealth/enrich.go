@@ -3,13 +3,27 @@ package tcphealth
 import (
 	"container/list"
 	"math"
+	"time"
 
 	"github.com/flowlens/flowlens/pkg/flow"
 )
 
-// flagReplaced is FLAG_REPLACED of sock_stats.flags: the entry replaced a
-// closed one, i.e. a new connection reused the tuple.
-const flagReplaced = 1
+// sock_stats.flags (FLAG_* in bpf/tcphealth.c).
+const (
+	// flagReplaced: the entry replaced a closed one, i.e. a new
+	// connection reused the tuple.
+	flagReplaced = 1
+	// flagRstUnsure: tcp_receive_reset fired where the stack may have
+	// called tcp_reset() itself to abort on data; the abort's own reset
+	// clears it right after (same call chain, same socket lock).
+	flagRstUnsure = 2
+)
+
+// resetSettle is how long after an unsure reset's socket closed its flag
+// is taken as final: the abort's reset that would clear it comes within
+// microseconds of the close (tcp_reset() closes the socket, returns, and
+// the caller sends it), so a flag still set by then was an RST received.
+const resetSettle = time.Second
 
 // connState is what Enrich keeps of one connection between its records.
 type connState struct {
@@ -38,6 +52,9 @@ type sockState struct {
 	id      uint32
 	foreign uint64
 	estDone bool // the establish time was reported
+	// rstUnsureDone: the entry's unsure reset (flagRstUnsure) was
+	// counted as received.
+	rstUnsureDone bool
 }
 
 func (st *connState) sock(k *bpfSockKey) *sockState {
@@ -53,9 +70,12 @@ func (st *connState) sock(k *bpfSockKey) *sockState {
 type period struct {
 	samples, sum uint64
 	min, max     uint32
-	retrans      [2]uint64
-	zeroWin      uint64
-	establish    uint32
+	// noExtremes: a socket had samples but no min/max entry, so its
+	// average stands in for its extremes.
+	noExtremes bool
+	retrans    [2]uint64
+	zeroWin    uint64
+	establish  uint32
 }
 
 func (p *period) extremes(lo, hi uint32) {
@@ -91,7 +111,9 @@ func (t *Tracker) Enrich(r *flow.Record) {
 		return
 	}
 	t.metrics.enriched.Inc()
-	st, fresh := t.state(r.Tuple, t.now())
+	now := t.now()
+	st, fresh := t.state(r.Tuple, now)
+	final := r.EndReason == flow.EndOfFlow
 
 	// The client's socket is named by a form, the server's by its
 	// Reverse; with both ends on this node both exist.
@@ -117,11 +139,14 @@ func (t *Tracker) Enrich(r *flow.Record) {
 		if !ok {
 			continue // cannot happen: every key comes from a form
 		}
-		t.readSocket(st, &keys[i], fwd, r.ID, &p)
+		t.readSocket(st, &keys[i], fwd, r.ID, now, final, &p)
+	}
+	if p.noExtremes {
+		t.metrics.minmaxMissing.Inc() // once per record period, as its help says
 	}
 	t.fill(&r.Health, st, &p)
 	switch {
-	case r.EndReason == flow.EndOfFlow:
+	case final:
 		t.forget(st, delEndOfFlow, true)
 	case fresh && len(st.socks) == 0:
 		// No socket of it on this node (yet): nothing to keep, and
@@ -154,8 +179,9 @@ func (t *Tracker) state(tu flow.Tuple, now int64) (st *connState, fresh bool) {
 }
 
 // readSocket adds the socket's changes since the connection's previous
-// read of it to p and to the connection's reset totals.
-func (t *Tracker) readSocket(st *connState, k *bpfSockKey, fwd bool, id uint32, p *period) {
+// read of it to p and to the connection's reset totals. final says the
+// record is the connection's last (its entries go with it).
+func (t *Tracker) readSocket(st *connState, k *bpfSockKey, fwd bool, id uint32, now int64, final bool, p *period) {
 	cur := &t.cur
 	ok, err := t.table.lookup(k, cur)
 	if err != nil {
@@ -214,7 +240,7 @@ func (t *Tracker) readSocket(st *connState, k *bpfSockKey, fwd bool, id uint32, 
 		} else {
 			avg := clamp32(sum / n)
 			p.extremes(avg, avg)
-			t.metrics.minmaxMissing.Inc()
+			p.noExtremes = true
 		}
 		p.samples += n
 		p.sum += sum
@@ -227,6 +253,16 @@ func (t *Tracker) readSocket(st *connState, k *bpfSockKey, fwd bool, id uint32, 
 	p.retrans[dir] += uint64(cur.Retrans - base.Retrans)
 	st.rstSent[dir] += uint64(cur.RstSent - base.RstSent)
 	st.rstRecv[other] += uint64(cur.RstRecv - base.RstRecv)
+	if cur.BornNs != ss.born {
+		ss.rstUnsureDone = false // a new entry: its own flag
+	}
+	if cur.Flags&flagRstUnsure != 0 && !ss.rstUnsureDone && (final || closedLongAgo(cur.ClosedNs, now)) {
+		// The abort's reset did not cancel it: an RST received. Left
+		// for a later record while it may still come; the last record
+		// takes it as it is, as its entry goes.
+		st.rstRecv[other]++
+		ss.rstUnsureDone = true
+	}
 	p.zeroWin += uint64(cur.ZeroWin - base.ZeroWin)
 	if cur.EstablishUs != 0 && !ss.estDone {
 		if p.establish == 0 {
@@ -303,6 +339,12 @@ func (t *Tracker) forget(st *connState, reason string, current bool) {
 	t.order.Remove(st.elem)
 	delete(t.conns, st.tuple)
 	t.metrics.conns.Set(float64(len(t.conns)))
+}
+
+// closedLongAgo says a socket closed at closedNs (0: not closed yet) did
+// so at least resetSettle before now.
+func closedLongAgo(closedNs uint64, now int64) bool {
+	return closedNs != 0 && now > 0 && uint64(now) > closedNs && uint64(now)-closedNs >= uint64(resetSettle.Nanoseconds())
 }
 
 func clamp32(v uint64) uint32 {

@@ -43,6 +43,14 @@ func (f *fakeTable) delete(k *bpfSockKey) (bool, error) {
 	return ok, nil
 }
 
+func (f *fakeTable) deleteClosed(k *bpfSockKey, born uint64) (bool, error) {
+	s, ok := f.socks[*k]
+	if !ok || s.BornNs != born || s.ClosedNs == 0 {
+		return false, nil
+	}
+	return f.delete(k)
+}
+
 func (f *fakeTable) each(fn func(k *bpfSockKey, v *bpfSockStats)) error {
 	for k, v := range f.socks {
 		fn(&k, &v)

@@ -86,7 +86,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		evicted:       c("evicted_entries_total", "Socket entries the kernel's LRU evicted, estimated at each sweep (created - deleted - present; a lower bound)."),
 		vanished:      c("vanished_entries_total", "Socket entries of a connection that disappeared or were recreated between two of its records (events in between may be lost)."),
 		foreign:       c("foreign_entries_total", "Socket entries a connection found taken over by a new connection on the same tuple (left to that one)."),
-		minmaxMissing: c("rtt_minmax_missing_total", "Record periods with RTT samples but no min/max entry (the sample raced the previous read, or the map was full): the average is reported as min and max."),
+		minmaxMissing: c("rtt_minmax_missing_total", "Record periods in which a socket had RTT samples but no min/max entry (a sample raced the previous read, or the map was full): its average stands in for its min and max."),
 		mapErrors:     c("map_errors_total", "Failed kernel map operations (lookups, deletes, walks, statistics reads)."),
 		enriched:      c("records_enriched_total", "TCP records Enrich looked up."),
 		conns:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowlens_tcphealth_connections", Help: "Connections whose per-socket baselines are kept."}),

@@ -60,13 +60,19 @@ func (t *Tracker) sweep(prevOrphans map[bpfSockKey]struct{}) map[bpfSockKey]stru
 	}
 	var live uint64
 	present := make(map[bpfSockKey]struct{})
-	var closed []bpfSockKey
+	// closed entries as the walk saw them: the kernel may replace one
+	// with a new connection's before it is deleted.
+	type seen struct {
+		key  bpfSockKey
+		born uint64
+	}
+	var closed []seen
 	grace := uint64(t.cfg.ClosedGrace.Nanoseconds())
 	walkErr := t.sweepTable.each(func(k *bpfSockKey, v *bpfSockStats) {
 		live++
 		present[*k] = struct{}{}
 		if v.ClosedNs != 0 && uint64(now) > v.ClosedNs && uint64(now)-v.ClosedNs > grace {
-			closed = append(closed, *k)
+			closed = append(closed, seen{key: *k, born: v.BornNs})
 		}
 	})
 	if walkErr != nil {
@@ -76,16 +82,19 @@ func (t *Tracker) sweep(prevOrphans map[bpfSockKey]struct{}) map[bpfSockKey]stru
 	swept := 0
 	for i := 0; i < len(closed); i += sweepBatch {
 		t.mu.Lock()
-		for _, k := range closed[i:min(i+sweepBatch, len(closed))] {
-			if t.owned[k] > 0 {
+		for _, c := range closed[i:min(i+sweepBatch, len(closed))] {
+			if t.owned[c.key] > 0 {
 				continue // a connection took it: its end deletes it
 			}
-			existed, err := t.sweepTable.delete(&k)
+			// Only the closed entry the walk saw: one a new
+			// connection's socket put on the tuple since is live.
+			deleted, err := t.sweepTable.deleteClosed(&c.key, c.born)
 			if err != nil {
 				t.metrics.mapErrors.Inc()
+				klog.V(2).ErrorS(err, "TCP health sweep could not delete a closed socket entry", "tuple", keyTuple(&c.key))
 				continue
 			}
-			if existed {
+			if deleted {
 				t.deleted++
 				swept++
 				t.metrics.deleted.WithLabelValues(delSwept).Inc()

@@ -18,6 +18,10 @@ type table interface {
 	// delete removes the socket entry and its extremes; it reports
 	// whether the socket entry existed.
 	delete(k *bpfSockKey) (bool, error)
+	// deleteClosed removes the socket entry and its extremes only if
+	// the entry is still the closed one born at born; it reports whether
+	// it removed it.
+	deleteClosed(k *bpfSockKey, born uint64) (bool, error)
 	// each calls fn for every socket entry (read in batches: an entry
 	// changed during the walk may be seen before or after the change).
 	each(fn func(k *bpfSockKey, v *bpfSockStats)) error
@@ -93,6 +97,31 @@ func (t *mapTable) delete(k *bpfSockKey) (bool, error) {
 		return existed, err
 	}
 	return existed, nil
+}
+
+// deleteClosed takes the entry (lookup and delete in one operation, so the
+// kernel cannot replace it between the check and the delete) and puts it
+// back if it is not the closed entry expected: a new connection's, which
+// the kernel put on the tuple since the caller saw the closed one. An
+// event of that connection in the short time it is out makes the kernel
+// create a fresh entry instead; the put-back then fails (an error: the
+// events it held are lost).
+func (t *mapTable) deleteClosed(k *bpfSockKey, born uint64) (bool, error) {
+	t.key = *k
+	err := t.socks.LookupAndDelete(&t.key, &t.val)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("take closed socket entry: %w", err)
+	}
+	if t.val.BornNs == born && t.val.ClosedNs != 0 {
+		return true, t.deleteMinMax(k)
+	}
+	if err := t.socks.Update(&t.key, &t.val, ebpf.UpdateNoExist); err != nil {
+		return false, fmt.Errorf("put back a new connection's socket entry: %w", err)
+	}
+	return false, nil
 }
 
 func (t *mapTable) deleteMinMax(k *bpfSockKey) error {

@@ -19,7 +19,18 @@
 //   - tcp_send_reset: an RST the stack sent for the socket. Where no
 //     socket owns the segment answered (a closed port), the tuple comes
 //     from the segment's headers and the entry is born closed.
-//   - tcp_receive_reset: an RST the socket accepted.
+//   - tcp_receive_reset: an RST the socket accepted. The tracepoint fires
+//     in tcp_reset(), which the stack also calls itself, with no RST
+//     received, to abort a socket that shut its read side down and then
+//     got data (it answers that data with a reset of its own); it passes
+//     the socket alone, not the segment. Where the socket's state allows
+//     that abort (read side shut down; FIN_WAIT1/2, CLOSE_WAIT, CLOSING,
+//     LAST_ACK) the reset is marked unsure instead of counted, and the
+//     abort's own reset (tcp_send_reset, reason TCP_ABORT_ON_DATA, same
+//     socket, sent right after under the same socket lock) clears the
+//     mark. Enrich counts a mark still set as one RST received once the
+//     socket's close (which tcp_reset() does first) is a second old, or
+//     at the connection's last record.
 //   - inet_sock_set_state: SYN_SENT -> ESTABLISHED gives the client's
 //     time to establish (the SYN_SENT time is kept per socket address, as
 //     the kernel picks the local port only after entering SYN_SENT); CLOSE
@@ -28,10 +39,13 @@
 // Every counter of an entry is cumulative since the entry was born and is
 // only written by the kernel. Enrich keeps each socket's values of its
 // previous read and reports differences, so no event is counted twice or
-// lost between two records (an exact count; see below for the one RTT
-// race). The RTT min/max are per period: they sit in a second map whose
-// entry Enrich takes (looks up and deletes atomically) when it reads the
-// socket, so the next sample starts a new period.
+// lost between two records (an exact count; see Accepted races below).
+// The RTT min/max are per period: they sit in a second map whose entry
+// Enrich takes (looks up and deletes atomically) when it reads the
+// socket, so the next sample starts a new period. An entry a new
+// connection's socket replaces (the tuple reused before user space took
+// the closed one) loses its min/max entry with it, so the new
+// connection's first period does not start from the old one's extremes.
 //
 // # Matching sockets to a record
 //
@@ -73,8 +87,22 @@
 //     next period's sum and count. A period with samples but no min/max
 //     entry (that sample was its only one) reports the average as both;
 //     min and max are clamped to include the average.
-//   - The sum and count are two atomic additions: a read between them
-//     moves one sample's value to the next period's average.
+//   - The RTT sum and count are two plain stores (only tcp_probe writes
+//     them, under the socket lock), not one atomic update: a read between
+//     the two finds one sample's value without its count (or the count
+//     without the value), so that sample's value and count land in two
+//     consecutive periods' averages.
+//   - An unsure reset (see tcp_receive_reset) read more than a second
+//     after its socket closed is counted as received; were the abort's
+//     own reset to come later than that, that one would have been the
+//     stack's abort. Its two tracepoints are microseconds apart in one
+//     call chain, so this needs the kernel to stall that long in between.
+//   - The sweep deletes a closed entry only if it is still the one its
+//     walk saw: it takes the entry (lookup and delete in one operation)
+//     and puts back one a new connection's socket has replaced it with
+//     since. An event of that new connection in the microseconds the
+//     entry is out creates a fresh entry; the put-back then fails and the
+//     earlier events of the new connection are lost (a map error).
 //   - A tuple reused by a new socket before the old connection's entry
 //     was taken: the kernel replaces the closed entry (counted) and Enrich
 //     of the old connection leaves the new one alone, unless the old
@@ -203,7 +231,6 @@ type Tracker struct {
 
 	// Sweep goroutine only.
 	sweepTable   table
-	percpu       []uint64
 	lastStats    [statMax]uint64
 	lastEvictEst uint64
 }
@@ -228,7 +255,6 @@ func New(cfg Config, reg prometheus.Registerer) (*Tracker, error) {
 	}
 	t.table = newMapTable(&t.objs.bpfMaps)
 	t.sweepTable = newMapTable(&t.objs.bpfMaps)
-	t.percpu = make([]uint64, ebpf.MustPossibleCPU())
 	t.stop = make(chan struct{})
 	t.done = make(chan struct{})
 	go t.run()

@@ -21,13 +21,35 @@
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
+#define TCP_FIN_WAIT1 4
+#define TCP_FIN_WAIT2 5
 #define TCP_TIME_WAIT 6
 #define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
 #define TCP_LISTEN 10
+#define TCP_CLOSING 11
 #define TCP_NEW_SYN_RECV 12
+
+// sk_shutdown bit (include/net/sock.h).
+#define RCV_SHUTDOWN 1
 
 // sock_stats.flags
 #define FLAG_REPLACED 1 // this entry replaced a closed one: a new connection reused the tuple
+// FLAG_RST_UNSURE: tcp_receive_reset fired where the stack may have called
+// tcp_reset() itself, to abort on data that came after the socket shut
+// its read side down (it received no RST then; it sends one). That abort's
+// own reset, sent right after under the same socket lock, clears the flag;
+// user space counts a flag that is still set, once the socket's close
+// (which tcp_reset() does before returning) has settled, as one reset
+// received.
+#define FLAG_RST_UNSURE 2
+
+// enum sk_rst_reason (include/net/rstreason.h); its value is relocated
+// against the running kernel's BTF.
+enum sk_rst_reason {
+	SK_RST_REASON_TCP_ABORT_ON_DATA = 8,
+};
 
 // Per-CPU statistics slots (Go: stat* constants, same order).
 #define STAT_EV_PROBE 0
@@ -64,6 +86,7 @@ struct sock_common {
 struct sock {
 	struct sock_common __sk_common;
 	__u16 sk_protocol;
+	__u8 sk_shutdown;
 } __attribute__((preserve_access_index));
 
 struct request_sock {
@@ -138,7 +161,7 @@ struct sock_stats {
 	__u64 rtt_samples;
 	__u32 retrans;      // segments retransmitted by this socket
 	__u32 rst_sent;     // RSTs this socket (or the stack on its behalf) sent
-	__u32 rst_recv;     // RSTs this socket accepted
+	__u32 rst_recv;     // RSTs this socket accepted (but see FLAG_RST_UNSURE)
 	__u32 zero_win;     // times the peer's window was found zero (transitions)
 	__u32 establish_us; // SYN_SENT -> ESTABLISHED, client sockets only
 	__u8 in_zero_win;
@@ -312,8 +335,14 @@ static __always_inline struct sock_stats *upsert(struct sock_key *k, int is_aliv
 	}
 	// A failed insert is another CPU's creation (EEXIST) or a map that
 	// could not make room: the lookup below tells which.
-	if (bpf_map_update_elem(&socks, k, &init, flags) == 0)
+	if (bpf_map_update_elem(&socks, k, &init, flags) == 0) {
 		stat_inc(s ? STAT_REPLACED : STAT_CREATED);
+		// The closed connection's RTT extremes, which its records no
+		// longer take (the entry is the new connection's now), must
+		// not open the new connection's first period.
+		if (s)
+			bpf_map_delete_elem(&minmax, k);
+	}
 	s = bpf_map_lookup_elem(&socks, k);
 	if (!s)
 		stat_inc(STAT_SOCKS_FULL);
@@ -436,6 +465,14 @@ int BPF_PROG(th_tcp_send_reset, const struct sock *sk, const struct sk_buff *skb
 	struct sock_stats *s = upsert(&k, alive(sk));
 	if (!s)
 		return 0;
+	// The stack aborting on data answers the segment it aborted on (no
+	// RST: never one in answer to an RST) for the socket it has just run
+	// tcp_reset() on: that socket received no reset. Cleared before the
+	// count below, so a reader that sees this reset sent sees it cleared.
+	if (sk && skb && (s->flags & FLAG_RST_UNSURE) &&
+	    bpf_core_enum_value_exists(enum sk_rst_reason, SK_RST_REASON_TCP_ABORT_ON_DATA) &&
+	    reason == bpf_core_enum_value(enum sk_rst_reason, SK_RST_REASON_TCP_ABORT_ON_DATA))
+		s->flags &= ~FLAG_RST_UNSURE; // under the socket lock, as the flag's setting
 	__sync_fetch_and_add(&s->rst_sent, 1);
 	// No socket owns the tuple (a closed port): the entry stands for no
 	// open socket, so it is closed from the start and the sweep may take
@@ -445,6 +482,25 @@ int BPF_PROG(th_tcp_send_reset, const struct sock *sk, const struct sk_buff *skb
 	return 0;
 }
 
+// may_abort_on_data: the socket is where tcp_rcv_state_process() calls
+// tcp_reset() itself when a segment brings data: its read side is shut
+// down and it is in one of the states that check for it.
+static __always_inline int may_abort_on_data(const struct sock *sk)
+{
+	if (!(sk->sk_shutdown & RCV_SHUTDOWN))
+		return 0;
+	unsigned char st = sk->__sk_common.skc_state;
+	return st == TCP_FIN_WAIT1 || st == TCP_FIN_WAIT2 || st == TCP_CLOSE_WAIT || st == TCP_CLOSING ||
+	       st == TCP_LAST_ACK;
+}
+
+// tcp_receive_reset fires in tcp_reset(), which the stack calls for an RST
+// it accepted but also, with the segment it is processing, to abort a
+// connection that got data after shutting its read side down. The
+// tracepoint passes the socket alone, not that segment, so where the
+// socket's state allows the abort the reset is left unsure
+// (FLAG_RST_UNSURE) for the abort's own reset to cancel; elsewhere it is
+// an RST received.
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(th_tcp_receive_reset, struct sock *sk)
 {
@@ -454,7 +510,11 @@ int BPF_PROG(th_tcp_receive_reset, struct sock *sk)
 		return 0;
 	// The socket is still in its state of before the reset.
 	struct sock_stats *s = upsert(&k, alive(sk));
-	if (s)
+	if (!s)
+		return 0;
+	if (may_abort_on_data(sk))
+		s->flags |= FLAG_RST_UNSURE; // under the socket lock: tcp_reset()'s callers hold it
+	else
 		__sync_fetch_and_add(&s->rst_recv, 1);
 	return 0;
 }
