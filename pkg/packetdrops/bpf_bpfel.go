@@ -39,6 +39,7 @@ type bpfDropEvent struct {
 	L3proto uint16
 	Reason  uint32
 	Pad     uint32
+	KtimeNs uint64
 }
 
 // Names of all BPF objects in the ELF.

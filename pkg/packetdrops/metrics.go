@@ -54,9 +54,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		readErrors: c("read_errors_total", "Failed reads of the event ring or the kernel counters."),
 		entries:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowlens_packetdrops_pending_tuples", Help: "Packet tuples with drops no record has taken yet."}),
 	}
-	if reg == nil {
-		return m, nil
+	if err := m.register(reg); err != nil {
+		return nil, err
 	}
+	return m, nil
+}
+
+// register registers the metrics with reg (nil: none), all or none: on an
+// error the ones already registered are unregistered again.
+func (m *metrics) register(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	var done []prometheus.Collector
 	for _, col := range []prometheus.Collector{
 		m.total, m.filtered, m.limited, m.ringFull, m.notNetwork, m.captured, m.recursion,
 		m.attributed, m.unattributed, m.parseFail, m.tableFull, m.readErrors, m.entries,
@@ -66,8 +76,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			if errors.As(err, &are) {
 				continue
 			}
-			return nil, fmt.Errorf("register packet drop metrics: %w", err)
+			for _, c := range done {
+				reg.Unregister(c)
+			}
+			return fmt.Errorf("register packet drop metrics: %w", err)
 		}
+		done = append(done, col)
 	}
-	return m, nil
+	return nil
 }

@@ -34,7 +34,15 @@
 // A drop can arrive after the record that would have carried it (the
 // event is in the ring when the record is made): it goes to the
 // connection's next record, or, after the connection's last one, to
-// unattributed when the TTL ends.
+// unattributed when the TTL ends. The table is keyed by tuple, and a
+// tuple is reused (a client's ephemeral port cycling, a resolver's fixed
+// source port, ping's identifier): the program stamps each drop with the
+// kernel's clock, and a record takes only the drops from its connection's
+// start on (Enrich), so the previous connection's late drops are never
+// the next one's. A packet dropped before conntrack confirmed its
+// connection (the first SYN refused by a firewall, then retransmitted
+// and let through) predates the start conntrack reports: it is counted
+// unattributed, not in the flow.
 package packetdrops
 
 import (
@@ -42,6 +50,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"regexp"
 	"sync"
@@ -61,8 +70,8 @@ import (
 // Config configures the drop observer. Zero fields take their defaults.
 type Config struct {
 	// RingBytes is the size of the event ring, a power of two and a
-	// multiple of the page size; default 256 KiB: about 4,600 events of
-	// 48 bytes plus an 8-byte header. The reader drains it every 100 ms
+	// multiple of the page size; default 256 KiB: 4,096 events of 56
+	// bytes plus an 8-byte header. The reader drains it every 100 ms
 	// and when it is a quarter full; a full ring's events are counted
 	// (flowlens_packetdrops_ring_full_total).
 	RingBytes int
@@ -75,7 +84,8 @@ type Config struct {
 	Burst int
 	// MaxTuples bounds the pending table (packet tuples with drops no
 	// record took yet); a drop of a new tuple beyond it is counted
-	// unattributed. Default 65536 (about 150 bytes each).
+	// unattributed. Default 65536 (about 200 bytes each; a tuple dropping
+	// in separate bursts keeps up to 4 time spans, 72 bytes each more).
 	MaxTuples int
 	// TTL is how long a tuple's drops wait for a record before they are
 	// counted unattributed: at least the longest time between two records
@@ -104,10 +114,51 @@ type Config struct {
 //     points that lose packets have been getting specific reasons since
 //     5.17.
 //
-// The reasons kept that fired in the same runs were real: NO_SOCKET (SYNs
-// to a closed port), TCP_OLD_SEQUENCE, IP_INNOROUTES.
+// Not for this host, or a capture's copy of a packet whose original went
+// on:
+//   - OTHERHOST: "packet not for this host" (ip_rcv/ipv6_rcv of a frame
+//     for another MAC). A promiscuous bridge (kubelet's
+//     promiscuous-bridge hairpin mode, tcpdump on cni0) passes up a copy
+//     of every pod-to-pod frame it forwards: 80 of 80 frames of 40
+//     answered echoes between two bridged pods were freed so
+//     (TestReviewPromiscBridgeCopiesAreNotDrops). A frame really
+//     mis-addressed to a node is rare and is no flow's loss either.
+//   - IPV6_NDISC_NS_OTHERHOST: "NEIGHBOUR SOLICITATION for another
+//     host", IPv6's OTHERHOST: a solicitation this host received on a
+//     group it joined, for a target it does not own; the owner answers.
+//   - PACKET_SOCK_ERROR: set only by af_packet's receive paths
+//     (packet_rcv, tpacket_rcv) for the clone a capture socket could not
+//     queue: 42 for 40 replies past a capture that never reads
+//     (TestReviewTapCopiesLostAreNotFlowDrops). The enum has no other
+//     capture-only reason: TAP_FILTER/TAP_TXFILTER are a tun/tap
+//     device's own datapath (a VM's NIC), real losses, kept.
+//
+// Duplicates: a segment or fragment whose data the receiver already has
+// (enum skb_drop_reason's own docs, 6.18); every byte arrived once, the
+// copy is discarded. The loss behind a retransmission, if any, is counted
+// where it happened, and as a retransmit by pkg/tcphealth.
+//   - TCP_OLD_DATA: "data is already received before (spurious
+//     retrans)": 3 of 3 segments an nft dup rule duplicated
+//     (TestReviewDuplicateSegmentsAreNotLostPackets).
+//   - TCP_OLD_SEQUENCE: "Old SEQ field (duplicate packet)": the whole
+//     segment ends before rcv_wup, data received and acknowledged (a
+//     retransmission after a lost or late ACK). The first measurement
+//     above kept it as real; by the kernel's definition it is a copy.
+//   - TCP_OFOMERGE: "the data of skb is already in the ofo queue".
+//   - TCP_OFO_DROP: "data already in receive queue": an out-of-order
+//     segment the in-order data has since covered.
+//   - DUP_FRAG: "duplicate fragment" (IPFRAG_DUP: a fragment the
+//     reassembly queue already holds; an overlapping one kills the queue
+//     under another reason, kept).
+//
+// The reasons kept that fired in the measured runs were real: NO_SOCKET
+// (SYNs to a closed port), IP_INNOROUTES.
 func DefaultIgnoreReasons() []string {
-	return []string{"NOT_SPECIFIED", "QUEUE_PURGE"}
+	return []string{
+		"NOT_SPECIFIED", "QUEUE_PURGE", // noise
+		"OTHERHOST", "IPV6_NDISC_NS_OTHERHOST", "PACKET_SOCK_ERROR", // not for this host, capture copies
+		"TCP_OLD_DATA", "TCP_OLD_SEQUENCE", "TCP_OFOMERGE", "TCP_OFO_DROP", "DUP_FRAG", // duplicates
+	}
 }
 
 const (
@@ -116,6 +167,15 @@ const (
 	defaultBurst      = 500
 	defaultMaxTuples  = 65536
 	defaultTTL        = 2 * time.Minute
+
+	// startSlack is how long before a connection's start a drop still
+	// counts as the connection's: the start (conntrack's timestamp at
+	// confirmation, or the counter program's first packet) and the drop
+	// are read from different clocks at different points of the same
+	// packet's path, and the monotonic-to-wall conversion has the jitter
+	// of two clock reads. It is kept small: a resolver's fixed source
+	// port or ping's identifier reuse a tuple within milliseconds.
+	startSlack = 20 * time.Millisecond
 
 	// statsInterval is how often Run reads the kernel counters into the
 	// metrics and expires old tuples.
@@ -214,7 +274,10 @@ func New(cfg Config, reg prometheus.Registerer) (*Drops, error) {
 	if err != nil {
 		return nil, fmt.Errorf("packet drops: drop reason names: %w", err)
 	}
-	m, err := newMetrics(reg)
+	// Registered only once the program runs: an agent that goes on
+	// without it (observe mode auto) must not export drop metrics frozen
+	// at 0 as if nothing were dropped.
+	m, err := newMetrics(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -262,6 +325,9 @@ func New(cfg Config, reg prometheus.Registerer) (*Drops, error) {
 		return nil, errors.Join(fmt.Errorf("open ring %s: %w", bpfMapEvents, err), d.lnk.Close(), d.objs.Close())
 	}
 	d.percpu = make([]bpfCounters, ebpf.MustPossibleCPU())
+	if err := m.register(reg); err != nil {
+		return nil, errors.Join(err, d.Close())
+	}
 	klog.InfoS("Attached packet drop observer", "program", bpfProgKfreeSkbDrop, "ringBytes", cfg.RingBytes,
 		"ratePerCPU", cfg.RatePerCPU, "burst", cfg.Burst, "maxTuples", cfg.MaxTuples, "ttl", cfg.TTL,
 		"ignoreReasons", cfg.IgnoreReasons)
@@ -427,13 +493,14 @@ const (
 )
 
 // eventSize is sizeof(struct drop_event).
-const eventSize = 48
+const eventSize = 56
 
 // event is one decoded drop.
 type event struct {
 	tuple  flow.Tuple
 	reason uint32
 	flags  uint8
+	ktime  uint64 // CLOCK_MONOTONIC ns of the drop; 0: unknown (handled now)
 }
 
 // decodeEvent reads a struct drop_event (little-endian, as the program
@@ -450,6 +517,7 @@ func decodeEvent(b []byte) (event, error) {
 	ev.tuple.Proto = b[36]
 	ev.flags = b[37]
 	ev.reason = binary.LittleEndian.Uint32(b[40:44])
+	ev.ktime = binary.LittleEndian.Uint64(b[48:56])
 	if p := ev.tuple.Proto; p == flow.ProtoICMP || p == flow.ProtoICMPv6 {
 		ev.tuple.SrcPort, ev.tuple.DstPort = icmpPorts(p == flow.ProtoICMPv6, ev.tuple.SrcPort, ev.tuple.DstPort)
 	}
@@ -515,12 +583,32 @@ func (d *Drops) handle(ev event) {
 		d.unattributedLocked(ev.reason, 1)
 		return
 	}
-	if !d.tab.add(ev.tuple, ev.reason, d.now().UnixNano()) {
+	if !d.tab.add(ev.tuple, ev.reason, d.dropTime(ev.ktime)) {
 		d.m.tableFull.Inc()
 		d.unattributedLocked(ev.reason, 1)
 		return
 	}
 	d.pendingN.Store(int64(d.tab.len()))
+}
+
+// dropTime is the Unix ns of a drop the program stamped at kt
+// (CLOCK_MONOTONIC), on d.now's clock; an unstamped one is stamped now.
+// The offset is read per event: it follows a step of the wall clock at
+// once, for a vDSO clock read.
+func (d *Drops) dropTime(kt uint64) int64 {
+	now := d.now().UnixNano()
+	if kt == 0 {
+		return now
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return now
+	}
+	age := ts.Nano() - int64(kt)
+	if age < 0 {
+		age = 0
+	}
+	return now - age
 }
 
 // unattributedLocked counts n drops of reason as owned by no flow; d.mu
@@ -556,26 +644,28 @@ func (d *Drops) expire() {
 // of r's connection that arrived since its previous record, and removes
 // them, so each drop is in one record. A drop whose tuple is one of the
 // connection's forms went the original way (Fwd), one whose tuple is a
-// form's Reverse the reply way (Rev). Called from the agent's loop: a few
-// map lookups under a lock Run holds only per event, nothing when no drop
-// is pending.
+// form's Reverse the reply way (Rev). Only drops from the connection's
+// start on (r.StartNanos less startSlack) are its own: older ones of the
+// same tuple are a previous connection's, left for the TTL to count
+// unattributed. With StartNanos 0 (unknown: no conntrack timestamp and no
+// counter program) every pending drop of the tuple is taken, as no start
+// tells them apart. Called from the agent's loop: a few map lookups under
+// a lock Run holds only per event, nothing when no drop is pending.
 func (d *Drops) Enrich(r *flow.Record) {
 	if d.pendingN.Load() == 0 {
 		return
+	}
+	since := int64(math.MinInt64)
+	if r.StartNanos != 0 {
+		since = r.StartNanos - startSlack.Nanoseconds()
 	}
 	forms, n := r.Conn.Forms()
 	var fwd, rev uint32
 	var t tally
 	d.mu.Lock()
 	for i := range n {
-		if p, ok := d.tab.take(forms[i]); ok {
-			fwd = satAdd(fwd, p.n)
-			p.each(t.add)
-		}
-		if p, ok := d.tab.take(forms[i].Reverse()); ok {
-			rev = satAdd(rev, p.n)
-			p.each(t.add)
-		}
+		fwd = satAdd(fwd, d.tab.take(forms[i], since, t.add))
+		rev = satAdd(rev, d.tab.take(forms[i].Reverse(), since, t.add))
 	}
 	if fwd > 0 || rev > 0 {
 		t.each(d.attributedLocked)

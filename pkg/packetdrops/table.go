@@ -10,44 +10,50 @@ type reasonCount struct {
 	n      uint32
 }
 
-// inlineReasons is how many distinct reasons an entry holds without
+// inlineReasons is how many distinct reasons a span holds without
 // allocating; a tuple rarely has more than one in a record period.
 const inlineReasons = 3
 
-// pending is what was dropped of one packet tuple and not yet taken by a
-// record: the drops since the first one no record took.
-type pending struct {
-	first   int64 // Unix ns of the oldest drop in the entry: the TTL runs from it
-	n       uint32
-	nr      uint8
-	reasons [inlineReasons]reasonCount
-	more    []reasonCount // beyond inlineReasons
+// span is a run of drops of one tuple close together in time, with their
+// reasons: the unit a record takes or leaves by the drops' time.
+type span struct {
+	first, last int64 // Unix ns of the span's oldest and newest drop
+	n           uint32
+	nr          uint8
+	reasons     [inlineReasons]reasonCount
+	more        []reasonCount // beyond inlineReasons
 }
 
-func (p *pending) add(reason uint32) {
-	p.n = satAdd(p.n, 1)
+func (p *span) add(reason, n uint32) {
+	p.n = satAdd(p.n, n)
 	for i := range int(p.nr) {
 		if p.reasons[i].reason == reason {
-			p.reasons[i].n = satAdd(p.reasons[i].n, 1)
+			p.reasons[i].n = satAdd(p.reasons[i].n, n)
 			return
 		}
 	}
 	if int(p.nr) < inlineReasons {
-		p.reasons[p.nr] = reasonCount{reason: reason, n: 1}
+		p.reasons[p.nr] = reasonCount{reason: reason, n: n}
 		p.nr++
 		return
 	}
 	for i := range p.more {
 		if p.more[i].reason == reason {
-			p.more[i].n = satAdd(p.more[i].n, 1)
+			p.more[i].n = satAdd(p.more[i].n, n)
 			return
 		}
 	}
-	p.more = append(p.more, reasonCount{reason: reason, n: 1})
+	p.more = append(p.more, reasonCount{reason: reason, n: n})
+}
+
+// merge adds o's drops to p.
+func (p *span) merge(o *span) {
+	p.first, p.last = min(p.first, o.first), max(p.last, o.last)
+	o.each(p.add)
 }
 
 // each calls fn for every reason of the entry.
-func (p *pending) each(fn func(reason, n uint32)) {
+func (p *span) each(fn func(reason, n uint32)) {
 	for i := range int(p.nr) {
 		fn(p.reasons[i].reason, p.reasons[i].n)
 	}
@@ -63,6 +69,88 @@ func satAdd(a, b uint32) uint32 {
 	return ^uint32(0)
 }
 
+// Spans of a tuple: a drop more than spanGap after the tuple's newest
+// drop starts a new span, and a tuple keeps at most maxSpans, merging the
+// two closest in time beyond it. A record takes the spans that end at or
+// after its connection's start, so the late drops of a connection that
+// ended stay out of the next connection on the same tuple as long as a
+// gap separates them (the closest spans merge first: a connection
+// boundary is rarely the smallest gap).
+const (
+	spanGap  = startSlack
+	maxSpans = 4
+)
+
+// pending is what was dropped of one packet tuple and not yet taken by a
+// record, in spans, oldest first. spans[0] is inline: most tuples have
+// one.
+type pending struct {
+	n     uint32 // drops in all spans
+	span0 span
+	rest  []span
+}
+
+// each calls fn for every reason of every span.
+func (p *pending) each(fn func(reason, n uint32)) {
+	for i := range p.count() {
+		p.at(i).each(fn)
+	}
+}
+
+// first is the Unix ns of the entry's oldest drop.
+func (p *pending) first() int64 {
+	f := p.span0.first
+	for i := range p.rest {
+		f = min(f, p.rest[i].first)
+	}
+	return f
+}
+
+func (p *pending) count() int { return 1 + len(p.rest) }
+
+func (p *pending) at(i int) *span {
+	if i == 0 {
+		return &p.span0
+	}
+	return &p.rest[i-1]
+}
+
+// add files one drop at Unix ns at.
+func (p *pending) add(reason uint32, at int64) {
+	p.n = satAdd(p.n, 1)
+	if p.n == 1 {
+		p.span0 = span{first: at, last: at}
+		p.span0.add(reason, 1)
+		return
+	}
+	cur := p.at(p.count() - 1)
+	// Events of different CPUs reach the ring slightly out of order: a
+	// drop older than the newest span's end joins that span.
+	if at <= cur.last+int64(spanGap) {
+		cur.first, cur.last = min(cur.first, at), max(cur.last, at)
+		cur.add(reason, 1)
+		return
+	}
+	s := span{first: at, last: at}
+	s.add(reason, 1)
+	p.rest = append(p.rest, s)
+	if p.count() > maxSpans {
+		p.mergeClosest()
+	}
+}
+
+// mergeClosest merges the two adjacent spans with the smallest gap.
+func (p *pending) mergeClosest() {
+	best, bestGap := 0, int64(0)
+	for i := 0; i+1 < p.count(); i++ {
+		if g := p.at(i+1).first - p.at(i).last; i == 0 || g < bestGap {
+			best, bestGap = i, g
+		}
+	}
+	p.at(best).merge(p.at(best + 1))
+	p.rest = append(p.rest[:best], p.rest[best+1:]...)
+}
+
 // table holds the drops not yet taken, keyed by the packet's tuple as the
 // drop point saw it. It is bounded: a drop of a new tuple that does not fit
 // is refused (the caller counts it unattributed). Not safe for concurrent
@@ -76,35 +164,57 @@ func newTable(max int) *table {
 	return &table{max: max, entries: make(map[flow.Tuple]pending)}
 }
 
-// add records one drop; false when the table is full and t is new.
-func (t *table) add(k flow.Tuple, reason uint32, now int64) bool {
+// add records one drop at Unix ns at; false when the table is full and k
+// is new.
+func (t *table) add(k flow.Tuple, reason uint32, at int64) bool {
 	p, ok := t.entries[k]
-	if !ok {
-		if len(t.entries) >= t.max {
-			return false
-		}
-		p.first = now
+	if !ok && len(t.entries) >= t.max {
+		return false
 	}
-	p.add(reason)
+	p.add(reason, at)
 	t.entries[k] = p
 	return true
 }
 
-// take removes and returns k's entry.
-func (t *table) take(k flow.Tuple) (pending, bool) {
+// take removes k's drops of spans that end at or after since (Unix ns;
+// math.MinInt64 takes all), calls fn with each of their reasons and
+// returns how many they were. Older spans stay, for the TTL to count them
+// unattributed. A span that straddles since is taken whole: it is a run
+// of drops without a gap across the connection's start, the connection's
+// own first packets most likely.
+func (t *table) take(k flow.Tuple, since int64, fn func(reason, n uint32)) uint32 {
 	p, ok := t.entries[k]
-	if ok {
-		delete(t.entries, k)
+	if !ok {
+		return 0
 	}
-	return p, ok
+	keep := 0 // spans [0, keep) stay
+	for keep < p.count() && p.at(keep).last < since {
+		keep++
+	}
+	var n uint32
+	for i := keep; i < p.count(); i++ {
+		s := p.at(i)
+		n = satAdd(n, s.n)
+		s.each(fn)
+	}
+	switch {
+	case keep == 0:
+		delete(t.entries, k)
+	case keep < p.count():
+		p.rest = p.rest[:keep-1]
+		p.n -= n
+		t.entries[k] = p
+	}
+	return n
 }
 
 // expire removes the entries whose oldest drop is before cutoff and calls
-// fn with each of their reasons: no record took them in time.
+// fn with each of their reasons: no record took them in time. The TTL
+// runs from a tuple's oldest pending drop, whichever span it is in.
 func (t *table) expire(cutoff int64, fn func(reason, n uint32)) int {
 	removed := 0
 	for k, p := range t.entries {
-		if p.first < cutoff {
+		if p.first() < cutoff {
 			p.each(fn)
 			delete(t.entries, k)
 			removed++

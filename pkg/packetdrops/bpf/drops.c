@@ -108,6 +108,10 @@ struct drop_event {
 	__u16 l3proto; // skb->protocol, host order
 	__u32 reason;
 	__u32 pad;
+	// When the packet was dropped (bpf_ktime_get_ns, CLOCK_MONOTONIC): Go
+	// compares it with a connection's start, so a drop read from the ring
+	// after a new connection took the tuple is not given to it.
+	__u64 ktime_ns;
 };
 
 // counters, one per-CPU element: per reason slot, the drops that passed
@@ -332,6 +336,7 @@ int BPF_PROG(kfree_skb_drop, struct sk_buff *skb, void *location, __u32 reason)
 	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->reason = reason;
 	ev->l3proto = l3proto;
+	ev->ktime_ns = bpf_ktime_get_ns();
 	if (l3proto == ETH_P_IP || l3proto == ETH_P_IPV6) {
 		if (parse(skb, l3proto, ev) != 0)
 			ev->flags |= EV_NO_TUPLE;
