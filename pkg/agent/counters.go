@@ -125,8 +125,18 @@ type counterStage struct {
 	// gone with the old connection's packets and some of the new one's,
 	// so the next NEW on the tuple is counted by conntrack.
 	reborn map[flow.Tuple]int64
-	m      counterMetrics
+	// closeGets counts the GETs of a conntrack-counted connection whose
+	// FIN or RST the program saw but whose entry had not finished yet (a
+	// GET between the FINs and the last ACK): it is read again the next
+	// rounds, at most closeGetRetries times, since no packet may come to
+	// mark its views again.
+	closeGets map[flow.Tuple]uint8
+	m         counterMetrics
 }
+
+// closeGetRetries bounds the GETs of one closing conntrack-counted
+// connection: a half-closed connection that stays open costs no more.
+const closeGetRetries = 5
 
 type counterMetrics struct {
 	readErrors, fillErrors, forgetErrors prometheus.Counter
@@ -145,10 +155,11 @@ func newCounterStage(src Counters, check CrossCheck, reg prometheus.Registerer) 
 		Help: "Connections whose eBPF totals were compared with conntrack's at their end (counters.crossCheck), by result.",
 	}, []string{"result"})
 	s := &counterStage{
-		src:    src,
-		check:  check,
-		seen:   make(map[flow.Tuple]struct{}),
-		reborn: make(map[flow.Tuple]int64),
+		src:       src,
+		check:     check,
+		seen:      make(map[flow.Tuple]struct{}),
+		reborn:    make(map[flow.Tuple]int64),
+		closeGets: make(map[flow.Tuple]uint8),
 		m: counterMetrics{
 			readErrors:   c("flowlens_agent_counter_read_errors_total", "Rounds of reading changed eBPF counters that failed (retried next round)."),
 			fillErrors:   c("flowlens_agent_counter_lookup_errors_total", "Connections whose eBPF counters could not be read."),
@@ -253,6 +264,7 @@ func (l *Loop) viewsDone(c *flow.Conn, reason flow.EndReason) {
 func (l *Loop) closeCounted(c *flow.Conn, now time.Time) {
 	start := c.StartNanos
 	if err := l.cfg.Source.Get(c); err != nil {
+		delete(l.counters.closeGets, c.Tuple)
 		if !errors.Is(err, conntrack.ErrNotFound) {
 			l.m.getErrors.Inc()
 		}
@@ -262,9 +274,20 @@ func (l *Loop) closeCounted(c *flow.Conn, now time.Time) {
 		c.StartNanos = start
 	}
 	c.Counters = flow.CountersConntrack // read now
+	cs := l.counters
 	if conntrack.Finished(c) {
+		delete(cs.closeGets, c.Tuple)
 		l.report(c, now)
+		return
 	}
+	if n := cs.closeGets[c.Tuple]; n < closeGetRetries {
+		cs.closeGets[c.Tuple] = n + 1
+		cs.finishing = append(cs.finishing, c.Tuple)
+		return
+	}
+	// Still open: its DESTROY, or the next FIN or RST the program
+	// sees, closes it.
+	delete(cs.closeGets, c.Tuple)
 }
 
 // forgetViews deletes c's views from the source.

@@ -426,3 +426,44 @@ func TestCountersLateNEWOfAFinishedConnectionClosesItNextRound(t *testing.T) {
 		t.Errorf("conntrack GETs %v, want one", gets)
 	}
 }
+
+// A GET between the FINs and the last ACK finds the entry not finished
+// yet; no packet will mark the views again, so it is read again the next
+// round (a bounded number of times) and closed then.
+func TestCountersConntrackCountedCloseIsReadAgainUntilFinished(t *testing.T) {
+	src := newFakeSource()
+	a := tcpConn(40002, 8, 1000, 10, 2000, 20)
+	src.set(a)
+	fc := newFakeCounters()
+	h := newHarness(t, src, withCounters(fc, CrossCheck{}))
+	lastAck := a
+	lastAck.TCPState = flow.TCPStateLastAck
+	src.set(lastAck)
+	fc.count(a, a.Tuple, fakeCounted{fwd: ctr(5, 1), finished: true})
+	h.tick(at(100 * time.Millisecond)) // the FIN's view
+	h.tick(at(200 * time.Millisecond)) // GET: LAST_ACK
+	if got := h.sink.all(); len(got) != 0 {
+		t.Fatalf("closed before conntrack said it ended: %+v", got)
+	}
+	src.set(finished(a, 1100, 12, 2100, 22))
+	h.tick(at(300 * time.Millisecond)) // GET: TIME_WAIT, closed
+	h.tick(at(400 * time.Millisecond))
+	checkRecords(t, h.sink.all(), want{40002, eof, 1100, 12, 2100, 22})
+	if _, gets := src.counts(); len(gets) != 2 {
+		t.Errorf("conntrack GETs %v, want two", gets)
+	}
+	// A half-closed connection that stays open is read a bounded number
+	// of times.
+	b := tcpConn(40003, 9, 1000, 10, 2000, 20)
+	b.TCPState = flow.TCPStateFinWait
+	src.set(b)
+	h.poll(at(time.Second))
+	fc.count(b, b.Tuple, fakeCounted{fwd: ctr(5, 1), finished: true})
+	_, before := src.counts()
+	for i := range 20 {
+		h.tick(at(time.Second + time.Duration(i+1)*100*time.Millisecond))
+	}
+	if _, gets := src.counts(); len(gets)-len(before) != 1+closeGetRetries {
+		t.Errorf("a connection that stays half-closed was read %d times, want %d", len(gets)-len(before), 1+closeGetRetries)
+	}
+}

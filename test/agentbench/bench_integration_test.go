@@ -681,8 +681,20 @@ server:
 	time.Sleep(settle)
 	u2, t2 := usage(b, ag), time.Now()
 	waitDelivered(b, ag, col, 2*time.Minute)
-	lost, lossNames := losses(ag.Metrics(b))
+	metrics := ag.Metrics(b)
+	lost, lossNames := losses(metrics)
 	ag.Stop()
+	// Which source counted the connections, and why: what a slow close
+	// or a CPU figure needs to be explained.
+	var why []string
+	for _, line := range strings.Split(metrics, "\n") {
+		for _, p := range []string{"flowlens_agent_counter_", "flowlens_conntrack_event_overruns", "flowlens_agent_final_counter_reads", "flowlens_connstore_empty_idle"} {
+			if strings.HasPrefix(line, p) {
+				why = append(why, line)
+			}
+		}
+	}
+	b.Logf("agent counters:\n  %s", strings.Join(why, "\n  "))
 
 	r := matchChurn(col, conns, web.IPv4)
 	p50, p99 := agentbench.Quantile(r.latency, 0.5), agentbench.Quantile(r.latency, 0.99)
