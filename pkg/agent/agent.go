@@ -267,6 +267,8 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			return err
 		}
 		defer func() { errs = append(errs, stopMirror()) }()
+	} else {
+		removeMirrorLeftovers(a.cfg.Conntrack.NetNS)
 	}
 	waitHTTP, err := serveHTTP(ctx, a.cfg.Server.Listen, a.reg, a.health)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/flowlens/flowlens/pkg/agentconfig"
@@ -170,4 +171,23 @@ func (s *mirrorStage) reconcile(m trafficMirror) error {
 		return err
 	}
 	return nil
+}
+
+// removeMirrorLeftovers runs once at start when this agent mirrors
+// nothing: a previous run killed before its Close (SIGKILL, OOM, grace
+// period over) left tc filters cloning every packet of the pods it
+// mirrored, and its capture veth pair; nothing else would ever remove
+// them. Not fatal: without CAP_NET_ADMIN (or netns access) it says what
+// is left and the agent runs on.
+func removeMirrorLeftovers(netnsPath string) {
+	n, err := mirror.RemoveLeftovers(netnsPath)
+	switch {
+	case errors.Is(err, unix.EPERM):
+		klog.InfoS("A traffic mirror left by a previous run may still be copying pod traffic: removing it needs CAP_NET_ADMIN; the mirror is off in this run",
+			"netns", netnsPath, "removed", n, "err", err)
+	case err != nil:
+		klog.ErrorS(err, "Could not remove all of the traffic mirror left by a previous run; the mirror is off in this run", "netns", netnsPath, "removed", n)
+	case n > 0:
+		klog.InfoS("Removed the traffic mirror left by a previous run (mirror.enabled is false)", "netns", netnsPath, "removed", n)
+	}
 }

@@ -4,6 +4,7 @@ package agent
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -14,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/flowlens/flowlens/pkg/mirror"
 	"github.com/flowlens/flowlens/test/netnstest"
 )
@@ -21,6 +24,10 @@ import (
 // capsChildEnv makes the test binary act as a hostNetwork agent's mirror:
 // its value is "mechanism,podIP".
 const capsChildEnv = "FLOWLENS_MIRROR_CAPS_CHILD"
+
+// leftoversChild as capsChildEnv's value: the child removes a previous
+// run's mirror (mirror.RemoveLeftovers) and says what happened.
+const leftoversChild = "leftovers"
 
 func TestMain(m *testing.M) {
 	if v := os.Getenv(capsChildEnv); v != "" {
@@ -33,6 +40,18 @@ func TestMain(m *testing.M) {
 // chart's hostNetwork agent does: NetnsPath ""), says "ready" once the pod
 // is mirrored, and closes the mirror when its standard input ends.
 func mirrorCapsChild(v string) int {
+	if v == leftoversChild {
+		n, err := mirror.RemoveLeftovers("")
+		switch {
+		case errors.Is(err, unix.EPERM):
+			fmt.Println("eperm", n)
+		case err != nil:
+			fmt.Println("error:", err)
+		default:
+			fmt.Println("removed", n)
+		}
+		return 0
+	}
 	mech, ip, _ := strings.Cut(v, ",")
 	m, err := mirror.New(mirror.Config{Mechanism: mech}, nil)
 	if err != nil {
@@ -155,4 +174,57 @@ func rxPackets(t *testing.T, node *netnstest.Node, dev string) uint64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// An agent with the mirror off removes a killed run's mirror with
+// NET_ADMIN alone (the chart always grants it); without NET_ADMIN it gets
+// EPERM (the agent logs it and runs on) and nothing is half removed.
+func TestMirrorLeftoversNeedOnlyNetAdmin(t *testing.T) {
+	node := netnstest.NewNodeT(t, netnstest.Config{Name: "mirleft", Pods: []netnstest.PodSpec{{Name: "server"}}})
+	server := node.Pod("server")
+	killed, err := mirror.New(mirror.Config{NetnsPath: node.NetnsPath, Mechanism: mirror.MechanismTC}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := killed.Reconcile([]netip.Addr{server.IPv4}); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(caps string) string {
+		t.Helper()
+		cmd := exec.Command("ip", "netns", "exec", node.NetnsName,
+			"setpriv", "--bounding-set="+caps, "--inh-caps=-all", "--reuid=0", self, "-test.run=^$")
+		cmd.Env = append(os.Environ(), capsChildEnv+"="+leftoversChild)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("child (%s): %v", caps, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	filters := func() string {
+		t.Helper()
+		out, err := node.Exec("tc", "filter", "show", "dev", server.HostVeth, "ingress")
+		if err != nil {
+			t.Fatalf("tc filter show: %v %s", err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got := run("-all"); got != "eperm 0" {
+		t.Errorf("without NET_ADMIN: %q, want \"eperm 0\"", got)
+	}
+	if !strings.Contains(filters(), "mirred") {
+		t.Error("without NET_ADMIN the leftover filter is gone: the test proves nothing")
+	}
+	if got := run("-all,+net_admin"); got != "removed 3" { // 2 filters, 1 pair
+		t.Errorf("with NET_ADMIN: %q, want \"removed 3\"", got)
+	}
+	if f := filters(); f != "" {
+		t.Errorf("filters left on %s: %s", server.HostVeth, f)
+	}
+	if out, _ := node.Exec("ip", "-o", "link", "show"); strings.Contains(string(out), "flc0") {
+		t.Errorf("capture veth left:\n%s", out)
+	}
 }

@@ -11,6 +11,10 @@ import (
 	"github.com/flowlens/flowlens/pkg/netns"
 )
 
+// addrGenModeNone is IN6_ADDR_GEN_MODE_NONE (linux/if_link.h): the
+// kernel makes no IPv6 address for the link, not even a link-local one.
+const addrGenModeNone = 1
+
 // ensureCapture creates the capture veth pair, or checks that the existing
 // one is ours and set up, and points the program at it. An interface of
 // that name that is not ours is an error: it is never touched.
@@ -37,6 +41,9 @@ func (m *Mirror) ensureCapture() error {
 	default:
 		if c.Type() != "veth" || c.Attrs().Alias != CaptureAlias {
 			return fmt.Errorf("capture interface %s exists and is not flowlens's (type %s, alias %q)", capName, c.Type(), c.Attrs().Alias)
+		}
+		if c, err = m.replaceMismatchedPair(c); err != nil {
+			return err
 		}
 	}
 	p, err := m.h.LinkByName(peerName)
@@ -73,6 +80,35 @@ func (m *Mirror) ensureCapture() error {
 	return nil
 }
 
+// replaceMismatchedPair checks that c, our capture interface, is paired
+// with the configured peer. When its peer has another name (a previous
+// run configured another peer interface and was killed), the whole old
+// pair is ours: it is deleted and a new one created. A configured peer
+// name held by an interface that is not ours is an error: never touched.
+func (m *Mirror) replaceMismatchedPair(c netlink.Link) (netlink.Link, error) {
+	peerName := m.cfg.PeerName
+	p, err := m.h.LinkByName(peerName)
+	var nf netlink.LinkNotFoundError
+	switch {
+	case err == nil && p.Attrs().ParentIndex == c.Attrs().Index && p.Attrs().Alias == CaptureAlias:
+		return c, nil
+	case err == nil && p.Attrs().Alias != CaptureAlias:
+		return nil, fmt.Errorf("capture peer %s exists and is not flowlens's (alias %q)", peerName, p.Attrs().Alias)
+	case err == nil:
+		// Ours, of another old pair: goes too.
+		if err := m.h.LinkDel(p); err != nil && !gone(err) {
+			return nil, fmt.Errorf("delete stale capture interface %s: %w", peerName, err)
+		}
+	case !errors.As(err, &nf):
+		return nil, fmt.Errorf("find capture peer %s: %w", peerName, err)
+	}
+	klog.InfoS("Replacing the capture veth pair left by a previous run with another peer", "capture", m.cfg.CaptureName, "peer", peerName)
+	if err := m.h.LinkDel(c); err != nil && !gone(err) {
+		return nil, fmt.Errorf("delete stale capture veth %s: %w", m.cfg.CaptureName, err)
+	}
+	return m.createCapture()
+}
+
 func (m *Mirror) createCapture() (netlink.Link, error) {
 	capName, peerName := m.cfg.CaptureName, m.cfg.PeerName
 	v := &netlink.Veth{
@@ -94,9 +130,15 @@ func (m *Mirror) createCapture() (netlink.Link, error) {
 			return nil, fmt.Errorf("mark capture interface %s: %w", n, err)
 		}
 		// No addresses, router solicitations or MLD reports of its own in
-		// the capture. Absent when the node has IPv6 off: nothing to do.
+		// the capture. Through netlink, while the link is still down so no
+		// link-local address is ever made: a container's /proc/sys is
+		// read-only. The sysctl then stops the rest where it can. Both
+		// fail on a node with IPv6 off: nothing to do there.
+		if err := m.h.LinkSetIP6AddrGenMode(l, addrGenModeNone); err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
+			klog.InfoS("Cannot turn off IPv6 address generation on the capture interface", "name", n, "err", err)
+		}
 		if err := netns.WriteSysctl(m.cfg.NetnsPath, "net.ipv6.conf."+n+".disable_ipv6", "1"); err != nil && !errors.Is(err, unix.ENOENT) {
-			klog.InfoS("Cannot disable IPv6 on the capture interface", "name", n, "err", err)
+			klog.V(2).InfoS("Cannot disable IPv6 on the capture interface", "name", n, "err", err)
 		}
 	}
 	return m.h.LinkByName(capName)

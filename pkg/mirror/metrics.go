@@ -21,6 +21,7 @@ type metrics struct {
 	unresolved   prometheus.Counter
 	errors       prometheus.Counter
 	staleRemoved prometheus.Counter
+	repaired     prometheus.Counter
 	bpf          []prometheus.Collector
 }
 
@@ -35,6 +36,7 @@ func newMetrics(reg prometheus.Registerer, bpfStat func(int) float64) (*metrics,
 		unresolved:   c("unresolved_total", "Times an opted-in pod address's interface could not be found (once per episode)."),
 		errors:       c("errors_total", "Failed installs, removals and capture veth set-ups of the traffic mirror."),
 		staleRemoved: c("stale_removed_total", "Mirror filters and TCX links of a previous run removed at start-up."),
+		repaired:     c("repaired_total", "Mirrors found gone or changed on an interface still mirrored (someone removed our filter, qdisc or TCX link) and installed again."),
 	}
 	bpfCounter := func(name, help string, slot int) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flowlens_mirror_bpf_" + name, Help: help}, func() float64 { return bpfStat(slot) })
@@ -47,7 +49,7 @@ func newMetrics(reg prometheus.Registerer, bpfStat func(int) float64) (*metrics,
 	if reg == nil {
 		return m, nil
 	}
-	for _, col := range append([]prometheus.Collector{m.mirrored, m.missing, m.unresolved, m.errors, m.staleRemoved}, m.bpf...) {
+	for _, col := range append([]prometheus.Collector{m.mirrored, m.missing, m.unresolved, m.errors, m.staleRemoved, m.repaired}, m.bpf...) {
 		if err := reg.Register(col); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

@@ -28,18 +28,28 @@
 //     classify the packet. Note that with tc our filter only runs when the
 //     TCX programs before it (a CNI's) returned TCX_NEXT.
 //   - auto (default): tcx, falling back to tc where the kernel cannot load
-//     the program or lacks TCX; decided once, for every interface.
+//     the program or lacks TCX; decided once, for every interface, at the
+//     first Reconcile by attaching the program to the capture veth for an
+//     instant (before the scan below, so a restart on a kernel without
+//     TCX adopts its own tc filters).
 //
 // Ownership: our tc filters are u32 filters at priority TCPriority(+1) with
 // class id Marker, our TCX programs are named "fl_mirror", our capture
 // veth pair carries the alias CaptureAlias. The first Reconcile after
-// start-up walks the namespace's interfaces: our filters on wanted
-// interfaces that mirror to the current capture veth are kept (no gap in
-// the copy across an agent restart), every other artifact of ours is
-// removed, anything else is never touched. TCX links die with the process
-// that made them, so after a real restart only in-process leftovers exist.
-// Close removes every filter, every clsact qdisc we created (or that held
-// only our filters when we found it) and the capture veth pair.
+// start-up walks the namespace's interfaces (and the next ones until that
+// walk succeeds once): our filters on wanted interfaces that mirror to
+// the current capture veth are kept (no gap in the copy across an agent
+// restart), what this instance installed is left alone, every other
+// artifact of ours is removed, anything else is never touched. TCX links
+// die with the process that made them, so after a real restart only
+// in-process leftovers exist. Every Reconcile checks that the mirror of
+// each interface it mirrors is still complete (someone may have deleted
+// the clsact qdisc or detached our link) and installs it again if not;
+// a removal that failed is retried. A capture pair of ours whose peer
+// has another name (a previous configuration) is replaced. Close removes
+// every filter, every clsact qdisc we created (or that held only our
+// filters when we found it) and the capture veth pair; RemoveLeftovers
+// does the same for a run that mirrors nothing.
 //
 // The capture pair: the copies leave through CaptureName ("flc0") and
 // arrive on its peer, PeerName ("flc1"), which Suricata reads with
@@ -47,7 +57,10 @@
 // 64 KiB, the copy is not segmented) passes whole; Suricata derives its
 // packet size from the MTU, or set af-packet default-packet-size to 65536.
 // Offloads stay on (a copy is not checksummed again): run Suricata with
-// checksum-checks: auto or no. IPv6 is disabled on both ends, and the
+// checksum-checks: auto or no. IPv6 is disabled on both ends (address
+// generation off through netlink before they go up, so not even a
+// link-local address: this works where /proc/sys is read-only; plus
+// disable_ipv6 where the sysctl is writable), and the
 // eBPF program fl_capdrop on the peer's tc ingress stops the node's own
 // stack from processing the copies (af-packet taps run before tc ingress,
 // so Suricata still sees them): a mirrored broadcast or ARP request would
@@ -163,8 +176,9 @@ type mirrored struct {
 	name     string
 	addrs    []netip.Addr // the wanted addresses behind it
 	links    []link.Link  // tcx
-	tc       bool         // our u32 filters are installed
+	tc       bool         // our u32 filters are (or may be, after a failure) installed
 	ownQdisc bool         // we created its clsact qdisc
+	ok       bool         // the last install or check found the mirror complete
 }
 
 // New loads the programs (the mirror program for tcx/auto, the capture
@@ -236,7 +250,7 @@ func openNetns(path string) (vnetns.NsHandle, error) {
 }
 
 // Mechanism returns the mechanism in use: "tcx" or "tc" ("auto" until the
-// first attach decides).
+// first Reconcile decides).
 func (m *Mirror) Mechanism() string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -276,18 +290,21 @@ func (m *Mirror) Reconcile(want []netip.Addr) error {
 
 func (m *Mirror) reconcile(want []netip.Addr) error {
 	var errs []error
-	capChanged := false
 	if !m.closed {
-		old := m.capIdx
 		if err := m.ensureCapture(); err != nil {
 			m.metrics.errors.Inc()
 			return err
 		}
-		capChanged = old != 0 && old != m.capIdx
+		// Before the scan: it adopts a previous run's tc filters only when
+		// this run mirrors with tc too.
+		if err := m.decideMechanism(); err != nil {
+			m.metrics.errors.Inc()
+			return err
+		}
 	}
 	desired := m.resolve(want)
 	if !m.scanned {
-		if err := m.scan(desired); err != nil {
+		if _, err := m.scan(desired); err != nil {
 			m.metrics.errors.Inc()
 			errs = append(errs, err)
 		} else {
@@ -300,8 +317,10 @@ func (m *Mirror) reconcile(want []netip.Addr) error {
 			continue
 		}
 		if err := m.uninstall(mi); err != nil {
+			// Kept: the next Reconcile retries the removal.
 			m.metrics.errors.Inc()
 			errs = append(errs, err)
+			continue
 		}
 		delete(m.ifs, idx)
 		klog.V(2).InfoS("Stopped mirroring", "ifindex", idx, "name", mi.name)
@@ -309,24 +328,110 @@ func (m *Mirror) reconcile(want []netip.Addr) error {
 	for idx, tg := range desired {
 		name := tg.name
 		mi, ok := m.ifs[idx]
-		if ok && !(capChanged && mi.tc) {
-			continue
+		if ok && mi.name != name {
+			continue // the index's old interface is still being unmirrored (above)
 		}
-		if !ok {
+		if ok {
+			// Someone may have removed our mirror (a CNI re-creating the
+			// clsact qdisc, `tc qdisc del`, `bpftool link detach`): the
+			// interface would stay counted as mirrored while its traffic
+			// reaches no sensor.
+			intact, err := m.intact(mi)
+			if err != nil {
+				m.metrics.errors.Inc()
+				errs = append(errs, fmt.Errorf("check mirror of %s (ifindex %d): %w", name, idx, err))
+				continue
+			}
+			if intact {
+				mi.ok = true
+				continue
+			}
+			if mi.ok {
+				klog.InfoS("Mirror of a pod interface is gone or changed, reinstalling", "ifindex", idx, "name", name, "mechanism", m.mech)
+				m.metrics.repaired.Inc()
+			}
+		} else {
 			mi = &mirrored{ifindex: idx, name: name, addrs: tg.addrs}
 		}
 		if err := m.install(mi); err != nil {
+			// A known interface stays known (and not ok): the next
+			// Reconcile finds it broken and installs again.
+			mi.ok = false
 			m.metrics.errors.Inc()
 			errs = append(errs, fmt.Errorf("mirror %s (ifindex %d): %w", name, idx, err))
 			continue
 		}
+		mi.ok = true
 		if !ok {
 			klog.V(2).InfoS("Mirroring pod interface", "ifindex", idx, "name", name, "mechanism", m.mech)
 		}
 		m.ifs[idx] = mi
 	}
-	m.metrics.mirrored.Set(float64(len(m.ifs)))
+	n := 0
+	for _, mi := range m.ifs {
+		if mi.ok {
+			n++
+		}
+	}
+	m.metrics.mirrored.Set(float64(n))
 	return errors.Join(errs...)
+}
+
+// decideMechanism turns auto into tcx or tc, once: by attaching the
+// program to the capture veth's ingress (nothing but the peer sends
+// there) and detaching it at once.
+func (m *Mirror) decideMechanism() error {
+	if m.mech != MechanismAuto {
+		return nil
+	}
+	if m.objs == nil {
+		m.mech = MechanismTC
+		return nil
+	}
+	l, err := m.attachTCX(m.capIdx, ebpf.AttachTCXIngress)
+	switch {
+	case err == nil:
+		if err := l.Close(); err != nil {
+			return fmt.Errorf("detach tcx probe from %s: %w", m.cfg.CaptureName, err)
+		}
+		m.mech = MechanismTCX
+	case tcxUnsupported(err):
+		klog.InfoS("TCX attach unavailable, mirroring with tc mirred", "err", err)
+		m.mech = MechanismTC
+	default:
+		return fmt.Errorf("probe tcx attach on %s: %w", m.cfg.CaptureName, err)
+	}
+	return nil
+}
+
+// intact reports whether mi's mirror is fully in place: both TCX links
+// still attached to the interface, or exactly our two tc filters to the
+// current capture veth (a re-created capture veth has a new index).
+func (m *Mirror) intact(mi *mirrored) (bool, error) {
+	if m.mech == MechanismTCX {
+		if len(mi.links) != len(tcxHooks) {
+			return false, nil
+		}
+		for _, l := range mi.links {
+			info, err := l.Info()
+			if err != nil {
+				return false, fmt.Errorf("tcx link info: %w", err)
+			}
+			// A detached link reports ifindex 0.
+			if tcx := info.TCX(); tcx == nil || int(tcx.Ifindex) != mi.ifindex {
+				return false, nil
+			}
+		}
+		return true, nil
+	}
+	if !mi.tc {
+		return false, nil
+	}
+	st, err := m.listTC(mi.ifindex)
+	if err != nil {
+		return false, err
+	}
+	return st.clsact && exactlyOurMirror(st, m.capIdx), nil
 }
 
 // Close removes every mirror, our leftovers from a previous run (when
@@ -362,16 +467,11 @@ func (m *Mirror) install(mi *mirrored) error {
 	if m.mech == MechanismTC {
 		return m.installTC(mi)
 	}
-	err := m.installTCX(mi)
-	if err != nil && m.mech == MechanismAuto && len(m.ifs) == 0 && tcxUnsupported(err) {
-		klog.InfoS("TCX attach unavailable, mirroring with tc mirred", "ifindex", mi.ifindex, "err", err)
-		m.mech = MechanismTC
-		return m.installTC(mi)
+	for _, l := range mi.links { // detached behind our back, or half of a pair
+		_ = l.Close()
 	}
-	if err == nil && m.mech == MechanismAuto {
-		m.mech = MechanismTCX
-	}
-	return err
+	mi.links = nil
+	return m.installTCX(mi)
 }
 
 func (m *Mirror) uninstall(mi *mirrored) error {
@@ -385,8 +485,9 @@ func (m *Mirror) uninstall(mi *mirrored) error {
 	if mi.tc {
 		if err := m.uninstallTC(mi.ifindex, mi.ownQdisc); err != nil {
 			errs = append(errs, err)
+		} else {
+			mi.tc = false
 		}
-		mi.tc = false
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("unmirror %s (ifindex %d): %w", mi.name, mi.ifindex, err)

@@ -108,18 +108,20 @@ func (m *Mirror) probeNeighbour(a netip.Addr) {
 	}
 }
 
-// scan runs once, before the first changes: it walks the namespace's
-// interfaces for artifacts of ours. Filters mirroring to the current
-// capture veth on an interface that stays mirrored with tc are adopted;
+// scan runs before the first changes, and again at each Reconcile until
+// it succeeds once: it walks the namespace's interfaces for artifacts of
+// ours. Filters mirroring to the current capture veth on an interface
+// that stays mirrored with tc are adopted; the filters and TCX links this
+// instance installed are left alone (a retried scan runs after installs);
 // every other filter or TCX link of ours is removed.
-func (m *Mirror) scan(desired map[int]*target) error {
+func (m *Mirror) scan(desired map[int]*target) (removed int, err error) {
 	links, err := m.h.LinkList()
 	if err != nil {
-		return fmt.Errorf("list interfaces: %w", err)
+		return 0, fmt.Errorf("list interfaces: %w", err)
 	}
 	keep := m.ourLinkIDs()
 	var errs []error
-	removed, adopted := 0, 0
+	adopted := 0
 	for _, l := range links {
 		a := l.Attrs()
 		if a.Name == m.cfg.CaptureName || a.Name == m.cfg.PeerName {
@@ -141,10 +143,15 @@ func (m *Mirror) scan(desired map[int]*target) error {
 		if found == 0 {
 			continue
 		}
+		if mi := m.ifs[a.Index]; mi != nil && mi.tc && mi.name == a.Name {
+			// This run's own (installed while an earlier scan failed, or
+			// adopted by it): never stale. Reconcile checks them.
+			continue
+		}
 		tg, want := desired[a.Index]
 		if m.mech == MechanismTC && want && tg.name == a.Name && m.ifs[a.Index] == nil && exactlyOurMirror(st, m.capIdx) {
 			// Nothing else on the qdisc: it was ours, or is now useless.
-			m.ifs[a.Index] = &mirrored{ifindex: a.Index, name: a.Name, addrs: tg.addrs, tc: true, ownQdisc: st.foreign == 0}
+			m.ifs[a.Index] = &mirrored{ifindex: a.Index, name: a.Name, addrs: tg.addrs, tc: true, ownQdisc: st.foreign == 0, ok: true}
 			adopted++
 			continue
 		}
@@ -158,7 +165,7 @@ func (m *Mirror) scan(desired map[int]*target) error {
 		klog.InfoS("Converged mirrors left by a previous run", "adopted", adopted, "removed", removed)
 	}
 	m.metrics.staleRemoved.Add(float64(removed))
-	return errors.Join(errs...)
+	return removed, errors.Join(errs...)
 }
 
 // exactlyOurMirror: one filter of ours per hook, mirroring to capIdx.

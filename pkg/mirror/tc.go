@@ -59,6 +59,11 @@ func (m *Mirror) mirredFilter(ifindex, hook int) *netlink.U32 {
 
 func (m *Mirror) installTC(mi *mirrored) error {
 	err := m.addClsact(mi.ifindex)
+	if err == nil || errors.Is(err, unix.EEXIST) {
+		// From here on filters of ours may be there, also on failure:
+		// uninstall must look.
+		mi.tc = true
+	}
 	switch {
 	case err == nil:
 		mi.ownQdisc = true
@@ -85,7 +90,6 @@ func (m *Mirror) installTC(mi *mirrored) error {
 			return fmt.Errorf("add mirred filter (parent %x): %w", parent, err)
 		}
 	}
-	mi.tc = true
 	return nil
 }
 
