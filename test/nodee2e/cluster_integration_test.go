@@ -100,6 +100,8 @@ func findBins() (bins, error) {
 	b.nsenter = look("nsenter", "util-linux")
 	b.iptables = look("iptables", deps)
 	b.helm = look("helm", "hack/install-deps.sh helm")
+	look("conntrack", "hack/install-deps.sh base")
+	look("ip", "hack/install-deps.sh base")
 	b.cniDir = "/usr/lib/cni"
 	for _, p := range []string{"bridge", "host-local", "loopback"} {
 		if _, err := os.Stat(filepath.Join(b.cniDir, p)); err != nil {
@@ -136,6 +138,7 @@ func StartNode(t *testing.T, ctx context.Context, pauseImage string) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cleanStale(t)
 	// Not t.TempDir: its removal must come after the unmounts below, and
 	// kubelet's and containerd's socket paths must stay short.
 	dir, err := os.MkdirTemp("", "flne2e-")
@@ -761,4 +764,63 @@ func writeFile(path, content string) error {
 		return err
 	}
 	return os.WriteFile(path, []byte(content), 0o600)
+}
+
+// cleanStale removes what a run killed before its teardown (SIGKILL, a
+// crashed machine) left: containers under the cgroup root and their
+// shims, mounts under its directory, the node's namespace (with its veth
+// and the host's routes through it). Only a namespace whose test process
+// is gone counts as stale.
+func cleanStale(t *testing.T) {
+	stale := false
+	var since time.Time // the oldest stale run's start
+	for name := range netnsNames() {
+		pid, ok := strings.CutPrefix(name, "flne2e-")
+		if !ok {
+			continue
+		}
+		if cmd, err := os.ReadFile("/proc/" + pid + "/cmdline"); err == nil && strings.Contains(string(cmd), "nodee2e.test") {
+			t.Fatalf("another node e2e (pid %s) is running: one at a time (they share addresses)", pid)
+		}
+		stale = true
+		if fi, err := os.Stat("/run/netns/" + name); err == nil && (since.IsZero() || fi.ModTime().Before(since)) {
+			since = fi.ModTime()
+		}
+		t.Logf("removing the leftovers of a killed run (netns %s)", name)
+		killCgroupProcs()
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+			if p, perr := strconv.Atoi(e.Name()); perr == nil && err == nil &&
+				strings.Contains(string(b), "containerd-shim") && strings.Contains(string(b), os.TempDir()+"/flne2e-") {
+				_ = syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Logf("ip netns del %s: %v: %s", name, err, out)
+		}
+	}
+	if !stale {
+		return
+	}
+	// The pods' namespaces: containerd names them cni-*, and no other
+	// containerd runs on a test machine; those made since the stale run
+	// started are its own.
+	for name := range netnsNames() {
+		p := "/run/netns/" + name
+		if fi, err := os.Stat(p); err == nil && strings.HasPrefix(name, "cni-") && !since.IsZero() && !fi.ModTime().Before(since) {
+			_ = syscall.Unmount(p, syscall.MNT_DETACH)
+			_ = os.Remove(p)
+		}
+	}
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "flne2e-*"))
+	for _, d := range dirs {
+		for _, m := range mountsUnder(d) {
+			_ = syscall.Unmount(m, syscall.MNT_DETACH)
+		}
+		_ = os.RemoveAll(d)
+	}
+	if err := removeCgroups(); err != nil {
+		t.Logf("stale cgroups: %v", err)
+	}
 }

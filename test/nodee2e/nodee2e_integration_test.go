@@ -329,20 +329,18 @@ func (n *Node) client(t *testing.T, ctx context.Context, p *podInfo, args ...str
 	return r
 }
 
-func port(t *testing.T, hostport string) string {
-	t.Helper()
-	_, p, err := net.SplitHostPort(hostport)
-	if err != nil {
-		t.Fatalf("address %q: %v", hostport, err)
-	}
-	return p
-}
-
 // --- ClickHouse, over its HTTP interface through the chart's Service ---
 
-type clickhouse struct{ url string }
+type clickhouse struct {
+	url string
+	// reap runs before every query; see Node.reapExpired.
+	reap func(context.Context)
+}
 
 func (c clickhouse) query(ctx context.Context, q string) ([]map[string]any, error) {
+	if c.reap != nil {
+		c.reap(ctx)
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url+"/?"+url.Values{"output_format_json_quote_64bit_integers": {"0"}}.Encode(),
@@ -394,23 +392,36 @@ func sqlQuote(s string) string {
 	return "'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", `\'`) + "'"
 }
 
-// connRows are the rows of one connection, found by its client end.
-func (c clickhouse) connRows(ctx context.Context, src *podInfo, local string) ([]map[string]any, error) {
+// connRows are the rows of one connection, found by its client end (a
+// TCP and a UDP connection may share a port number).
+func (c clickhouse) connRows(ctx context.Context, src *podInfo, proto int, local string) ([]map[string]any, error) {
 	host, p, err := net.SplitHostPort(local)
 	if err != nil {
 		return nil, err
 	}
 	return c.query(ctx, fmt.Sprintf(`SELECT * FROM default.flows WHERE sourcePodName = %s AND sourcePodNamespace = %s
-		AND sourceIP = %s AND sourceTransportPort = %s ORDER BY flowEndSeconds`,
-		sqlQuote(src.name), sqlQuote(src.ns), sqlQuote(host), p))
+		AND sourceIP = %s AND sourceTransportPort = %s AND protocolIdentifier = %d ORDER BY flowEndSeconds`,
+		sqlQuote(src.name), sqlQuote(src.ns), sqlQuote(host), p, proto))
 }
+
+const (
+	tcp = 6
+	udp = 17
+)
+
+// protoOf is the protocol of each kind of connection a client makes.
+var protoOf = map[string]int{"http": tcp, "tls": tcp, "dns": udp, "sized": tcp}
 
 func waitUntil(t *testing.T, ctx context.Context, what string, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	began := time.Now()
+	deadline := began.Add(timeout)
 	for {
 		err := f()
 		if err == nil {
+			if d := time.Since(began); d > 3*time.Second {
+				t.Logf("%s: %v", what, d.Round(100*time.Millisecond))
+			}
 			return
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -617,7 +628,7 @@ func TestNodeE2E(t *testing.T) {
 	// helm --wait does not wait for a DaemonSet's pods to be Ready.
 	waitAgentReady(t, ctx, n, -1)
 	t.Logf("helm install done, agent ready after %v", time.Since(start).Round(time.Second))
-	ch := clickhouse{url: "http://" + n.serviceIP(t, ctx, flNS, release+"-clickhouse") + ":8123"}
+	ch := clickhouse{url: "http://" + n.serviceIP(t, ctx, flNS, release+"-clickhouse") + ":8123", reap: n.reapExpired}
 
 	// --- the workloads ---
 	n.apply(t, ctx, workloadsYAML())
@@ -659,6 +670,8 @@ func TestNodeE2E(t *testing.T) {
 	}
 	isOpted := func(p *podInfo) bool { return optedIn[p.app] }
 	waitUntil(t, ctx, "mirrors of the opted-in pods", 60*time.Second, func() error { return n.mirrorsConverged(t, all, isOpted) })
+	hs := n.hooks(t)[n.vethName(t, srv["srv-ingress"].hostVeth)]
+	t.Logf("srv-ingress's veth: %d tc filters, %d TCX programs, u32 mirror to %q (none: the TCX mechanism)", hs.filters, hs.tcxPrograms, hs.mirrorTarget)
 	waitSuricata(t, ctx, n)
 
 	type l7case struct {
@@ -767,7 +780,7 @@ func checkSized(t *testing.T, ctx context.Context, ch clickhouse, src, dst *podI
 	}
 	waitUntil(t, ctx, "rows of the sized connection", 90*time.Second, func() error {
 		var err error
-		if rows, err = ch.connRows(ctx, src, r.SizedLocal); err != nil {
+		if rows, err = ch.connRows(ctx, src, tcp, r.SizedLocal); err != nil {
 			return err
 		}
 		if f, b := sum("octetDeltaCount"), sum("reverseOctetDeltaCount"); f < uint64(r.SizedSent) || b < uint64(r.SizedReceived) {
@@ -778,7 +791,7 @@ func checkSized(t *testing.T, ctx context.Context, ch clickhouse, src, dst *podI
 	// Rows that come later (the connection's last records) must add no
 	// byte: wait past an active timeout and the correlation wait.
 	time.Sleep(8 * time.Second)
-	rows, err := ch.connRows(ctx, src, r.SizedLocal)
+	rows, err := ch.connRows(ctx, src, tcp, r.SizedLocal)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -831,7 +844,7 @@ func checkL7(t *testing.T, ctx context.Context, ch clickhouse, name string, src,
 	waitUntil(t, ctx, "L7 of case "+name, 60*time.Second, func() error {
 		var missing []string
 		has := func(local, what string, ok func(map[string]any) bool) {
-			rows, err := ch.connRows(ctx, src, local)
+			rows, err := ch.connRows(ctx, src, protoOf[what], local)
 			if err != nil {
 				missing = append(missing, err.Error())
 				return
@@ -868,7 +881,7 @@ func checkNoL7(t *testing.T, ctx context.Context, ch clickhouse, name string, sr
 	t.Helper()
 	waitUntil(t, ctx, "rows of case "+name, 30*time.Second, func() error {
 		for what, local := range map[string]string{"http": r.HTTPLocal, "tls": r.TLSLocal, "dns": r.DNSLocal} {
-			rows, err := ch.connRows(ctx, src, local)
+			rows, err := ch.connRows(ctx, src, protoOf[what], local)
 			if err != nil {
 				return err
 			}
@@ -879,7 +892,7 @@ func checkNoL7(t *testing.T, ctx context.Context, ch clickhouse, name string, sr
 		return nil
 	})
 	for what, local := range map[string]string{"http": r.HTTPLocal, "tls": r.TLSLocal, "dns": r.DNSLocal} {
-		rows, err := ch.connRows(ctx, src, local)
+		rows, err := ch.connRows(ctx, src, protoOf[what], local)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1028,4 +1041,16 @@ func (n *Node) processes(t *testing.T, match func(cmd string) bool) map[int]stri
 		out[pid] = cmd
 	}
 	return out
+}
+
+// reapExpired lists the node's conntrack table. A closed connection's last
+// record leaves the agent when conntrack destroys its entry, and the
+// kernel reaps expired entries lazily, up to a minute later when the
+// table (shared by the whole machine) holds long-lived entries; a dump
+// reaps every expired entry it meets at once. It changes no entry that
+// is still alive, so what flowlens reports is the same, only sooner.
+func (n *Node) reapExpired(ctx context.Context) {
+	if _, err := n.InNetns(ctx, "conntrack", "-L", "-o", "id"); err != nil {
+		n.t.Logf("conntrack -L in the node's namespace: %v", err)
+	}
 }
