@@ -131,7 +131,22 @@ type counterStage struct {
 	// rounds, at most closeGetRetries times, since no packet may come to
 	// mark its views again.
 	closeGets map[flow.Tuple]uint8
-	m         counterMetrics
+	// refresh holds the connections born counted by conntrack, in the
+	// order of their next read (all are read refreshEvery apart, so
+	// appending keeps the order); from head on. Without it their
+	// counters would come only with the resync or their DESTROY: a
+	// record of a pod's first connections (born as its interface was
+	// attached) would wait 30 s for a UDP exchange, 2 min for TCP.
+	refresh     []refreshAt
+	refreshHead int
+	m           counterMetrics
+}
+
+// refreshAt is when to read a conntrack-counted connection next.
+type refreshAt struct {
+	t  flow.Tuple
+	id uint32
+	at int64 // Unix ns
 }
 
 // closeGetRetries bounds the GETs of one closing conntrack-counted
@@ -237,6 +252,9 @@ func (l *Loop) readCounters(now time.Time, final bool) {
 		}
 		// Its views go when its end-of-flow record is taken (viewsDone).
 		l.report(&c, now)
+	}
+	if !final {
+		l.refreshCounted(now)
 	}
 }
 
@@ -415,6 +433,7 @@ func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, err error, now time.Ti
 	}
 	// Counted by conntrack: whatever the source put in c goes.
 	c.Fwd, c.Rev = flow.Counters{}, flow.Counters{}
+	cs.refresh = append(cs.refresh, refreshAt{t: c.Tuple, id: c.ID, at: now.Add(l.refreshEvery()).UnixNano()})
 	if c.Tuple.Proto == flow.ProtoTCP && res.FwdFlags&(tcpFIN|tcpRST) != 0 {
 		// Under load a NEW is handled seconds after the connection
 		// began (stale): a short one has ended by then, so no packet
@@ -422,6 +441,52 @@ func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, err error, now time.Ti
 		// TIME_WAIT, would close it. The views say it ended: one GET
 		// next round.
 		cs.finishing = append(cs.finishing, c.Tuple)
+	}
+}
+
+// refreshEvery is how often a conntrack-counted connection is read: the
+// export cadence, so its records carry what conntrack counted.
+func (l *Loop) refreshEvery() time.Duration {
+	if d := l.cfg.Queue.ActiveTimeout; d > 0 {
+		return d
+	}
+	return l.cfg.PollInterval
+}
+
+// refreshCounted reads the conntrack-counted connections whose turn came
+// (one GET each) into the store, and closes those conntrack says ended.
+func (l *Loop) refreshCounted(now time.Time) {
+	cs := l.counters
+	nowNs := now.UnixNano()
+	for cs.refreshHead < len(cs.refresh) && cs.refresh[cs.refreshHead].at <= nowNs {
+		r := cs.refresh[cs.refreshHead]
+		cs.refreshHead++
+		c, ok := l.store.LookupConn(r.t)
+		if !ok || c.Tuple != r.t || c.ID != r.id || c.Counters == flow.CountersBPF {
+			continue // ended, replaced, or not conntrack's
+		}
+		start := c.StartNanos
+		if err := l.cfg.Source.Get(&c); err != nil {
+			if !errors.Is(err, conntrack.ErrNotFound) {
+				l.m.getErrors.Inc()
+				cs.refresh = append(cs.refresh, refreshAt{t: r.t, id: r.id, at: now.Add(l.refreshEvery()).UnixNano()})
+			}
+			continue // gone: its DESTROY closes it
+		}
+		if start != 0 {
+			c.StartNanos = start
+		}
+		c.Counters = flow.CountersConntrack
+		l.report(&c, now)
+		if !conntrack.Finished(&c) {
+			cs.refresh = append(cs.refresh, refreshAt{t: r.t, id: r.id, at: now.Add(l.refreshEvery()).UnixNano()})
+		}
+	}
+	// Compact once the consumed head is the larger part.
+	if cs.refreshHead > len(cs.refresh)/2 {
+		n := copy(cs.refresh, cs.refresh[cs.refreshHead:])
+		cs.refresh = cs.refresh[:n]
+		cs.refreshHead = 0
 	}
 }
 

@@ -467,3 +467,35 @@ func TestCountersConntrackCountedCloseIsReadAgainUntilFinished(t *testing.T) {
 		t.Errorf("a connection that stays half-closed was read %d times, want %d", len(gets)-len(before), 1+closeGetRetries)
 	}
 }
+
+// A connection born counted by conntrack (a pod's first connection, as
+// its interface was just attached; host traffic) is read every active
+// timeout: its records follow the export cadence and a TCP close is
+// found by the read, not two minutes later by its DESTROY or at the next
+// resync.
+func TestCountersConntrackCountedConnectionIsReadEveryActiveTimeout(t *testing.T) {
+	src := newFakeSource()
+	fc := newFakeCounters()
+	h := newHarness(t, src, withCounters(fc, CrossCheck{}))
+
+	a := tcpConn(40004, 11, 0, 0, 0, 0)
+	h.send(at(time.Second), conntrack.EventNew, &a) // the program did not see it
+	src.set(tcpConn(40004, 11, 100, 1, 200, 2))
+	for d := 1100 * time.Millisecond; d <= time.Second+activeAfter+time.Second; d += 100 * time.Millisecond {
+		h.tick(at(d))
+	}
+	if _, gets := src.counts(); len(gets) != 1 {
+		t.Fatalf("conntrack GETs %v after one active timeout, want one", gets)
+	}
+	// It moved: the next active timeout exports it with those counters.
+	src.set(finished(a, 300, 3, 400, 4))
+	for d := time.Second + activeAfter + 1100*time.Millisecond; d <= time.Second+3*activeAfter; d += 100 * time.Millisecond {
+		h.tick(at(d))
+	}
+	got := h.sink.all()
+	checkRecords(t, got, want{40004, active, 100, 1, 200, 2}, want{40004, eof, 200, 2, 200, 2})
+	checkSums(t, got)
+	if _, gets := src.counts(); len(gets) != 2 {
+		t.Errorf("conntrack GETs %v, want two (none after it ended)", gets)
+	}
+}
