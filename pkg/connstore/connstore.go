@@ -304,6 +304,8 @@ func New(cfg Config, reg prometheus.Registerer) (*Store, error) {
 func (s *Store) Release() error {
 	err := errors.Join(s.entries.release(), s.exts.release(), s.bases.release(), s.byTuple.release(), s.byVIP.release())
 	s.n, s.retired, s.tombs, s.tombHead = 0, 0, nil, 0
+	s.m.conns.Set(0)
+	s.m.tombstones.Set(0)
 	s.noteMemory()
 	if err != nil {
 		return fmt.Errorf("connstore: release: %w", err)

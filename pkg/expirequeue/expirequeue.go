@@ -246,6 +246,7 @@ func (q *Queue) Release() error {
 	err := q.mem.Free()
 	q.items = nil
 	q.m.memory.Set(0)
+	q.m.size.Set(0)
 	if err != nil {
 		return fmt.Errorf("expirequeue: release: %w", err)
 	}

@@ -22,11 +22,20 @@ import (
 	"fmt"
 	"reflect"
 	"unsafe"
+
+	"k8s.io/klog/v2"
 )
 
 // Mapping is the memory behind a slice Make returned. Its zero value (a
-// slice on the Go heap) frees nothing.
+// slice on the Go heap) frees nothing. Copies share the mapping: freeing
+// one frees it for all, and freeing any of them again does nothing (a
+// stale copy must never unmap whatever the kernel mapped at the same
+// address since).
 type Mapping struct {
+	r *region
+}
+
+type region struct {
 	mem []byte
 }
 
@@ -45,28 +54,34 @@ func Make[T any](n int) ([]T, Mapping) {
 		panic(fmt.Sprintf("offheap: %s holds a pointer at %s: it must live on the Go heap", typ, p))
 	}
 	size := int(typ.Size())
-	if n <= 0 || size == 0 {
+	switch {
+	case n <= 0:
 		return nil, Mapping{}
+	case size == 0:
+		return make([]T, n), Mapping{} // takes no memory
 	}
 	mem, err := mapAnon(n * size)
 	if err != nil {
+		// Rare (at growth only) and harmless: the same memory, on the
+		// heap, counted in the garbage collector's goal.
+		klog.InfoS("Could not map memory outside the Go heap; using the heap", "bytes", n*size, "err", err)
 		return make([]T, n), Mapping{}
 	}
-	return unsafe.Slice((*T)(unsafe.Pointer(&mem[0])), n), Mapping{mem: mem}
+	return unsafe.Slice((*T)(unsafe.Pointer(&mem[0])), n), Mapping{r: &region{mem: mem}}
 }
 
 // Mapped reports whether m is a mapping (not the Go heap).
-func (m Mapping) Mapped() bool { return m.mem != nil }
+func (m Mapping) Mapped() bool { return m.r != nil && m.r.mem != nil }
 
 // Free unmaps m. Every slice into it must be dropped first: using one
 // afterwards faults. Freeing the zero Mapping, or freeing twice, does
 // nothing.
 func (m *Mapping) Free() error {
-	if m.mem == nil {
+	if !m.Mapped() {
 		return nil
 	}
-	mem := m.mem
-	m.mem = nil
+	mem := m.r.mem
+	m.r.mem = nil
 	if err := unmap(mem); err != nil {
 		return fmt.Errorf("offheap: unmap %d bytes: %w", len(mem), err)
 	}
