@@ -281,14 +281,11 @@ func metricSum(metrics, name string) float64 {
 // their sum: the export buffer's drops, evictions at maxConnections,
 // tombstones given up before their DESTROY.
 func losses(metrics string) (float64, []string) {
-	re := regexp.MustCompile(`(?m)^(flowlens_\S*(?:dropped|evicted|lost)\S*) (\S+)$`)
 	var sum float64
-	var names []string
-	for _, m := range re.FindAllStringSubmatch(metrics, -1) {
-		if v, err := strconv.ParseFloat(m[2], 64); err == nil && v > 0 {
-			sum += v
-			names = append(names, m[1]+" "+m[2])
-		}
+	names := agenttest.NonZeroLosses(metrics, `dropped|evicted|lost`)
+	for _, line := range names {
+		v, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		sum += v
 	}
 	return sum, names
 }

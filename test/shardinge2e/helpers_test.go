@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowlens/flowlens/test/agenttest"
 	"github.com/flowlens/flowlens/test/clickhousetest"
 )
 
@@ -118,14 +119,7 @@ func mustSum(t testing.TB, who, page, name string) float64 {
 // nonZero lists the samples above zero of flowlens_ metrics whose name
 // matches pat.
 func nonZero(page, pat string) []string {
-	re := regexp.MustCompile(`(?m)^(flowlens_\S*(?:` + pat + `)\S*) (\S+)$`)
-	var out []string
-	for _, m := range re.FindAllStringSubmatch(page, -1) {
-		if v, err := strconv.ParseFloat(m[2], 64); err == nil && v > 0 {
-			out = append(out, m[1]+" "+m[2])
-		}
-	}
-	return out
+	return agenttest.NonZeroLosses(page, pat)
 }
 
 // procCPU is the CPU time (user + system) a process has used, from

@@ -351,14 +351,7 @@ func checkSoak(b *testing.B, conns []made, rows []row) {
 
 // nonZero lists the samples above zero of metrics whose name matches pat.
 func nonZero(metrics, pat string) []string {
-	re := regexp.MustCompile(`(?m)^(flowlens_\S*(?:` + pat + `)\S*) (\S+)$`)
-	var out []string
-	for _, m := range re.FindAllStringSubmatch(metrics, -1) {
-		if v, err := strconv.ParseFloat(m[2], 64); err == nil && v > 0 {
-			out = append(out, m[1]+" "+m[2])
-		}
-	}
-	return out
+	return agenttest.NonZeroLosses(metrics, pat)
 }
 
 func metricValue(metrics, name string) float64 {
