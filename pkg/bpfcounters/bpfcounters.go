@@ -61,6 +61,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/tcattach"
 )
 
 // Config configures the counters.
@@ -84,9 +85,9 @@ type Config struct {
 
 // Attach modes.
 const (
-	AttachAuto = "auto"
-	AttachTCX  = "tcx"
-	AttachTC   = "tc"
+	AttachAuto = tcattach.Auto
+	AttachTCX  = tcattach.TCX
+	AttachTC   = tcattach.TC
 )
 
 const (
@@ -312,8 +313,8 @@ func (c *Counters) Close() error {
 	c.attachMu.Lock()
 	var errs []error
 	for k, a := range c.attached {
-		if err := a.detach(k); err != nil {
-			errs = append(errs, err)
+		if err := a.Detach(k.netns); err != nil {
+			errs = append(errs, fmt.Errorf("detach flow counters from ifindex %d in netns %q: %w", k.ifindex, k.netns, err))
 		}
 		delete(c.attached, k)
 	}

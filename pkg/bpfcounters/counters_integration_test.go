@@ -196,8 +196,8 @@ func TestCountersMatchConntrack(t *testing.T) {
 			e := newEnv(t, Config{Attach: mode}, true)
 			e.c.attachMu.Lock()
 			for k, a := range e.c.attached {
-				if a.mode != mode {
-					t.Errorf("ifindex %d attached with %s, want %s", k.ifindex, a.mode, mode)
+				if a.Mode() != mode {
+					t.Errorf("ifindex %d attached with %s, want %s", k.ifindex, a.Mode(), mode)
 				}
 			}
 			e.c.attachMu.Unlock()

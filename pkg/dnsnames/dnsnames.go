@@ -89,6 +89,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flowlens/flowlens/pkg/flow"
+	"github.com/flowlens/flowlens/pkg/tcattach"
 )
 
 // NamespaceResolver gives the Kubernetes namespace of the pod holding an
@@ -133,9 +134,9 @@ type Config struct {
 
 // Attach modes.
 const (
-	AttachAuto = "auto"
-	AttachTCX  = "tcx"
-	AttachTC   = "tc"
+	AttachAuto = tcattach.Auto
+	AttachTCX  = tcattach.TCX
+	AttachTC   = tcattach.TC
 )
 
 const (
@@ -542,8 +543,8 @@ func (n *Names) Close() error {
 	var errs []error
 	n.attachMu.Lock()
 	for k, a := range n.attached {
-		if err := a.detach(k); err != nil {
-			errs = append(errs, err)
+		if err := a.Detach(k.netns); err != nil {
+			errs = append(errs, fmt.Errorf("detach dns response program from ifindex %d in netns %q: %w", k.ifindex, k.netns, err))
 		}
 		delete(n.attached, k)
 	}

@@ -122,8 +122,8 @@ func testNamesFromPodDNS(t *testing.T, mode string) {
 	attachAll(t, n, node)
 	n.attachMu.Lock()
 	for k, a := range n.attached {
-		if a.mode != mode {
-			t.Errorf("ifindex %d attached as %s, want %s", k.ifindex, a.mode, mode)
+		if a.Mode() != mode {
+			t.Errorf("ifindex %d attached as %s, want %s", k.ifindex, a.Mode(), mode)
 		}
 	}
 	n.attachMu.Unlock()
