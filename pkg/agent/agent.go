@@ -84,6 +84,10 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 		// counters the program sees the FINs: the kernel then only sends
 		// NEW and DESTROY (two wake-ups per connection instead of ~7).
 		UpdateEvents: a.bpf == nil,
+		// Events read in batches: the agent wakes a few times per tick
+		// rather than for every event (two per connection at least), and
+		// a record waits for a tick anyway.
+		EventBatchDelay: eventBatchDelay(cfg),
 	}, reg)
 	if err != nil {
 		return nil, fmt.Errorf("conntrack source: %w", err)
@@ -155,6 +159,7 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 		Source:         a.source,
 		Events:         *cfg.Conntrack.Events,
 		EventQueue:     conntrackEventQueue,
+		EventDelay:     eventBatchDelay(cfg),
 		PollInterval:   dumpEvery,
 		TickInterval:   cfg.Connections.TickInterval.D(),
 		MaxConnections: cfg.Connections.MaxConnections,
@@ -432,6 +437,13 @@ func (a *Agent) newOutput(expCfg ipfixexport.Config, reg prometheus.Registerer) 
 }
 
 // closeBPF unloads the eBPF counters, if they loaded.
+// eventBatchDelay is how long the conntrack listener lets events gather
+// before reading them: half a tick, so that a connection born and ended
+// within a tick is usually known by the round that reads its views.
+func eventBatchDelay(cfg agentconfig.Config) time.Duration {
+	return cfg.Connections.TickInterval.D() / 2
+}
+
 func (a *Agent) closeBPF() error {
 	if a.bpf == nil {
 		return nil

@@ -90,8 +90,9 @@ const (
 
 // bornMargin is how long before its NEW event is handled a connection may
 // have started (its first packet, then conntrack's confirmation and the
-// event's delivery): an interface attached later than that may have missed
-// its first packets.
+// event's delivery), beyond the source's batching (LoopConfig.EventDelay):
+// an interface attached later than that may have missed its first
+// packets.
 const bornMargin = 50 * time.Millisecond
 
 // CrossCheck compares, when a connection's kernel entry dies, the totals
@@ -139,7 +140,13 @@ type counterStage struct {
 	// attached) would wait 30 s for a UDP exchange, 2 min for TCP.
 	refresh     []refreshAt
 	refreshHead int
-	m           counterMetrics
+	// earlyEnds holds views whose FIN or RST a round read before the
+	// loop knew their connection (its NEW not applied yet: a whole short
+	// connection fits between two rounds), with when (Unix ns). No later
+	// packet marks such views again, so without this the connection's
+	// end would wait for its DESTROY, after TIME_WAIT.
+	earlyEnds map[flow.Tuple]int64
+	m         counterMetrics
 }
 
 // refreshAt is when to read a conntrack-counted connection next.
@@ -149,6 +156,14 @@ type refreshAt struct {
 	at int64 // Unix ns
 }
 
+// Bounds of counterStage.earlyEnds: a NEW is applied within a round or
+// two of its connection's first packet, so older entries are views of
+// connections that ended before (late packets) and are dropped.
+const (
+	maxEarlyEnds = 16384
+	earlyEndTTL  = 2 * staleAfter
+)
+
 // closeGetRetries bounds the GETs of one closing conntrack-counted
 // connection: a half-closed connection that stays open costs no more.
 const closeGetRetries = 5
@@ -157,7 +172,7 @@ type counterMetrics struct {
 	readErrors, fillErrors, forgetErrors prometheus.Counter
 	unmatched, switched, incomplete      prometheus.Counter
 	reused, rebornFull, staleViews       prometheus.Counter
-	swept                                prometheus.Counter
+	swept, earlyEndsFull                 prometheus.Counter
 	agree, disagree                      prometheus.Counter
 }
 
@@ -175,23 +190,25 @@ func newCounterStage(src Counters, check CrossCheck, reg prometheus.Registerer) 
 		seen:      make(map[flow.Tuple]struct{}),
 		reborn:    make(map[flow.Tuple]int64),
 		closeGets: make(map[flow.Tuple]uint8),
+		earlyEnds: make(map[flow.Tuple]int64),
 		m: counterMetrics{
-			readErrors:   c("flowlens_agent_counter_read_errors_total", "Rounds of reading changed eBPF counters that failed (retried next round)."),
-			fillErrors:   c("flowlens_agent_counter_lookup_errors_total", "Connections whose eBPF counters could not be read."),
-			forgetErrors: c("flowlens_agent_counter_forget_errors_total", "Ended connections whose eBPF views could not be deleted (the sweep removes them later)."),
-			unmatched:    c("flowlens_agent_counter_views_unmatched_total", "Changed eBPF views that named no live connection (traffic conntrack does not track, packets after a connection ended)."),
-			switched:     c("flowlens_agent_counter_source_switches_total", "Connections counted by conntrack although their first packet crossed a pod interface: the program was attached too late, lost packets to a full table, or a previous connection on the tuple had just died."),
-			incomplete:   c("flowlens_agent_counter_incomplete_total", "eBPF-counted connections whose packets the program lost (full table) after their birth; their final totals come from conntrack when those are not lower."),
-			reused:       c("flowlens_agent_counter_views_reused_total", "Connections whose views counted packets of the connection that replaced them on the same tuple; their final totals come from conntrack."),
-			staleViews:   c("flowlens_agent_counter_views_stale_total", "New connections born onto views a previous connection on the same tuple left (or made in its middle); they are counted by conntrack."),
-			rebornFull:   c("flowlens_agent_counter_reborn_full_total", "Reused tuples not remembered because the set was full; the next connection on such a tuple may count the packet that created it twice."),
-			swept:        c("flowlens_agent_counter_views_swept_total", "eBPF views deleted by the sweep because no connection owned them."),
-			agree:        crossCheck.WithLabelValues("agree"),
-			disagree:     crossCheck.WithLabelValues("disagree"),
+			readErrors:    c("flowlens_agent_counter_read_errors_total", "Rounds of reading changed eBPF counters that failed (retried next round)."),
+			fillErrors:    c("flowlens_agent_counter_lookup_errors_total", "Connections whose eBPF counters could not be read."),
+			forgetErrors:  c("flowlens_agent_counter_forget_errors_total", "Ended connections whose eBPF views could not be deleted (the sweep removes them later)."),
+			unmatched:     c("flowlens_agent_counter_views_unmatched_total", "Changed eBPF views that named no live connection (traffic conntrack does not track, packets after a connection ended)."),
+			switched:      c("flowlens_agent_counter_source_switches_total", "Connections counted by conntrack although their first packet crossed a pod interface: the program was attached too late, lost packets to a full table, or a previous connection on the tuple had just died."),
+			incomplete:    c("flowlens_agent_counter_incomplete_total", "eBPF-counted connections whose packets the program lost (full table) after their birth; their final totals come from conntrack when those are not lower."),
+			reused:        c("flowlens_agent_counter_views_reused_total", "Connections whose views counted packets of the connection that replaced them on the same tuple; their final totals come from conntrack."),
+			staleViews:    c("flowlens_agent_counter_views_stale_total", "New connections born onto views a previous connection on the same tuple left (or made in its middle); they are counted by conntrack."),
+			rebornFull:    c("flowlens_agent_counter_reborn_full_total", "Reused tuples not remembered because the set was full; the next connection on such a tuple may count the packet that created it twice."),
+			swept:         c("flowlens_agent_counter_views_swept_total", "eBPF views deleted by the sweep because no connection owned them."),
+			earlyEndsFull: c("flowlens_agent_counter_early_ends_full_total", "FINs or RSTs read before their connection's NEW event that could not be remembered (the set was full); such a connection is closed by its DESTROY, after TIME_WAIT."),
+			agree:         crossCheck.WithLabelValues("agree"),
+			disagree:      crossCheck.WithLabelValues("disagree"),
 		},
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{s.m.readErrors, s.m.fillErrors, s.m.forgetErrors, s.m.unmatched, s.m.switched, s.m.incomplete, s.m.reused, s.m.rebornFull, s.m.staleViews, s.m.swept, crossCheck} {
+		for _, col := range []prometheus.Collector{s.m.readErrors, s.m.fillErrors, s.m.forgetErrors, s.m.unmatched, s.m.switched, s.m.incomplete, s.m.reused, s.m.rebornFull, s.m.staleViews, s.m.swept, s.m.earlyEndsFull, crossCheck} {
 			if err := reg.Register(col); err != nil {
 				return nil, fmt.Errorf("register counter metrics: %w", err)
 			}
@@ -322,6 +339,9 @@ func (l *Loop) counterView(view flow.Tuple, fin bool, now time.Time) {
 	c, ok := l.store.LookupConn(view)
 	if !ok {
 		cs.m.unmatched.Inc()
+		if fin && view.Proto == flow.ProtoTCP {
+			cs.rememberEarlyEnd(view, now)
+		}
 		return
 	}
 	if _, dup := cs.seen[c.Tuple]; dup {
@@ -401,9 +421,10 @@ func (l *Loop) counterBorn(c *flow.Conn, now time.Time) {
 //     never saw a SYN (made in the middle of a connection).
 func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, err error, now time.Time) {
 	cs := l.counters
-	bornBy := max(now.Add(-bornMargin).UnixNano(), l.runSince)
+	margin := bornMargin + l.cfg.EventDelay
+	bornBy := max(now.Add(-margin).UnixNano(), l.runSince)
 	attachedLate := res.AttachedAt > bornBy ||
-		(res.FirstNanos != 0 && res.AttachedAt > l.runSince && res.FirstNanos < res.AttachedAt+bornMargin.Nanoseconds())
+		(res.FirstNanos != 0 && res.AttachedAt > l.runSince && res.FirstNanos < res.AttachedAt+margin.Nanoseconds())
 	// A whole short connection, FIN included, is often counted before its
 	// NEW is handled: FIN/RST flags say nothing, the time of the first
 	// packet does.
@@ -429,6 +450,16 @@ func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, err error, now time.Ti
 		if c.StartNanos == 0 {
 			c.StartNanos = res.FirstNanos
 		}
+		if cs.endedEarly(c) {
+			// Its FIN or RST was read before this NEW: read its views
+			// whole now (Born read only the forward ones) and close it
+			// next round if it ended.
+			if full, err := cs.src.Fill(c); err == nil && full.Finished {
+				cs.finishing = append(cs.finishing, c.Tuple)
+			} else if err != nil {
+				cs.m.fillErrors.Inc()
+			}
+		}
 		return
 	}
 	// Counted by conntrack: whatever the source put in c goes.
@@ -442,6 +473,42 @@ func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, err error, now time.Ti
 		// next round.
 		cs.finishing = append(cs.finishing, c.Tuple)
 	}
+}
+
+// rememberEarlyEnd notes a FIN or RST in a view no connection owns yet.
+func (cs *counterStage) rememberEarlyEnd(view flow.Tuple, now time.Time) {
+	if len(cs.earlyEnds) >= maxEarlyEnds {
+		cutoff := now.Add(-earlyEndTTL).UnixNano()
+		for k, at := range cs.earlyEnds {
+			if at < cutoff {
+				delete(cs.earlyEnds, k)
+			}
+		}
+	}
+	if len(cs.earlyEnds) >= maxEarlyEnds {
+		cs.m.earlyEndsFull.Inc()
+		return
+	}
+	cs.earlyEnds[view] = now.UnixNano()
+}
+
+// endedEarly reports (and forgets) whether a round saw an end in a view of
+// c before c was born.
+func (cs *counterStage) endedEarly(c *flow.Conn) bool {
+	if len(cs.earlyEnds) == 0 || c.Tuple.Proto != flow.ProtoTCP {
+		return false
+	}
+	forms, n := c.Forms()
+	found := false
+	for _, f := range forms[:n] {
+		for _, t := range [2]flow.Tuple{f, f.Reverse()} {
+			if _, ok := cs.earlyEnds[t]; ok {
+				delete(cs.earlyEnds, t)
+				found = true
+			}
+		}
+	}
+	return found
 }
 
 // refreshEvery is how often a conntrack-counted connection is read: the

@@ -427,6 +427,32 @@ func TestCountersLateNEWOfAFinishedConnectionClosesItNextRound(t *testing.T) {
 	}
 }
 
+// A whole short connection often fits between two rounds, and its NEW is
+// applied after the round that read its views (the views then named no
+// connection). It is counted by the program all the same, and its end is
+// not lost with that round: the connection is closed the round after its
+// NEW, not two minutes later by its DESTROY. One that only began is not.
+func TestCountersEndReadBeforeTheNEWClosesTheConnectionNextRound(t *testing.T) {
+	src := newFakeSource()
+	fc := newFakeCounters()
+	h := newHarness(t, src, withCounters(fc, CrossCheck{}))
+
+	a := tcpConn(40005, 11, 0, 0, 0, 0)
+	fc.count(a, a.Tuple, fakeCounted{fwd: ctr(300, 5), rev: ctr(900, 4), finished: true,
+		fwdFlags: tcpSYN | tcpFIN, firstNanos: at(1050 * time.Millisecond).UnixNano()})
+	b := tcpConn(40006, 12, 0, 0, 0, 0)
+	fc.count(b, b.Tuple, fakeCounted{fwd: ctr(60, 1), fwdFlags: tcpSYN, firstNanos: at(1050 * time.Millisecond).UnixNano()})
+	h.tick(at(1100 * time.Millisecond)) // the round sees views no connection owns yet
+	h.send(at(1150*time.Millisecond), conntrack.EventNew, &a)
+	h.send(at(1150*time.Millisecond), conntrack.EventNew, &b)
+	h.tick(at(1200 * time.Millisecond))
+	h.tick(at(1300 * time.Millisecond))
+	checkRecords(t, h.sink.all(), want{40005, eof, 300, 5, 900, 4})
+	if _, gets := src.counts(); len(gets) != 0 {
+		t.Errorf("conntrack GETs %v, want none: the program counted it", gets)
+	}
+}
+
 // A GET between the FINs and the last ACK finds the entry not finished
 // yet; no packet will mark the views again, so it is read again the next
 // round (a bounded number of times) and closed then.

@@ -278,6 +278,9 @@ func (h *harness) deliver(ev conntrack.Event) {
 func (h *harness) sync() {
 	h.t.Helper()
 	h.deliver(conntrack.Event{})
+	// A loop that takes events in batches (LoopConfig.EventDelay) takes
+	// the empty one at the batch's end; otherwise the end does nothing.
+	h.deliver(conntrack.Event{Type: conntrack.EventBatchEnd})
 }
 
 // poll makes the loop dump the source at time at.

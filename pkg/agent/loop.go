@@ -71,6 +71,14 @@ type LoopConfig struct {
 	// reports an overrun and the loop resyncs with a dump. Zero is an
 	// unbuffered channel (tests use it to make the order of events exact).
 	EventQueue int
+	// EventDelay is how much later than the kernel sent them the source
+	// may report events, beyond the usual microseconds (its batching
+	// delay): a NEW is then handled up to that much after its
+	// connection's first packet. A positive EventDelay also says the
+	// source ends each batch with conntrack.EventBatchEnd: the loop then
+	// takes events from the listener a batch at a time (one wake-up per
+	// batch, not per event).
+	EventDelay time.Duration
 	// PollInterval is how often the source is dumped; TickInterval how
 	// often due records are exported. Both required. With Counters the
 	// dump is only a resync (births and deaths come from events), so
@@ -150,6 +158,40 @@ type ctEvent struct {
 	conn flow.Conn
 }
 
+// maxEventBatch bounds the events the listener hands the loop at once;
+// LoopConfig.EventQueue (in events) is that many per queued batch.
+const maxEventBatch = 256
+
+// eventBatches carries batches of events from the listener to the loop,
+// and the loop's emptied batches back for reuse (a batch is tens of
+// kilobytes: allocating one per batch would feed the garbage collector).
+type eventBatches struct {
+	full chan []ctEvent
+	free chan []ctEvent
+}
+
+func newEventBatches(queue int) eventBatches {
+	n := (queue + maxEventBatch - 1) / maxEventBatch
+	return eventBatches{full: make(chan []ctEvent, n), free: make(chan []ctEvent, n+2)}
+}
+
+// recycle gives an applied batch back to the listener.
+func (b eventBatches) recycle(evs []ctEvent) {
+	select {
+	case b.free <- evs[:0]:
+	default:
+	}
+}
+
+func (b eventBatches) empty() []ctEvent {
+	select {
+	case evs := <-b.free:
+		return evs
+	default:
+		return make([]ctEvent, 0, maxEventBatch)
+	}
+}
+
 // NewLoop validates cfg, builds the store, the queue and the L7 stage, and
 // registers the loop's metrics and theirs on reg (nil: not registered).
 func NewLoop(cfg LoopConfig, reg prometheus.Registerer) (*Loop, error) {
@@ -160,8 +202,8 @@ func NewLoop(cfg LoopConfig, reg prometheus.Registerer) (*Loop, error) {
 		return nil, errors.New("agent loop: Sink is required")
 	case cfg.PollInterval <= 0 || cfg.TickInterval <= 0:
 		return nil, fmt.Errorf("agent loop: PollInterval %s and TickInterval %s must be positive", cfg.PollInterval, cfg.TickInterval)
-	case cfg.EventQueue < 0:
-		return nil, fmt.Errorf("agent loop: EventQueue %d must not be negative", cfg.EventQueue)
+	case cfg.EventQueue < 0 || cfg.EventDelay < 0:
+		return nil, fmt.Errorf("agent loop: EventQueue %d and EventDelay %s must not be negative", cfg.EventQueue, cfg.EventDelay)
 	case cfg.L7Events != nil && cfg.NewL7 == nil:
 		return nil, errors.New("agent loop: L7Events given without NewL7")
 	case cfg.Counters != nil && !cfg.Events:
@@ -239,7 +281,7 @@ func (l *Loop) export(r *flow.Record) {
 // the loop goes on with dumps only: nothing the loop meets stops it.
 func (l *Loop) Run(ctx context.Context) {
 	l.runSince = l.clock.Now().UnixNano()
-	events := make(chan ctEvent, l.cfg.EventQueue)
+	events := newEventBatches(l.cfg.EventQueue)
 	var listenerDone chan error
 	if l.cfg.Events {
 		listenerDone = make(chan error, 1)
@@ -258,8 +300,9 @@ func (l *Loop) Run(ctx context.Context) {
 		case <-ctx.Done():
 			l.shutdown(events, listenerDone, l7Events)
 			return
-		case ev := <-events:
-			l.apply(&ev)
+		case evs := <-events.full:
+			l.applyAll(evs)
+			events.recycle(evs)
 		case ev, ok := <-l7Events:
 			if !ok {
 				l7Events = nil
@@ -287,22 +330,49 @@ func listenerStopped(err error) {
 	klog.ErrorS(err, "Conntrack event listener stopped; closed connections are found by polling only")
 }
 
-// listen copies each event into the channel to the loop.
-func (l *Loop) listen(ctx context.Context, events chan<- ctEvent) error {
-	return l.cfg.Source.Listen(ctx, func(ev conntrack.Event) {
-		msg := ctEvent{typ: ev.Type}
-		if ev.Conn != nil {
-			msg.conn = *ev.Conn
+// listen copies the events into batches for the loop: a batch goes when
+// the source ends one (EventBatchEnd), when it is full, at an overrun,
+// and after every event when the source does not batch.
+func (l *Loop) listen(ctx context.Context, events eventBatches) error {
+	batch := events.empty()
+	send := func() {
+		if len(batch) == 0 {
+			return
 		}
 		// Blocking here lets the kernel socket buffer absorb a burst; if
 		// that overflows too the source reports an overrun and the loop
 		// resyncs with a dump.
 		select {
-		case events <- msg:
+		case events.full <- batch:
+			batch = events.empty()
 		case <-ctx.Done():
-			l.m.eventsDiscarded.Inc()
+			l.m.eventsDiscarded.Add(float64(len(batch)))
+			batch = batch[:0]
+		}
+	}
+	err := l.cfg.Source.Listen(ctx, func(ev conntrack.Event) {
+		if ev.Type == conntrack.EventBatchEnd {
+			send()
+			return
+		}
+		msg := ctEvent{typ: ev.Type}
+		if ev.Conn != nil {
+			msg.conn = *ev.Conn
+		}
+		batch = append(batch, msg)
+		if l.cfg.EventDelay == 0 || len(batch) >= maxEventBatch || ev.Type == conntrack.EventOverrun {
+			send()
 		}
 	})
+	send()
+	return err
+}
+
+// applyAll applies a batch of events in order.
+func (l *Loop) applyAll(evs []ctEvent) {
+	for i := range evs {
+		l.apply(&evs[i])
+	}
 }
 
 // apply handles one conntrack event.
@@ -385,7 +455,7 @@ func (l *Loop) tick(now time.Time) {
 // the store holds that was not exported yet: closed connections with
 // end-of-flow, the others with flowEndReason forced, so a restart loses no
 // delta.
-func (l *Loop) shutdown(events chan ctEvent, listenerDone chan error, l7Events <-chan eve.Event) {
+func (l *Loop) shutdown(events eventBatches, listenerDone chan error, l7Events <-chan eve.Event) {
 	if listenerDone != nil {
 		// The listener returns promptly once ctx ended; after that nothing
 		// writes to events and it can be drained completely. It may also
@@ -396,8 +466,8 @@ func (l *Loop) shutdown(events chan ctEvent, listenerDone chan error, l7Events <
 	}
 	for drained := false; !drained; {
 		select {
-		case ev := <-events:
-			l.apply(&ev)
+		case evs := <-events.full:
+			l.applyAll(evs)
 		default:
 			drained = true
 		}

@@ -377,3 +377,36 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// A source that batches its events (LoopConfig.EventDelay) hands them to
+// the loop a batch at a time: nothing of a batch is applied before its
+// end, then all of it, in order (a NEW, then its DESTROY), and an overrun
+// is not held back behind a batch end.
+func TestBatchedEventsAreAppliedInOrderAtTheBatchEnd(t *testing.T) {
+	src := newFakeSource()
+	h := newHarness(t, src, func(c *LoopConfig) { c.EventDelay = 10 * time.Millisecond })
+
+	a := tcpConn(40007, 7, 0, 0, 0, 0)
+	d := a
+	d.Fwd, d.Rev = flow.Counters{Bytes: 1500, Packets: 15}, flow.Counters{Bytes: 2500, Packets: 25}
+	h.clock.set(at(time.Second))
+	h.deliver(conntrack.Event{Type: conntrack.EventNew, Conn: &a})
+	h.deliver(conntrack.Event{Type: conntrack.EventDestroy, Conn: &d})
+	h.tick(at(1100 * time.Millisecond))
+	if got := h.sink.all(); len(got) != 0 {
+		t.Fatalf("records before the batch ended: %+v", got)
+	}
+	h.deliver(conntrack.Event{Type: conntrack.EventBatchEnd})
+	h.tick(at(1200 * time.Millisecond))
+	checkRecords(t, h.sink.all(), want{40007, eof, 1500, 15, 2500, 25})
+
+	// An overrun goes at once, with what was read before it.
+	b := tcpConn(40008, 8, 300, 3, 400, 4)
+	src.set(b)
+	h.clock.set(at(2 * time.Second))
+	h.deliver(conntrack.Event{Type: conntrack.EventOverrun})
+	h.sync()
+	if dumps, _ := src.counts(); dumps != 2 {
+		t.Fatalf("%d dumps after the overrun, want 2 (start + resync)", dumps)
+	}
+}

@@ -52,7 +52,9 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
@@ -147,6 +149,8 @@ type Counters struct {
 	// lastSt[statLostRecords] the program's count of records tried.
 	lostDrained uint64
 	bumps       [3]uint64 // ktime of this round's epoch bump and the two before
+	// monoToUnix is the Unix time of CLOCK_MONOTONIC's zero (unixOf).
+	monoToUnix atomic.Int64
 
 	// roundVals are the values the current read round looked up; during
 	// the round's callbacks they are in cache.
@@ -155,8 +159,10 @@ type Counters struct {
 	// fillMu guards Fill's and Forget's scratch views and the cache.
 	fillMu    sync.Mutex
 	fillViews connViews
-	fillPicks [2]pickResult
-	cache     *cachedTable
+	// forgetKeys is Forget's batch of keys, reused.
+	forgetKeys []bpfFlowKey
+	fillPicks  [2]pickResult
+	cache      *cachedTable
 
 	// mu guards the loss state and attach times, which Fill reads.
 	mu      sync.Mutex
@@ -177,6 +183,9 @@ type Counters struct {
 type table interface {
 	lookup(k *bpfFlowKey, v *bpfFlowVal) (bool, error)
 	delete(k *bpfFlowKey) error
+	// deleteKeys deletes every key of ks there is; missing ones are not
+	// an error.
+	deleteKeys(ks []bpfFlowKey) error
 }
 
 // mapTable is the kernel flow map. Lookups go through scratch key and
@@ -187,16 +196,25 @@ type keyVal struct {
 	val bpfFlowVal
 }
 
-// cachedTable answers lookups from the values a read round just read, and
-// asks base for the rest. It is only filled while the round's callbacks
-// run; otherwise it is empty and every lookup goes to base.
+// cachedTable answers lookups from the values the last two read rounds
+// read, and asks base for the rest. Those answers are as of the last
+// round: a view read in the round before and not in the last one had no
+// packet in between (it would have been read: a packet after a view's
+// read is reported by the next round, see readRound), and a packet since
+// the last round is in the next one's changed views. Deletions go through
+// it. A connection is typically looked up when its views just changed, or
+// changed a round before (its close): then it costs no system call.
 type cachedTable struct {
-	vals map[bpfFlowKey]bpfFlowVal
-	base table
+	vals, prev map[bpfFlowKey]bpfFlowVal // the last round's, the one's before
+	base       table
 }
 
 func (t *cachedTable) lookup(k *bpfFlowKey, v *bpfFlowVal) (bool, error) {
 	if cv, ok := t.vals[*k]; ok {
+		*v = cv
+		return true, nil
+	}
+	if cv, ok := t.prev[*k]; ok {
 		*v = cv
 		return true, nil
 	}
@@ -205,7 +223,16 @@ func (t *cachedTable) lookup(k *bpfFlowKey, v *bpfFlowVal) (bool, error) {
 
 func (t *cachedTable) delete(k *bpfFlowKey) error {
 	delete(t.vals, *k)
+	delete(t.prev, *k)
 	return t.base.delete(k)
+}
+
+func (t *cachedTable) deleteKeys(ks []bpfFlowKey) error {
+	for i := range ks {
+		delete(t.vals, ks[i])
+		delete(t.prev, ks[i])
+	}
+	return t.base.deleteKeys(ks)
 }
 
 type mapTable struct {
@@ -213,12 +240,54 @@ type mapTable struct {
 	mu  sync.Mutex
 	key bpfFlowKey
 	val bpfFlowVal
+	// noBatch: the kernel has no batch operations; delete one by one.
+	noBatch bool
+	// direct: lookups are made with the system call itself, through
+	// attr, which points at key and val (newMapTable).
+	direct bool
+	attr   lookupAttr
+}
+
+// lookupAttr is the kernel's bpf_attr for BPF_MAP_LOOKUP_ELEM.
+type lookupAttr struct {
+	mapFD uint32
+	_     uint32
+	key   uint64
+	value uint64
+	flags uint64
+}
+
+func newMapTable(m *ebpf.Map) *mapTable {
+	t := &mapTable{m: m}
+	// The library's Lookup marshals key and value through reflection on
+	// every call; the read rounds make thousands a second. The direct
+	// call needs the Go structs to be the map's exact layout.
+	t.direct = m.KeySize() == uint32(unsafe.Sizeof(bpfFlowKey{})) && m.ValueSize() == uint32(unsafe.Sizeof(bpfFlowVal{}))
+	t.attr = lookupAttr{
+		mapFD: uint32(m.FD()),
+		key:   uint64(uintptr(unsafe.Pointer(&t.key))),
+		value: uint64(uintptr(unsafe.Pointer(&t.val))),
+	}
+	return t
 }
 
 func (t *mapTable) lookup(k *bpfFlowKey, v *bpfFlowVal) (bool, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.key = *k
+	if t.direct {
+		// t is heap-allocated and never moves; attr points into it.
+		_, _, errno := unix.Syscall(unix.SYS_BPF, uintptr(unix.BPF_MAP_LOOKUP_ELEM), uintptr(unsafe.Pointer(&t.attr)), unsafe.Sizeof(t.attr))
+		switch errno {
+		case 0:
+			*v = t.val
+			return true, nil
+		case unix.ENOENT:
+			return false, nil
+		default:
+			return false, fmt.Errorf("look up flow map: %w", errno)
+		}
+	}
 	err := t.m.Lookup(&t.key, &t.val)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return false, nil
@@ -233,12 +302,48 @@ func (t *mapTable) lookup(k *bpfFlowKey, v *bpfFlowVal) (bool, error) {
 func (t *mapTable) delete(k *bpfFlowKey) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.deleteLocked(k)
+}
+
+func (t *mapTable) deleteLocked(k *bpfFlowKey) error {
 	t.key = *k
 	err := t.m.Delete(&t.key)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return nil
 	}
 	return err
+}
+
+// deleteKeys deletes a connection's views in one system call where it
+// can, instead of one per view. The kernel stops a batch at the first
+// missing key (having deleted those before it): the rest goes in
+// another batch.
+func (t *mapTable) deleteKeys(ks []bpfFlowKey) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for len(ks) > 0 {
+		if t.noBatch || len(ks) == 1 {
+			for i := range ks {
+				if err := t.deleteLocked(&ks[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		n, err := t.m.BatchDelete(ks, nil)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			ks = ks[min(n+1, len(ks)):]
+		case errors.Is(err, ebpf.ErrNotSupported):
+			t.noBatch = true
+			ks = ks[min(n, len(ks)):]
+		default:
+			return err
+		}
+	}
+	return nil
 }
 
 // New loads the programs and maps; nothing is attached yet. A load error
@@ -263,7 +368,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Counters, error) {
 		metrics:    m,
 		seen:       make(map[bpfFlowKey]uint64),
 		outIdx:     make(map[flow.Tuple]int),
-		cache:      &cachedTable{vals: make(map[bpfFlowKey]bpfFlowVal)},
+		cache:      &cachedTable{vals: make(map[bpfFlowKey]bpfFlowVal), prev: make(map[bpfFlowKey]bpfFlowVal)},
 		lossy:      make(map[bpfFlowKey]int64),
 		attached:   make(map[attachKey]*attachment),
 		attachedAt: make(map[uint32]int64),
@@ -294,7 +399,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Counters, error) {
 		return nil, errors.Join(fmt.Errorf("load %s: %w", bpfProgFlowToPod, err), c.objs.Close())
 	}
 	c.objs.FlowToPod = to.P
-	c.table = &mapTable{m: c.objs.Flows}
+	c.table = newMapTable(c.objs.Flows)
 	c.cache.base = c.table
 	c.ring, err = ringbuf.NewReader(c.objs.Changes)
 	if err != nil {
@@ -334,13 +439,27 @@ func (c *Counters) Close() error {
 	return errors.Join(errs...)
 }
 
-// ktimeToUnix converts a bpf_ktime_get_ns value (CLOCK_MONOTONIC) to Unix
-// nanoseconds.
-func ktimeToUnix(kt uint64) int64 {
+// unixOf converts a bpf_ktime_get_ns value (CLOCK_MONOTONIC) to Unix
+// nanoseconds. The offset between the two clocks is read once per round
+// (setClockOffset): reading CLOCK_MONOTONIC is a system call from Go, and
+// a Fill would otherwise make two. It moves only as fast as the wall
+// clock is slewed: microseconds per round at most.
+func (c *Counters) unixOf(kt uint64) int64 {
 	if kt == 0 {
 		return 0
 	}
-	return time.Now().UnixNano() - (monoNow() - int64(kt))
+	off := c.monoToUnix.Load()
+	if off == 0 {
+		off = c.setClockOffset()
+	}
+	return int64(kt) + off
+}
+
+// setClockOffset reads the offset of the wall clock from CLOCK_MONOTONIC.
+func (c *Counters) setClockOffset() int64 {
+	off := time.Now().UnixNano() - monoNow()
+	c.monoToUnix.Store(off)
+	return off
 }
 
 func monoNow() int64 {

@@ -44,7 +44,9 @@ func (c *Counters) Fill(conn *flow.Conn) (res FillResult, err error) {
 // (from the forward views only), without reading
 // the reply direction or setting any counter: what a connection's NEW
 // event needs to know (the program counts a packet before conntrack
-// creates the entry), in one or two lookups instead of up to four.
+// creates the entry), in one or two lookups instead of up to four, and in
+// none when a recent round read the view (a NEW is applied tens of
+// milliseconds after its first packet).
 func (c *Counters) Born(conn *flow.Conn) (FillResult, error) {
 	return c.fill(conn, false)
 }
@@ -88,8 +90,8 @@ func (c *Counters) fill(conn *flow.Conn, reply bool) (res FillResult, err error)
 		}
 	}
 	c.mu.Unlock()
-	res.LastNanos = ktimeToUnix(uint64(res.LastNanos))
-	res.FirstNanos = ktimeToUnix(uint64(res.FirstNanos))
+	res.LastNanos = c.unixOf(uint64(res.LastNanos))
+	res.FirstNanos = c.unixOf(uint64(res.FirstNanos))
 	if lossAll != 0 && !res.Lossy {
 		// A loss no record named hit the connections counted before it.
 		// Without a start time (a NEW event has none) the first packet
@@ -146,12 +148,9 @@ func (c *Counters) Forget(conn *flow.Conn) error {
 	}
 	c.metrics.lossyKeys.Set(float64(len(c.lossy)))
 	c.mu.Unlock()
-	for _, ks := range [2]*[2]bpfFlowKey{&v.fwd, &v.rev} {
-		for i := range ks {
-			if err := c.cache.delete(&ks[i]); err != nil {
-				return fmt.Errorf("forget %s view %s: %w", conn.Tuple, viewOf(&ks[i]), err)
-			}
-		}
+	c.forgetKeys = append(append(c.forgetKeys[:0], v.fwd[:]...), v.rev[:]...)
+	if err := c.cache.deleteKeys(c.forgetKeys); err != nil {
+		return fmt.Errorf("forget the views of %s: %w", conn.Tuple, err)
 	}
 	return nil
 }
@@ -184,13 +183,16 @@ func (c *Counters) Sweep(olderThan time.Duration, live func(view flow.Tuple) boo
 		return 0, fmt.Errorf("sweep flow map: %w", err)
 	}
 	n := 0
+	c.fillMu.Lock() // through the cache: Born must not find them there
 	for i := range stale {
-		if err := c.table.delete(&stale[i]); err != nil {
+		if err := c.cache.delete(&stale[i]); err != nil {
+			c.fillMu.Unlock()
 			c.metrics.swept.Add(float64(n))
 			return n, fmt.Errorf("sweep flow %s: %w", viewOf(&stale[i]), err)
 		}
 		n++
 	}
+	c.fillMu.Unlock()
 	c.metrics.swept.Add(float64(n))
 
 	wallCutoff := time.Now().Add(-olderThan).UnixNano()

@@ -127,3 +127,47 @@ func TestPruneAttachTimes(t *testing.T) {
 		t.Errorf("detach time of a pruned interface kept")
 	}
 }
+
+// Born and Fill answer from the values the last two rounds read (as of the
+// last round: no system call for a NEW or a close whose views a recent
+// round read), and read the map for the views no recent round read; a
+// view Forget deleted is found in neither.
+func TestFillAnswersFromTheLastTwoRounds(t *testing.T) {
+	c, ft := newFake(t)
+	conn := dnatConn(client, server, vip)
+	v := viewsOf(&conn)
+	mono := uint64(monoNow())
+	// The round before read the forward view, the last round the reply
+	// one; the forward view moved since (a packet after the last round:
+	// the next round reads it).
+	c.cache.prev[v.fwd[0]] = bpfFlowVal{Packets: 3, Bytes: 200, TcpFlags: tcpSYN, FirstNs: mono, LastNs: mono}
+	c.cache.vals[v.rev[0]] = bpfFlowVal{Packets: 4, Bytes: 900, FirstNs: mono, LastNs: mono}
+	ft.m[v.fwd[0]] = bpfFlowVal{Packets: 5, Bytes: 400, TcpFlags: tcpSYN, FirstNs: mono, LastNs: mono}
+	ft.m[v.rev[0]] = bpfFlowVal{Packets: 4, Bytes: 900, FirstNs: mono, LastNs: mono}
+
+	res, err := c.Born(&conn)
+	if err != nil || !res.Seen || res.FwdFlags != tcpSYN {
+		t.Fatalf("Born = %+v, %v; want seen with SYN", res, err)
+	}
+	if _, err := c.Fill(&conn); err != nil || conn.Fwd.Packets != 3 || conn.Rev.Packets != 4 {
+		t.Errorf("Fill: fwd %+v rev %+v (%v), want the rounds' 3 and 4 packets", conn.Fwd, conn.Rev, err)
+	}
+	if ft.lookups != 0 {
+		t.Errorf("%d map lookups for views the last two rounds read, want 0", ft.lookups)
+	}
+	// A view no recent round read is read from the map.
+	delete(c.cache.prev, v.fwd[0])
+	if _, err := c.Fill(&conn); err != nil || conn.Fwd.Packets != 5 || ft.lookups != 1 {
+		t.Errorf("Fill of a view no round read: fwd %+v after %d lookups (%v), want the map's 5 packets after 1", conn.Fwd, ft.lookups, err)
+	}
+	c.cache.vals[v.fwd[0]] = ft.m[v.fwd[0]]
+	if err := c.Forget(&conn); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := c.Born(&conn); err != nil || res.Seen {
+		t.Errorf("Born after Forget = %+v, %v; want not seen", res, err)
+	}
+	if len(c.cache.vals)+len(c.cache.prev) != 0 {
+		t.Errorf("Forget left views in the rounds' values: %v %v", c.cache.vals, c.cache.prev)
+	}
+}

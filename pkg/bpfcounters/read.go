@@ -42,13 +42,16 @@ var _ [unsafe.Sizeof(bpfFlowKey{}) - keySize]struct{}
 // A view of a connection whose source was NATed on this node appears as
 // the translated tuple; connstore's LookupConn indexes that form too.
 //
-// While fn runs, Fill answers from the values this round read where it
-// can: the caller's Fill of a connection whose views just changed costs no
+// Until the next round, Fill and Born answer from the values this round
+// and the previous one read (see cachedTable): the caller's Fill of a
+// connection whose views just changed, or changed a round ago, costs no
 // further lookup.
 func (c *Counters) ReadChanged(fn func(view flow.Tuple, fin bool)) error {
 	c.readMu.Lock()
 	out, err := c.readRound()
 	c.fillMu.Lock()
+	c.cache.prev, c.cache.vals = c.cache.vals, c.cache.prev
+	clear(c.cache.vals)
 	for i := range c.roundVals {
 		c.cache.vals[c.roundVals[i].key] = c.roundVals[i].val
 	}
@@ -57,9 +60,6 @@ func (c *Counters) ReadChanged(fn func(view flow.Tuple, fin bool)) error {
 	for i := range out {
 		fn(out[i].view, out[i].fin)
 	}
-	c.fillMu.Lock()
-	clear(c.cache.vals)
-	c.fillMu.Unlock()
 	return err
 }
 
@@ -73,6 +73,7 @@ func (c *Counters) readRound() ([]changed, error) {
 		return nil, fmt.Errorf("set epoch %d: %w", c.epoch, err)
 	}
 	c.bumps[2], c.bumps[1], c.bumps[0] = c.bumps[1], c.bumps[0], uint64(monoNow())
+	c.setClockOffset()
 
 	clear(c.seen)
 	c.keys = c.keys[:0]

@@ -12,9 +12,11 @@ type fakeTable struct {
 	m       map[bpfFlowKey]bpfFlowVal
 	deleted []bpfFlowKey
 	err     error
+	lookups int
 }
 
 func (f *fakeTable) lookup(k *bpfFlowKey, v *bpfFlowVal) (bool, error) {
+	f.lookups++
 	if f.err != nil {
 		return false, f.err
 	}
@@ -23,6 +25,13 @@ func (f *fakeTable) lookup(k *bpfFlowKey, v *bpfFlowVal) (bool, error) {
 		*v = val
 	}
 	return ok, nil
+}
+
+func (f *fakeTable) deleteKeys(ks []bpfFlowKey) error {
+	for i := range ks {
+		f.delete(&ks[i])
+	}
+	return nil
 }
 
 func (f *fakeTable) delete(k *bpfFlowKey) error {
@@ -38,7 +47,7 @@ func newFake(t *testing.T) (*Counters, *fakeTable) {
 		t.Fatal(err)
 	}
 	ft := &fakeTable{m: map[bpfFlowKey]bpfFlowVal{}}
-	return &Counters{table: ft, cache: &cachedTable{vals: map[bpfFlowKey]bpfFlowVal{}, base: ft}, metrics: m, lossy: map[bpfFlowKey]int64{}, attachedAt: map[uint32]int64{}}, ft
+	return &Counters{table: ft, cache: &cachedTable{vals: map[bpfFlowKey]bpfFlowVal{}, prev: map[bpfFlowKey]bpfFlowVal{}, base: ft}, metrics: m, lossy: map[bpfFlowKey]int64{}, attachedAt: map[uint32]int64{}}, ft
 }
 
 var (

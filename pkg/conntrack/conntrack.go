@@ -60,6 +60,13 @@ type Config struct {
 	// EventBufferBytes is the event socket's receive buffer; 0 means
 	// DefaultEventBufferBytes. Too small a buffer loses events under load.
 	EventBufferBytes int
+	// EventBatchDelay, when positive, makes Listen read events in
+	// batches: once the socket is empty it waits this long before reading
+	// again, so the events of that time are read together instead of the
+	// listener (and whoever it hands them to) waking for each. Events are
+	// delayed by up to this much; the socket buffer must hold that long's
+	// worth (16 MiB is about 50k events).
+	EventBatchDelay time.Duration
 }
 
 // Source dumps and listens to one namespace's conntrack table. Dump may be
@@ -94,8 +101,8 @@ func New(cfg Config, reg prometheus.Registerer) (*Source, error) {
 	if cfg.Mark != 0 && cfg.MarkMask == 0 {
 		return nil, fmt.Errorf("conntrack source: mark %#x given without a mark mask", cfg.Mark)
 	}
-	if cfg.DumpTimeout < 0 || cfg.EventBufferBytes < 0 {
-		return nil, errors.New("conntrack source: negative DumpTimeout or EventBufferBytes")
+	if cfg.DumpTimeout < 0 || cfg.EventBufferBytes < 0 || cfg.EventBatchDelay < 0 {
+		return nil, errors.New("conntrack source: negative DumpTimeout, EventBufferBytes or EventBatchDelay")
 	}
 	// The dump request reads Zones on every call: keep our own copy.
 	cfg.Zones = slices.Clone(cfg.Zones)
@@ -123,8 +130,11 @@ func New(cfg Config, reg prometheus.Registerer) (*Source, error) {
 // socket is what Dump and Listen need of a netlink socket.
 type socket interface {
 	send(b []byte) error
-	// recv reads one datagram into b.
+	// recv reads one datagram into b, waiting for one.
 	recv(b []byte) (int, error)
+	// tryRecv reads one datagram into b if one is queued; ok is false
+	// when none is.
+	tryRecv(b []byte) (n int, ok bool, err error)
 	setDeadline(t time.Time) error
 	close() error
 }

@@ -18,6 +18,10 @@ const (
 	// EventOverrun says the kernel dropped events because the socket's
 	// buffer was full: the caller should resynchronise with a Dump.
 	EventOverrun
+	// EventBatchEnd (with Config.EventBatchDelay only) says the events
+	// before it were read together and the next come after a pause: a
+	// consumer that hands events on in batches sends its batch now.
+	EventBatchEnd
 )
 
 func (t EventType) String() string {
@@ -30,12 +34,14 @@ func (t EventType) String() string {
 		return "destroy"
 	case EventOverrun:
 		return "overrun"
+	case EventBatchEnd:
+		return "batch-end"
 	}
 	return "unknown"
 }
 
 // Event is one conntrack event. Conn is reused between events: it is valid
-// only during the callback and is nil for EventOverrun.
+// only during the callback and is nil for EventOverrun and EventBatchEnd.
 type Event struct {
 	Type EventType
 	Conn *flow.Conn

@@ -17,7 +17,8 @@ import (
 // Listen subscribes to the namespace's conntrack events and calls fn for each
 // NEW and DESTROY (and UPDATE with Config.UpdateEvents) entry that passes the
 // zone/mark filter, on the calling goroutine, until ctx is done; then it
-// returns nil. A callback rather than a channel keeps the reused Conn valid
+// returns nil. With Config.EventBatchDelay the calls come in bursts, each
+// ended by an EventBatchEnd. A callback rather than a channel keeps the reused Conn valid
 // for exactly one call and lets a slow consumer show up as EventOverrun
 // instead of an unbounded queue.
 //
@@ -56,8 +57,39 @@ func (s *Source) Listen(ctx context.Context, fn func(Event)) error {
 
 	buf := make([]byte, recvBufSize)
 	var conn flow.Conn
+	// batching: the last read found a datagram, so the next one does not
+	// wait on the poller; an empty socket then costs one pause of
+	// EventBatchDelay (the batch gathers) before waiting again.
+	batching := false
+	var pause *time.Timer
 	for {
-		n, err := sock.recv(buf)
+		var n int
+		var err error
+		if batching {
+			var ok bool
+			n, ok, err = sock.tryRecv(buf)
+			if err == nil && !ok {
+				fn(Event{Type: EventBatchEnd})
+				if pause == nil {
+					pause = time.NewTimer(s.cfg.EventBatchDelay)
+				} else {
+					pause.Reset(s.cfg.EventBatchDelay)
+				}
+				select {
+				case <-ctx.Done():
+					pause.Stop()
+					return nil
+				case <-pause.C:
+				}
+				if n, ok, err = sock.tryRecv(buf); err == nil && !ok {
+					batching = false // quiet: wait on the poller
+					continue
+				}
+			}
+		} else {
+			n, err = sock.recv(buf)
+			batching = s.cfg.EventBatchDelay > 0
+		}
 		if err != nil {
 			if ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 				return nil

@@ -15,6 +15,7 @@ type nlConn struct{}
 
 func openNL(string, uint32, int) (*nlConn, error) { return nil, netns.ErrNotSupported }
 func (*nlConn) recv([]byte) (int, error)          { return 0, netns.ErrNotSupported }
+func (*nlConn) tryRecv([]byte) (int, bool, error) { return 0, false, netns.ErrNotSupported }
 func (*nlConn) send([]byte) error                 { return netns.ErrNotSupported }
 func (*nlConn) setDeadline(time.Time) error       { return netns.ErrNotSupported }
 func (*nlConn) close() error                      { return nil }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"sync"
@@ -53,6 +54,17 @@ func (f *fakeSocket) recv(b []byte) (int, error) {
 		return 0, err
 	}
 	return copy(b, next.([]byte)), nil
+}
+
+func (f *fakeSocket) tryRecv(b []byte) (int, bool, error) {
+	f.mu.Lock()
+	empty := len(f.queue) == 0
+	f.mu.Unlock()
+	if empty {
+		return 0, false, nil
+	}
+	n, err := f.recv(b)
+	return n, true, err
 }
 
 func (f *fakeSocket) setDeadline(t time.Time) error {
@@ -273,59 +285,80 @@ func TestListenOverFakeSocket(t *testing.T) {
 			errsCount: 1,
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			sock := newFakeSocket(tt.queue...)
-			s, m, _ := fakeSource(t, Config{}, sock)
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			var mu sync.Mutex
-			var got []EventType
-			allSeen := make(chan struct{})
-			done := make(chan error, 1)
-			go func() {
-				done <- s.Listen(ctx, func(ev Event) {
-					if (ev.Conn == nil) != (ev.Type == EventOverrun) {
-						t.Errorf("event %v with Conn %v", ev.Type, ev.Conn)
+	// Read one by one, and in batches: the same events, in order, with
+	// the same overruns and errors.
+	for _, batch := range []time.Duration{0, 5 * time.Millisecond} {
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("%s/batch=%s", tt.name, batch), func(t *testing.T) {
+				sock := newFakeSocket(tt.queue...)
+				s, m, _ := fakeSource(t, Config{EventBatchDelay: batch}, sock)
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				var mu sync.Mutex
+				var got []EventType
+				// batchEndsAfterAll: the count of batch ends when the first
+				// came after the last event.
+				var batchEnds, batchEndsAfterAll int
+				allSeen := make(chan struct{})
+				done := make(chan error, 1)
+				go func() {
+					done <- s.Listen(ctx, func(ev Event) {
+						if (ev.Conn == nil) != (ev.Type == EventOverrun || ev.Type == EventBatchEnd) {
+							t.Errorf("event %v with Conn %v", ev.Type, ev.Conn)
+						}
+						mu.Lock()
+						if ev.Type == EventBatchEnd {
+							batchEnds++
+							if len(got) == len(tt.want) && batchEndsAfterAll == 0 {
+								batchEndsAfterAll = batchEnds
+							}
+							mu.Unlock()
+							return
+						}
+						got = append(got, ev.Type)
+						if len(got) == len(tt.want) {
+							close(allSeen)
+						}
+						mu.Unlock()
+					})
+				}()
+				if tt.wantErr == nil {
+					select {
+					case <-allSeen:
+					case <-time.After(5 * time.Second):
+						t.Fatal("events did not all arrive")
 					}
-					mu.Lock()
-					got = append(got, ev.Type)
-					if len(got) == len(tt.want) {
-						close(allSeen)
-					}
-					mu.Unlock()
-				})
-			}()
-			if tt.wantErr == nil {
+					cancel()
+				}
 				select {
-				case <-allSeen:
+				case err := <-done:
+					if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
+						t.Errorf("Listen = %v, want %v", err, tt.wantErr)
+					}
 				case <-time.After(5 * time.Second):
-					t.Fatal("events did not all arrive")
+					t.Fatal("Listen did not return")
 				}
-				cancel()
-			}
-			select {
-			case err := <-done:
-				if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
-					t.Errorf("Listen = %v, want %v", err, tt.wantErr)
+				mu.Lock()
+				defer mu.Unlock()
+				if !slices.Equal(got, tt.want) {
+					t.Fatalf("events %v, want %v", got, tt.want)
 				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("Listen did not return")
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if !slices.Equal(got, tt.want) {
-				t.Fatalf("events %v, want %v", got, tt.want)
-			}
-			if v := value(t, m.eventOverruns); v != tt.overruns {
-				t.Errorf("overruns = %v, want %v", v, tt.overruns)
-			}
-			if v := value(t, m.eventErrors); v != tt.errsCount {
-				t.Errorf("event errors = %v, want %v", v, tt.errsCount)
-			}
-			if !sock.closed {
-				t.Error("Listen left its socket open")
-			}
-		})
+				switch {
+				case batch == 0 && batchEnds != 0:
+					t.Errorf("%d batch ends without batching", batchEnds)
+				case batch > 0 && tt.wantErr == nil && batchEndsAfterAll == 0:
+					t.Errorf("no batch end after the last event (%d batch ends)", batchEnds)
+				}
+				if v := value(t, m.eventOverruns); v != tt.overruns {
+					t.Errorf("overruns = %v, want %v", v, tt.overruns)
+				}
+				if v := value(t, m.eventErrors); v != tt.errsCount {
+					t.Errorf("event errors = %v, want %v", v, tt.errsCount)
+				}
+				if !sock.closed {
+					t.Error("Listen left its socket open")
+				}
+			})
+		}
 	}
 }
