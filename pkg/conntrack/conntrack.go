@@ -118,9 +118,16 @@ func New(cfg Config, reg prometheus.Registerer) (*Source, error) {
 	}
 	path := cfg.NetNSPath
 	open := func(groups uint32, rcvbuf int) (socket, error) {
+		if groups != 0 {
+			c, err := openEventNL(path, groups, rcvbuf)
+			if err != nil {
+				return nil, err // not a typed nil in the interface
+			}
+			return c, nil
+		}
 		c, err := openNL(path, groups, rcvbuf)
 		if err != nil {
-			return nil, err // not a typed nil in the interface
+			return nil, err
 		}
 		return c, nil
 	}

@@ -1,8 +1,10 @@
 package conntrack
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -34,26 +36,9 @@ type nlConn struct {
 // multicast groups in the groups bitmask (0 for a dump socket), with a
 // receive buffer of rcvbuf bytes.
 func openNL(path string, groups uint32, rcvbuf int) (*nlConn, error) {
-	var fd int
-	err := netns.Do(path, func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_NETFILTER)
-		return err
-	})
+	fd, err := openNLFD(path, groups, rcvbuf, unix.SOCK_NONBLOCK)
 	if err != nil {
-		return nil, fmt.Errorf("open netfilter netlink socket: %w", err)
-	}
-	// SO_RCVBUFFORCE passes net.core.rmem_max as root; without CAP_NET_ADMIN
-	// fall back to what the unprivileged limit allows.
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
-			unix.Close(fd)
-			return nil, fmt.Errorf("set netlink receive buffer to %d bytes: %w", rcvbuf, err)
-		}
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("bind netlink socket to groups %#x: %w", groups, err)
+		return nil, err
 	}
 	f := os.NewFile(uintptr(fd), "ctnetlink")
 	rc, err := f.SyscallConn()
@@ -66,6 +51,110 @@ func openNL(path string, groups uint32, rcvbuf int) (*nlConn, error) {
 	c.tryFn = c.recvNoWait
 	return c, nil
 }
+
+// openNLFD opens and binds the socket; flags are added to its type.
+func openNLFD(path string, groups uint32, rcvbuf int, flags int) (int, error) {
+	var fd int
+	err := netns.Do(path, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|flags, unix.NETLINK_NETFILTER)
+		return err
+	})
+	if err != nil {
+		return -1, fmt.Errorf("open netfilter netlink socket: %w", err)
+	}
+	// SO_RCVBUFFORCE passes net.core.rmem_max as root; without CAP_NET_ADMIN
+	// fall back to what the unprivileged limit allows.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf); err != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("set netlink receive buffer to %d bytes: %w", rcvbuf, err)
+		}
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind netlink socket to groups %#x: %w", groups, err)
+	}
+	return fd, nil
+}
+
+// eventWakeEvery bounds how long a blocked event read goes without
+// looking at its deadline: how late Listen notices its context ended.
+const eventWakeEvery = 100 * time.Millisecond
+
+// nlEventConn is the event socket: a blocking file descriptor outside the
+// runtime poller. In the poller, every datagram the kernel queues wakes
+// the poller's thread (epoll reports each arrival), although the listener
+// reads them in batches and is not waiting: one wake-up per conntrack
+// event, which was most of the agent's scheduling cost. A blocked read
+// wakes every eventWakeEvery (SO_RCVTIMEO) to check its deadline.
+type nlEventConn struct {
+	fd       int
+	deadline atomic.Int64 // Unix ns; 0: none
+}
+
+func openEventNL(path string, groups uint32, rcvbuf int) (*nlEventConn, error) {
+	fd, err := openNLFD(path, groups, rcvbuf, 0)
+	if err != nil {
+		return nil, err
+	}
+	tv := unix.NsecToTimeval(eventWakeEvery.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("set netlink receive timeout: %w", err)
+	}
+	return &nlEventConn{fd: fd}, nil
+}
+
+func (c *nlEventConn) recvFlags(buf []byte, flags int) (int, error) {
+	var p unsafe.Pointer
+	if len(buf) > 0 {
+		p = unsafe.Pointer(&buf[0])
+	}
+	n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(c.fd), uintptr(p), uintptr(len(buf)), uintptr(flags|unix.MSG_TRUNC), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	if int(n) > len(buf) {
+		return 0, fmt.Errorf("netlink datagram of %d bytes exceeds %d-byte buffer", n, len(buf))
+	}
+	return int(n), nil
+}
+
+func (c *nlEventConn) recv(buf []byte) (int, error) {
+	for {
+		if d := c.deadline.Load(); d != 0 && time.Now().UnixNano() >= d {
+			return 0, os.ErrDeadlineExceeded
+		}
+		n, err := c.recvFlags(buf, 0)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			continue // the receive timeout: look at the deadline
+		}
+		return n, err
+	}
+}
+
+func (c *nlEventConn) tryRecv(buf []byte) (int, bool, error) {
+	if d := c.deadline.Load(); d != 0 && time.Now().UnixNano() >= d {
+		return 0, true, os.ErrDeadlineExceeded
+	}
+	n, err := c.recvFlags(buf, unix.MSG_DONTWAIT)
+	if errors.Is(err, unix.EAGAIN) {
+		return 0, false, nil
+	}
+	return n, true, err
+}
+
+func (c *nlEventConn) send([]byte) error {
+	return errors.New("the conntrack event socket sends nothing")
+}
+
+func (c *nlEventConn) setDeadline(t time.Time) error {
+	c.deadline.Store(t.UnixNano())
+	return nil
+}
+
+func (c *nlEventConn) close() error { return unix.Close(c.fd) }
 
 func (c *nlConn) recvOnce(fd uintptr) bool {
 	var p unsafe.Pointer

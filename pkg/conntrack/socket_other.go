@@ -19,3 +19,5 @@ func (*nlConn) tryRecv([]byte) (int, bool, error) { return 0, false, netns.ErrNo
 func (*nlConn) send([]byte) error                 { return netns.ErrNotSupported }
 func (*nlConn) setDeadline(time.Time) error       { return netns.ErrNotSupported }
 func (*nlConn) close() error                      { return nil }
+
+func openEventNL(p string, g uint32, b int) (*nlConn, error) { return openNL(p, g, b) }
