@@ -396,13 +396,19 @@ func (l *Loop) counterBorn(c *flow.Conn, now time.Time) {
 	c.Counters = flow.CountersBPF
 	var res CounterFill
 	var err error
-	if b, ok := l.counters.src.(counterBirth); ok {
+	full := true
+	if b, ok := l.counters.src.(counterBirth); ok && !l.eventsAfterRound {
 		// Its counters come with the next round that reads its views.
 		res, err = b.Born(c)
+		full = false
 	} else {
+		// Applied after the round that read its views (eventsAfterRound),
+		// the whole Fill costs nothing, and the connection has its
+		// counters from its birth: that round will not report the views
+		// again, and an idle connection would wait for its next packet.
 		res, err = l.counters.src.Fill(c)
 	}
-	l.decideBirth(c, res, err, now)
+	l.decideBirth(c, res, full, err, now)
 }
 
 // decideBirth applies what the source found of a new connection: counted
@@ -419,7 +425,7 @@ func (l *Loop) counterBorn(c *flow.Conn, now time.Time) {
 //     them (its end not seen, or counted by conntrack), recognisable by a
 //     first packet well before the NEW (staleAfter), or a TCP view that
 //     never saw a SYN (made in the middle of a connection).
-func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, err error, now time.Time) {
+func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, full bool, err error, now time.Time) {
 	cs := l.counters
 	margin := bornMargin + l.cfg.EventDelay
 	bornBy := max(now.Add(-margin).UnixNano(), l.runSince)
@@ -451,10 +457,13 @@ func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, err error, now time.Ti
 			c.StartNanos = res.FirstNanos
 		}
 		if cs.endedEarly(c) {
-			// Its FIN or RST was read before this NEW: read its views
-			// whole now (Born read only the forward ones) and close it
+			// Its FIN or RST was read before this NEW: with its views
+			// read whole (Born reads only the forward ones), close it
 			// next round if it ended.
-			if full, err := cs.src.Fill(c); err == nil && full.Finished {
+			if !full {
+				res, err = cs.src.Fill(c)
+			}
+			if err == nil && res.Finished {
 				cs.finishing = append(cs.finishing, c.Tuple)
 			} else if err != nil {
 				cs.m.fillErrors.Inc()

@@ -453,6 +453,38 @@ func TestCountersEndReadBeforeTheNEWClosesTheConnectionNextRound(t *testing.T) {
 	}
 }
 
+// With a source that batches its events, the loop takes them at each tick
+// right after the read round: a NEW is then born with the counters of the
+// views that round read (it will not report them again), not with zeros
+// until the connection's next packet; a connection that ended before its
+// NEW is closed the round after, with its totals.
+func TestCountersEventsTakenAfterTheRoundAreBornWithTheirCounters(t *testing.T) {
+	src := newFakeSource()
+	fc := newFakeCounters()
+	h := newHarness(t, src, func(c *LoopConfig) {
+		withCounters(fc, CrossCheck{})(c)
+		c.EventDelay = 50 * time.Millisecond
+		c.EventQueue = 1024
+	})
+	idle := tcpConn(40009, 13, 0, 0, 0, 0) // one exchange, then idle
+	src.set(idle) // open in the kernel at shutdown
+	fc.count(idle, idle.Tuple, fakeCounted{fwd: ctr(400, 6), rev: ctr(1200, 5), fwdFlags: tcpSYN, firstNanos: at(1020 * time.Millisecond).UnixNano()})
+	done := tcpConn(40010, 14, 0, 0, 0, 0) // over before its NEW was taken
+	fc.count(done, done.Tuple, fakeCounted{fwd: ctr(300, 5), rev: ctr(900, 4), finished: true,
+		fwdFlags: tcpSYN | tcpFIN, firstNanos: at(1030 * time.Millisecond).UnixNano()})
+	h.clock.set(at(1050 * time.Millisecond))
+	h.deliver(conntrack.Event{Type: conntrack.EventNew, Conn: &idle})
+	h.deliver(conntrack.Event{Type: conntrack.EventNew, Conn: &done})
+	h.deliver(conntrack.Event{Type: conntrack.EventBatchEnd})
+	h.tick(at(1100 * time.Millisecond)) // the round, then the NEWs
+	h.tick(at(1200 * time.Millisecond)) // done closes
+	h.tick(at(1300 * time.Millisecond))
+	h.stop(at(1400 * time.Millisecond))
+	checkRecords(t, h.sink.all(),
+		want{40010, eof, 300, 5, 900, 4},
+		want{40009, forced, 400, 6, 1200, 5})
+}
+
 // A GET between the FINs and the last ACK finds the entry not finished
 // yet; no packet will mark the views again, so it is read again the next
 // round (a bounded number of times) and closed then.

@@ -143,7 +143,13 @@ type Loop struct {
 	fromDump func(*flow.Conn) // reused: no closure per dump
 	dumpNow  time.Time
 	counters *counterStage // nil: counters come from conntrack dumps
-	runSince int64         // Unix ns: when Run began, before it listened
+	// eventsAfterRound: the source batches its events and counters are
+	// read in rounds; the loop takes the events at each tick, right
+	// after the read round. A NEW then finds its views among the values
+	// the round just read (no system call), and the loop wakes for
+	// ticks, not for events.
+	eventsAfterRound bool
+	runSince         int64 // Unix ns: when Run began, before it listened
 }
 
 type loopMetrics struct {
@@ -238,6 +244,7 @@ func NewLoop(cfg LoopConfig, reg prometheus.Registerer) (*Loop, error) {
 		if l.counters, err = newCounterStage(cfg.Counters, cfg.CrossCheck, reg); err != nil {
 			return nil, err
 		}
+		l.eventsAfterRound = cfg.EventDelay > 0
 	}
 	if l.queue, err = expirequeue.New(cfg.Queue, reg); err != nil {
 		return nil, fmt.Errorf("expire queue: %w", err)
@@ -295,12 +302,16 @@ func (l *Loop) Run(ctx context.Context) {
 	defer tickTicker.Stop()
 
 	l7Events := l.cfg.L7Events
+	eventsNow := events.full
+	if l.eventsAfterRound {
+		eventsNow = nil // taken at the tick
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			l.shutdown(events, listenerDone, l7Events)
 			return
-		case evs := <-events.full:
+		case evs := <-eventsNow:
 			l.applyAll(evs)
 			events.recycle(evs)
 		case ev, ok := <-l7Events:
@@ -318,7 +329,23 @@ func (l *Loop) Run(ctx context.Context) {
 			if l.counters != nil {
 				l.readCounters(now, false)
 			}
+			if l.eventsAfterRound {
+				l.takeEvents(events)
+			}
 			l.tick(now)
+		}
+	}
+}
+
+// takeEvents applies every batch of events queued now.
+func (l *Loop) takeEvents(events eventBatches) {
+	for {
+		select {
+		case evs := <-events.full:
+			l.applyAll(evs)
+			events.recycle(evs)
+		default:
+			return
 		}
 	}
 }

@@ -51,6 +51,7 @@ package bpfcounters
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -248,6 +249,28 @@ type mapTable struct {
 	attr   lookupAttr
 }
 
+// batchAttr is the kernel's bpf_attr for the batch operations.
+type batchAttr struct {
+	inBatch, outBatch, keys, values uint64
+	count, mapFD                    uint32
+	elemFlags, flags                uint64
+}
+
+// batchDelete deletes ks in one system call; n is how many it deleted
+// before an error.
+func (t *mapTable) batchDelete(ks []bpfFlowKey) (n int, err error) {
+	if !t.direct {
+		return t.m.BatchDelete(ks, nil)
+	}
+	attr := batchAttr{keys: uint64(uintptr(unsafe.Pointer(&ks[0]))), count: uint32(len(ks)), mapFD: t.attr.mapFD}
+	_, _, errno := unix.Syscall(unix.SYS_BPF, uintptr(unix.BPF_MAP_DELETE_BATCH), uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	runtime.KeepAlive(ks)
+	if errno != 0 {
+		return int(attr.count), fmt.Errorf("delete a batch of flows: %w", errno)
+	}
+	return int(attr.count), nil
+}
+
 // lookupAttr is the kernel's bpf_attr for BPF_MAP_LOOKUP_ELEM.
 type lookupAttr struct {
 	mapFD uint32
@@ -330,13 +353,13 @@ func (t *mapTable) deleteKeys(ks []bpfFlowKey) error {
 			}
 			return nil
 		}
-		n, err := t.m.BatchDelete(ks, nil)
+		n, err := t.batchDelete(ks)
 		switch {
 		case err == nil:
 			return nil
-		case errors.Is(err, ebpf.ErrKeyNotExist):
+		case errors.Is(err, ebpf.ErrKeyNotExist), errors.Is(err, unix.ENOENT):
 			ks = ks[min(n+1, len(ks)):]
-		case errors.Is(err, ebpf.ErrNotSupported):
+		case errors.Is(err, ebpf.ErrNotSupported), errors.Is(err, unix.EINVAL) && t.direct:
 			t.noBatch = true
 			ks = ks[min(n, len(ks)):]
 		default:
