@@ -467,7 +467,7 @@ func TestCountersEventsTakenAfterTheRoundAreBornWithTheirCounters(t *testing.T) 
 		c.EventQueue = 1024
 	})
 	idle := tcpConn(40009, 13, 0, 0, 0, 0) // one exchange, then idle
-	src.set(idle) // open in the kernel at shutdown
+	src.set(idle)                          // open in the kernel at shutdown
 	fc.count(idle, idle.Tuple, fakeCounted{fwd: ctr(400, 6), rev: ctr(1200, 5), fwdFlags: tcpSYN, firstNanos: at(1020 * time.Millisecond).UnixNano()})
 	done := tcpConn(40010, 14, 0, 0, 0, 0) // over before its NEW was taken
 	fc.count(done, done.Tuple, fakeCounted{fwd: ctr(300, 5), rev: ctr(900, 4), finished: true,

@@ -140,6 +140,9 @@ type Counters struct {
 	epoch  uint64
 	rec    ringbuf.Record
 	seen   map[bpfFlowKey]uint64 // key -> packets at its previous read, or fromRing
+	// ended holds the keys of this round whose ring record said a FIN or
+	// RST joined them (or, after a walk, whose flags have one).
+	ended  map[bpfFlowKey]struct{}
 	keys   []bpfFlowKey
 	reread []rereadKey
 	out    []changed
@@ -390,6 +393,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Counters, error) {
 		cfg:        cfg,
 		metrics:    m,
 		seen:       make(map[bpfFlowKey]uint64),
+		ended:      make(map[bpfFlowKey]struct{}),
 		outIdx:     make(map[flow.Tuple]int),
 		cache:      &cachedTable{vals: make(map[bpfFlowKey]bpfFlowVal), prev: make(map[bpfFlowKey]bpfFlowVal)},
 		lossy:      make(map[bpfFlowKey]int64),

@@ -401,7 +401,20 @@ func TestReadChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	ct, _, _ := e.matchConntrack(t, flow.ProtoTCP, tr.Local)
+	counting := &countingTable{table: e.c.table}
+	e.c.table = counting
 	got := round()
+	// Only the sender-side views are read (the receiver-side ones would
+	// only be used without them), and Fill then needs no lookup.
+	if counting.lookups != 2 {
+		t.Errorf("the round made %d lookups for a connection between two local pods, want its 2 sender-side views", counting.lookups)
+	}
+	if res, err := e.c.Fill(&ct); err != nil || !res.Seen || ct.Fwd.Bytes < 100_000 || ct.Rev.Bytes < 10_000 {
+		t.Errorf("Fill after the round: %+v %v, fwd %+v rev %+v", res, err, ct.Fwd, ct.Rev)
+	}
+	if counting.lookups != 2 {
+		t.Errorf("Fill after the round made %d more lookups, want none", counting.lookups-2)
+	}
 	v := viewsOf(&ct)
 	// Both pods are local: all four views exist.
 	for _, k := range []bpfFlowKey{v.fwd[0], v.fwd[1], v.rev[0], v.rev[1]} {
@@ -756,4 +769,15 @@ func TestDirectLookupReadsWhatTheLibraryReads(t *testing.T) {
 	if found, err := mt.lookup(&other, &got); err != nil || found {
 		t.Errorf("direct lookup of a missing key: found %v, %v", found, err)
 	}
+}
+
+// countingTable counts the lookups that reach the flow map.
+type countingTable struct {
+	table
+	lookups int
+}
+
+func (t *countingTable) lookup(k *bpfFlowKey, v *bpfFlowVal) (bool, error) {
+	t.lookups++
+	return t.table.lookup(k, v)
 }
