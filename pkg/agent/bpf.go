@@ -58,6 +58,8 @@ func (b *bpfStage) Born(c *flow.Conn) (CounterFill, error) {
 
 func (b *bpfStage) Forget(c *flow.Conn) error { return b.counters.Forget(c) }
 
+func (b *bpfStage) ForgetAll(cs []flow.Conn) error { return b.counters.ForgetAll(cs) }
+
 func (b *bpfStage) Sweep(olderThan time.Duration, live func(view flow.Tuple) bool) (int, error) {
 	return b.counters.Sweep(olderThan, live)
 }

@@ -32,6 +32,12 @@ type Counters interface {
 	Sweep(olderThan time.Duration, live func(view flow.Tuple) bool) (int, error)
 }
 
+// batchForgetter is a Counters that deletes the views of many connections
+// at once (*bpfcounters.Counters: one system call instead of one each).
+type batchForgetter interface {
+	ForgetAll(cs []flow.Conn) error
+}
+
 // counterBirth is a Counters that can tell, more cheaply than Fill, whether
 // it counted a new connection's first packets (*bpfcounters.Counters
 // looks up only the forward views).
@@ -146,6 +152,9 @@ type counterStage struct {
 	// packet marks such views again, so without this the connection's
 	// end would wait for its DESTROY, after TIME_WAIT.
 	earlyEnds map[flow.Tuple]int64
+	// forgotten holds the connections whose views go at the end of the
+	// tick or batch of events that exported them (flushForgotten).
+	forgotten []flow.Conn
 	m         counterMetrics
 }
 
@@ -291,7 +300,27 @@ func (l *Loop) viewsDone(c *flow.Conn, reason flow.EndReason) {
 		// this record went out: the views are already the new one's.
 		return
 	}
+	if _, ok := l.counters.src.(batchForgetter); ok {
+		// Deleted with the others of this tick, before the loop applies
+		// another event (a NEW on the tuple must not find them).
+		l.counters.forgotten = append(l.counters.forgotten, *c)
+		return
+	}
 	l.forgetViews(c)
+}
+
+// flushForgotten deletes the views viewsDone queued.
+func (l *Loop) flushForgotten() {
+	cs := l.counters
+	if cs == nil || len(cs.forgotten) == 0 {
+		return
+	}
+	if err := cs.src.(batchForgetter).ForgetAll(cs.forgotten); err != nil {
+		cs.m.forgetErrors.Add(float64(len(cs.forgotten)))
+		klog.V(2).InfoS("Could not delete eBPF views", "connections", len(cs.forgotten), "err", err)
+	}
+	clear(cs.forgotten) // no stale Conns kept past their use
+	cs.forgotten = cs.forgotten[:0]
 }
 
 // closeCounted reads a conntrack-counted connection whose FIN or RST the
@@ -339,7 +368,9 @@ func (l *Loop) counterView(view flow.Tuple, fin bool, now time.Time) {
 	c, ok := l.store.LookupConn(view)
 	if !ok {
 		cs.m.unmatched.Inc()
-		if fin && view.Proto == flow.ProtoTCP {
+		if fin && view.Proto == flow.ProtoTCP && !l.eventsAfterRound {
+			// (With events taken after the round, the NEW reads the
+			// views whole from the round's values: it sees the end.)
 			cs.rememberEarlyEnd(view, now)
 		}
 		return
@@ -456,14 +487,16 @@ func (l *Loop) decideBirth(c *flow.Conn, res CounterFill, full bool, err error, 
 		if c.StartNanos == 0 {
 			c.StartNanos = res.FirstNanos
 		}
-		if cs.endedEarly(c) {
+		switch {
+		case full && res.Finished:
+			// Over before its NEW was applied (a whole short connection
+			// between two rounds): no packet will mark its views again.
+			cs.finishing = append(cs.finishing, c.Tuple)
+		case !full && cs.endedEarly(c):
 			// Its FIN or RST was read before this NEW: with its views
 			// read whole (Born reads only the forward ones), close it
 			// next round if it ended.
-			if !full {
-				res, err = cs.src.Fill(c)
-			}
-			if err == nil && res.Finished {
+			if res, err = cs.src.Fill(c); err == nil && res.Finished {
 				cs.finishing = append(cs.finishing, c.Tuple)
 			} else if err != nil {
 				cs.m.fillErrors.Inc()

@@ -557,3 +557,54 @@ func TestCountersConntrackCountedConnectionIsReadEveryActiveTimeout(t *testing.T
 		t.Errorf("conntrack GETs %v, want two (none after it ended)", gets)
 	}
 }
+
+// batchFakeCounters deletes views in batches, as *bpfcounters.Counters
+// does.
+type batchFakeCounters struct {
+	*fakeCounters
+	batches [][]flow.Tuple
+}
+
+func (f *batchFakeCounters) ForgetAll(cs []flow.Conn) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var b []flow.Tuple
+	for i := range cs {
+		b = append(b, cs[i].Tuple)
+	}
+	f.batches = append(f.batches, b)
+	return nil
+}
+
+// The views of the connections a tick exports go in one batch at the end
+// of that tick, each once, and none goes one by one.
+func TestCountersViewsOfATicksRecordsGoInOneBatch(t *testing.T) {
+	src := newFakeSource()
+	fc := &batchFakeCounters{fakeCounters: newFakeCounters()}
+	h := newHarness(t, src, func(c *LoopConfig) { c.Counters = fc })
+	var conns []flow.Conn
+	for i := range 3 {
+		c := tcpConn(uint16(40020+i), uint32(20+i), 0, 0, 0, 0)
+		c.StartNanos = at(time.Second).UnixNano()
+		fc.count(c, c.Tuple, fakeCounted{fwd: ctr(60, 1)})
+		h.send(at(time.Second), conntrack.EventNew, &c)
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		fc.count(c, c.Tuple, fakeCounted{fwd: ctr(400, 6), rev: ctr(900, 5), finished: true})
+	}
+	h.tick(at(1100 * time.Millisecond)) // the FINs
+	h.tick(at(1200 * time.Millisecond)) // closed and exported
+	h.tick(at(1300 * time.Millisecond))
+	if got := h.sink.all(); len(got) != 3 {
+		t.Fatalf("%d records, want 3", len(got))
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if len(fc.batches) != 1 || len(fc.batches[0]) != 3 {
+		t.Errorf("views deleted in batches %v, want one batch of the 3 connections", fc.batches)
+	}
+	if len(fc.forgot) != 0 {
+		t.Errorf("views deleted one by one too: %v", fc.forgot)
+	}
+}

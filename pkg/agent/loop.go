@@ -397,9 +397,11 @@ func (l *Loop) listen(ctx context.Context, events eventBatches) error {
 
 // applyAll applies a batch of events in order.
 func (l *Loop) applyAll(evs []ctEvent) {
+	l.flushForgotten() // exported since (a resync): before a NEW finds them
 	for i := range evs {
 		l.apply(&evs[i])
 	}
+	l.flushForgotten()
 }
 
 // apply handles one conntrack event.
@@ -458,6 +460,7 @@ func (l *Loop) poll() {
 	}
 	l.store.EndDump(started)
 	if l.counters != nil {
+		l.flushForgotten()
 		l.sweepViews()
 	}
 	if l.cfg.Health != nil {
@@ -476,6 +479,7 @@ func (l *Loop) tick(now time.Time) {
 	if _, err := l.queue.Expire(now, l.store, l.offer); err != nil {
 		klog.ErrorS(err, "Expire connections")
 	}
+	l.flushForgotten()
 }
 
 // shutdown applies what is already queued for the loop, then exports what
@@ -526,4 +530,5 @@ func (l *Loop) shutdown(events eventBatches, listenerDone chan error, l7Events <
 	if n := l.store.ExportAll(now, l.emit); n > 0 {
 		klog.InfoS("Exported open connections at shutdown", "records", n)
 	}
+	l.flushForgotten()
 }

@@ -781,3 +781,42 @@ func (t *countingTable) lookup(k *bpfFlowKey, v *bpfFlowVal) (bool, error) {
 	t.lookups++
 	return t.table.lookup(k, v)
 }
+
+// ForgetAll deletes the views of many connections, some missing, and
+// leaves the others'.
+func TestForgetAllDeletesEveryConnectionsViews(t *testing.T) {
+	e := newEnv(t, Config{}, false)
+	var conns []flow.Conn
+	var keys []bpfFlowKey
+	for i := range 5 {
+		c := flow.Conn{Tuple: flow.NewTuple(e.client.IPv4, e.server.IPv4, uint16(41000+i), 80, flow.ProtoTCP)}
+		conns = append(conns, c)
+		v := viewsOf(&c)
+		for j, k := range []bpfFlowKey{v.fwd[0], v.fwd[1], v.rev[0], v.rev[1]} {
+			if (i+j)%3 == 0 {
+				continue // missing: the batch stops there and goes on
+			}
+			if err := e.c.objs.Flows.Put(&k, &bpfFlowVal{Packets: 1, Bytes: 60}); err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, k)
+		}
+	}
+	kept := flow.Conn{Tuple: flow.NewTuple(e.client.IPv4, e.server.IPv4, 42000, 80, flow.ProtoTCP)}
+	keptKey := viewsOf(&kept).fwd[0]
+	if err := e.c.objs.Flows.Put(&keptKey, &bpfFlowVal{Packets: 1, Bytes: 60}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.ForgetAll(conns); err != nil {
+		t.Fatal(err)
+	}
+	var val bpfFlowVal
+	for _, k := range keys {
+		if err := e.c.objs.Flows.Lookup(&k, &val); err == nil {
+			t.Errorf("view %s still there after ForgetAll", viewOf(&k))
+		}
+	}
+	if err := e.c.objs.Flows.Lookup(&keptKey, &val); err != nil {
+		t.Errorf("another connection's view went too: %v", err)
+	}
+}

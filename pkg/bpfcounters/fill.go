@@ -138,21 +138,49 @@ func (c *Counters) fill(conn *flow.Conn, reply bool) (res FillResult, err error)
 func (c *Counters) Forget(conn *flow.Conn) error {
 	c.fillMu.Lock()
 	defer c.fillMu.Unlock()
-	v := &c.fillViews
-	*v = viewsOf(conn)
-	c.mu.Lock()
-	for _, ks := range [2]*[2]bpfFlowKey{&v.fwd, &v.rev} {
-		for i := range ks {
-			delete(c.lossy, ks[i])
-		}
-	}
-	c.metrics.lossyKeys.Set(float64(len(c.lossy)))
-	c.mu.Unlock()
-	c.forgetKeys = append(append(c.forgetKeys[:0], v.fwd[:]...), v.rev[:]...)
+	c.forgetKeys = c.forgetKeys[:0]
+	c.queueForget(conn)
 	if err := c.cache.deleteKeys(c.forgetKeys); err != nil {
 		return fmt.Errorf("forget the views of %s: %w", conn.Tuple, err)
 	}
 	return nil
+}
+
+// ForgetAll is Forget for every connection of conns, in one system call
+// when every view exists (the kernel stops a batch at a missing key; the
+// rest goes in another).
+func (c *Counters) ForgetAll(conns []flow.Conn) error {
+	if len(conns) == 0 {
+		return nil
+	}
+	c.fillMu.Lock()
+	defer c.fillMu.Unlock()
+	c.forgetKeys = c.forgetKeys[:0]
+	for i := range conns {
+		c.queueForget(&conns[i])
+	}
+	if err := c.cache.deleteKeys(c.forgetKeys); err != nil {
+		return fmt.Errorf("forget the views of %d connections: %w", len(conns), err)
+	}
+	return nil
+}
+
+// queueForget adds conn's views to forgetKeys and drops their loss marks.
+// fillMu held.
+func (c *Counters) queueForget(conn *flow.Conn) {
+	v := &c.fillViews
+	*v = viewsOf(conn)
+	c.mu.Lock()
+	if len(c.lossy) > 0 {
+		for _, ks := range [2]*[2]bpfFlowKey{&v.fwd, &v.rev} {
+			for i := range ks {
+				delete(c.lossy, ks[i])
+			}
+		}
+		c.metrics.lossyKeys.Set(float64(len(c.lossy)))
+	}
+	c.mu.Unlock()
+	c.forgetKeys = append(append(c.forgetKeys, v.fwd[:]...), v.rev[:]...)
 }
 
 // Sweep deletes the entries whose last packet is older than olderThan and
