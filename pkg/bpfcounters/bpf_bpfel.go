@@ -43,6 +43,7 @@ const (
 	bpfMapEpoch        = "epoch"
 	bpfMapFlows        = "flows"
 	bpfMapLostNotified = "lost_notified"
+	bpfMapSenders      = "senders"
 	bpfMapStats        = "stats"
 	bpfProgFlowFromPod = "flow_from_pod"
 	bpfProgFlowToPod   = "flow_to_pod"
@@ -102,6 +103,7 @@ type bpfMapSpecs struct {
 	Epoch        *ebpf.MapSpec `ebpf:"epoch"`
 	Flows        *ebpf.MapSpec `ebpf:"flows"`
 	LostNotified *ebpf.MapSpec `ebpf:"lost_notified"`
+	Senders      *ebpf.MapSpec `ebpf:"senders"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -135,6 +137,7 @@ type bpfMaps struct {
 	Epoch        *ebpf.Map `ebpf:"epoch"`
 	Flows        *ebpf.Map `ebpf:"flows"`
 	LostNotified *ebpf.Map `ebpf:"lost_notified"`
+	Senders      *ebpf.Map `ebpf:"senders"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 }
 
@@ -144,6 +147,7 @@ func (m *bpfMaps) Close() error {
 		m.Epoch,
 		m.Flows,
 		m.LostNotified,
+		m.Senders,
 		m.Stats,
 	)
 }

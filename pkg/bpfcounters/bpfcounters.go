@@ -181,6 +181,9 @@ type Counters struct {
 
 	attachMu sync.Mutex
 	attached map[attachKey]*attachment
+	// sendersOff: interfaces of several namespaces were attached; the
+	// program's senders set is empty for good (markSender).
+	sendersOff bool
 }
 
 // table is the flow map as Fill, Forget and Sweep use it; a fake in tests.
@@ -410,7 +413,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Counters, error) {
 	c.objs.bpfMaps = maps
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		bpfMapFlows: maps.Flows, bpfMapChanges: maps.Changes, bpfMapEpoch: maps.Epoch, bpfMapStats: maps.Stats,
-		bpfMapLostNotified: maps.LostNotified,
+		bpfMapLostNotified: maps.LostNotified, bpfMapSenders: maps.Senders,
 	}}
 	var from struct {
 		P *ebpf.Program `ebpf:"flow_from_pod"`

@@ -416,8 +416,10 @@ func TestReadChanged(t *testing.T) {
 		t.Errorf("Fill after the round made %d more lookups, want none", counting.lookups-2)
 	}
 	v := viewsOf(&ct)
-	// Both pods are local: all four views exist.
-	for _, k := range []bpfFlowKey{v.fwd[0], v.fwd[1], v.rev[0], v.rev[1]} {
+	// Both pods are local: each direction is counted where its sender's
+	// packets enter the node, and not again where they leave toward the
+	// other pod (the program's senders set).
+	for _, k := range []bpfFlowKey{v.fwd[0], v.rev[0]} {
 		fin, ok := got[viewOf(&k)]
 		if !ok {
 			t.Errorf("view %s hook %d not reported (got %v)", viewOf(&k), k.Hook, got)
@@ -426,11 +428,14 @@ func TestReadChanged(t *testing.T) {
 			t.Errorf("view %s: FIN not reported", viewOf(&k))
 		}
 	}
-	// Sender and receiver views of a same-node connection are distinct
-	// tuples only through the DNAT; the forward receiver view and the
-	// reply sender view are each other's reverse.
-	if len(got) != 4 {
-		t.Errorf("round reported %d views, want the connection's 4: %v", len(got), got)
+	if len(got) != 2 {
+		t.Errorf("round reported %d views, want the connection's 2 sender-side ones: %v", len(got), got)
+	}
+	var val bpfFlowVal
+	for _, k := range []bpfFlowKey{v.fwd[1], v.rev[1]} {
+		if err := e.c.objs.Flows.Lookup(&k, &val); err == nil {
+			t.Errorf("receiver-side view %s counted too (%d packets) although its sender's interface counted them", viewOf(&k), val.Packets)
+		}
 	}
 	if idle := round(); len(idle) != 0 {
 		t.Errorf("idle round reported %d views: %v", len(idle), idle)
@@ -489,12 +494,14 @@ func TestReadChanged(t *testing.T) {
 // TestMapFull: inserts that do not fit are counted and make their
 // connection Lossy.
 func TestMapFull(t *testing.T) {
+	// Two pods of the node: a connection takes two entries (one per
+	// direction, where its sender's packets enter the node), so two fit.
 	e := newEnv(t, Config{MapEntries: 4}, false)
 	if _, err := e.server.ListenTCP(8080); err != nil {
 		t.Fatal(err)
 	}
 	var trs []netnstest.Transfer
-	for range 3 {
+	for range 5 {
 		tr, err := netnstest.SendExactly(e.client, e.server.Addr(8080), 10_000, 1000)
 		if err != nil {
 			t.Fatal(err)
@@ -506,7 +513,7 @@ func TestMapFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	if full := counterValue(e.c.metrics.kernel[statMapFull]); full == 0 {
-		t.Fatalf("map of 4 entries and 3 connections of 4 views: no map-full counted")
+		t.Fatalf("map of 4 entries and 5 connections of 2 views: no map-full counted")
 	}
 	lossy := 0
 	for _, tr := range trs {
@@ -522,8 +529,8 @@ func TestMapFull(t *testing.T) {
 			lossy++
 		}
 	}
-	if lossy < 2 {
-		t.Errorf("%d of 3 connections lossy, want at least the 2 that did not fit", lossy)
+	if lossy < 3 {
+		t.Errorf("%d of 5 connections lossy, want at least the 3 that did not fit", lossy)
 	}
 	t.Logf("map full %v, lost keys %v, lossy connections %d",
 		counterValue(e.c.metrics.kernel[statMapFull]), counterValue(e.c.metrics.lostKeys), lossy)
@@ -818,5 +825,61 @@ func TestForgetAllDeletesEveryConnectionsViews(t *testing.T) {
 	}
 	if err := e.c.objs.Flows.Lookup(&keptKey, &val); err != nil {
 		t.Errorf("another connection's view went too: %v", err)
+	}
+}
+
+// The program knows sender interfaces by ifindex, which names an interface
+// in one namespace only: once interfaces of a second namespace are
+// attached, the set is emptied and stays empty, and traffic between two
+// local pods is counted at both ends again (the agent uses the sender's).
+func TestSendersOnlyWithinOneNamespace(t *testing.T) {
+	e := newEnv(t, Config{}, false)
+	if _, err := e.server.ListenTCP(8080); err != nil {
+		t.Fatal(err)
+	}
+	senders := func() int {
+		n := 0
+		var k uint32
+		var v uint8
+		it := e.c.objs.Senders.Iterate()
+		for it.Next(&k, &v) {
+			n++
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for senders() < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := senders(); n != 2 {
+		t.Fatalf("%d sender interfaces, want the node's 2 pods'", n)
+	}
+	other := netnstest.NewNodeT(t, netnstest.Config{Name: "bpfo", Index: 2, Pods: []netnstest.PodSpec{{Name: "lone"}}})
+	idx, _, err := podlinks.HostLink(other.NetnsPath, other.Pod("lone").IPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Attach(idx, other.NetnsPath); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.c.Detach(idx, other.NetnsPath) })
+	if n := senders(); n != 0 {
+		t.Errorf("%d sender interfaces with two namespaces attached, want none", n)
+	}
+	tr, err := netnstest.SendExactly(e.client, e.server.Addr(8080), 5000, 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, _, _ := e.matchConntrack(t, flow.ProtoTCP, tr.Local)
+	v := viewsOf(&ct)
+	var val bpfFlowVal
+	if err := e.c.objs.Flows.Lookup(&v.fwd[1], &val); err != nil {
+		t.Errorf("receiver-side view not counted with two namespaces attached: %v", err)
+	}
+	if res, err := e.c.Fill(&ct); err != nil || !res.Seen || ct.Fwd.Bytes < 5000 || ct.Rev.Bytes < 500 {
+		t.Errorf("Fill: %+v %v, fwd %+v rev %+v", res, err, ct.Fwd, ct.Rev)
 	}
 }

@@ -197,6 +197,19 @@ struct {
 	__uint(max_entries, STAT_MAX);
 } stats SEC(".maps");
 
+// senders: the pod-facing interfaces where flow_from_pod counts what the
+// pod sends (ifindex -> 1), kept by the agent while they are attached in
+// one network namespace. A packet leaving toward a pod that entered the
+// node through one of them was counted there, as the sender's view the
+// agent uses: the receiver-side copy is not counted again (half the map
+// updates, lookups and deletions of traffic between two local pods).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+} senders SEC(".maps");
+
 static __always_inline void stat_inc(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &slot);
@@ -398,6 +411,11 @@ static __always_inline int count(struct __sk_buff *skb, __u8 hook)
 	__u32 l3 = ETH_HLEN;
 	__u32 iplen = 0; // length the IP header claims, 0 when unknown (BIG TCP)
 
+	if (hook == HOOK_TO_POD) {
+		__u32 in = skb->ingress_ifindex;
+		if (in && bpf_map_lookup_elem(&senders, &in))
+			return TC_ACT_UNSPEC;
+	}
 	if (data + ETH_HLEN > end)
 		return TC_ACT_UNSPEC;
 	__be16 proto = *(__be16 *)(data + 12);
