@@ -3,6 +3,7 @@ package bpfcounters
 import (
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/flowlens/flowlens/pkg/flow"
 )
@@ -136,12 +137,8 @@ func (c *Counters) fill(conn *flow.Conn, reply bool) (res FillResult, err error)
 // Forget deletes every view of conn (after its end) and forgets that any
 // was lost. Missing entries are not an error.
 func (c *Counters) Forget(conn *flow.Conn) error {
-	c.fillMu.Lock()
-	defer c.fillMu.Unlock()
-	c.forgetKeys = c.forgetKeys[:0]
-	c.queueForget(conn)
-	if err := c.cache.deleteKeys(c.forgetKeys); err != nil {
-		return fmt.Errorf("forget the views of %s: %w", conn.Tuple, err)
+	if err := c.ForgetAll(unsafe.Slice(conn, 1)); err != nil {
+		return fmt.Errorf("%s: %w", conn.Tuple, err)
 	}
 	return nil
 }
@@ -156,31 +153,25 @@ func (c *Counters) ForgetAll(conns []flow.Conn) error {
 	c.fillMu.Lock()
 	defer c.fillMu.Unlock()
 	c.forgetKeys = c.forgetKeys[:0]
+	c.mu.Lock()
 	for i := range conns {
-		c.queueForget(&conns[i])
+		v := &c.fillViews
+		*v = viewsOf(&conns[i])
+		if len(c.lossy) > 0 {
+			for _, ks := range [2]*[2]bpfFlowKey{&v.fwd, &v.rev} {
+				for j := range ks {
+					delete(c.lossy, ks[j])
+				}
+			}
+		}
+		c.forgetKeys = append(append(c.forgetKeys, v.fwd[:]...), v.rev[:]...)
 	}
+	c.metrics.lossyKeys.Set(float64(len(c.lossy)))
+	c.mu.Unlock()
 	if err := c.cache.deleteKeys(c.forgetKeys); err != nil {
 		return fmt.Errorf("forget the views of %d connections: %w", len(conns), err)
 	}
 	return nil
-}
-
-// queueForget adds conn's views to forgetKeys and drops their loss marks.
-// fillMu held.
-func (c *Counters) queueForget(conn *flow.Conn) {
-	v := &c.fillViews
-	*v = viewsOf(conn)
-	c.mu.Lock()
-	if len(c.lossy) > 0 {
-		for _, ks := range [2]*[2]bpfFlowKey{&v.fwd, &v.rev} {
-			for i := range ks {
-				delete(c.lossy, ks[i])
-			}
-		}
-		c.metrics.lossyKeys.Set(float64(len(c.lossy)))
-	}
-	c.mu.Unlock()
-	c.forgetKeys = append(append(c.forgetKeys, v.fwd[:]...), v.rev[:]...)
 }
 
 // Sweep deletes the entries whose last packet is older than olderThan and

@@ -77,9 +77,11 @@ type Source struct {
 	m      *metrics
 	filter filter
 
-	// open makes a netlink socket in the namespace; tests replace it with
-	// a fake that replays captured datagrams.
-	open func(groups uint32, rcvbuf int) (socket, error)
+	// open makes a dump socket in the namespace and openEvents the event
+	// socket; tests replace them with fakes that replay captured
+	// datagrams.
+	open       func(groups uint32, rcvbuf int) (socket, error)
+	openEvents func(groups uint32, rcvbuf int) (eventSocket, error)
 
 	mu   sync.Mutex // guards the dump state below
 	sock socket     // dump socket; nil until the first Dump or after a failed one
@@ -118,25 +120,33 @@ func New(cfg Config, reg prometheus.Registerer) (*Source, error) {
 	}
 	path := cfg.NetNSPath
 	open := func(groups uint32, rcvbuf int) (socket, error) {
-		if groups != 0 {
-			c, err := openEventNL(path, groups, rcvbuf)
-			if err != nil {
-				return nil, err // not a typed nil in the interface
-			}
-			return c, nil
-		}
 		c, err := openNL(path, groups, rcvbuf)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return c, nil
+	}
+	openEvents := func(groups uint32, rcvbuf int) (eventSocket, error) {
+		c, err := openEventNL(path, groups, rcvbuf)
 		if err != nil {
 			return nil, err
 		}
 		return c, nil
 	}
-	return &Source{cfg: cfg, m: m, filter: newFilter(cfg), open: open, buf: make([]byte, recvBufSize)}, nil
+	return &Source{cfg: cfg, m: m, filter: newFilter(cfg), open: open, openEvents: openEvents, buf: make([]byte, recvBufSize)}, nil
 }
 
-// socket is what Dump and Listen need of a netlink socket.
+// socket is what Dump and Get need of a netlink socket.
 type socket interface {
 	send(b []byte) error
+	// recv reads one datagram into b, waiting for one.
+	recv(b []byte) (int, error)
+	setDeadline(t time.Time) error
+	close() error
+}
+
+// eventSocket is what Listen needs of the event socket.
+type eventSocket interface {
 	// recv reads one datagram into b, waiting for one.
 	recv(b []byte) (int, error)
 	// tryRecv reads one datagram into b if one is queued; ok is false

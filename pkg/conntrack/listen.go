@@ -31,7 +31,7 @@ func (s *Source) Listen(ctx context.Context, fn func(Event)) error {
 	if s.cfg.UpdateEvents {
 		groups |= groupUpdate
 	}
-	sock, err := s.open(groups, s.cfg.EventBufferBytes)
+	sock, err := s.openEvents(groups, s.cfg.EventBufferBytes)
 	if err != nil {
 		return fmt.Errorf("listen to conntrack events of netns %q: %w", s.cfg.NetNSPath, err)
 	}

@@ -27,9 +27,7 @@ type nlConn struct {
 	buf    []byte
 	n      int
 	errno  error
-	empty  bool // tryRecv found nothing queued
 	readFn func(fd uintptr) bool
-	tryFn  func(fd uintptr) bool
 }
 
 // openNL opens a ctnetlink socket in the namespace at path, subscribed to the
@@ -48,7 +46,6 @@ func openNL(path string, groups uint32, rcvbuf int) (*nlConn, error) {
 	}
 	c := &nlConn{f: f, rc: rc}
 	c.readFn = c.recvOnce
-	c.tryFn = c.recvNoWait
 	return c, nil
 }
 
@@ -145,10 +142,6 @@ func (c *nlEventConn) tryRecv(buf []byte) (int, bool, error) {
 	return n, true, err
 }
 
-func (c *nlEventConn) send([]byte) error {
-	return errors.New("the conntrack event socket sends nothing")
-}
-
 func (c *nlEventConn) setDeadline(t time.Time) error {
 	c.deadline.Store(t.UnixNano())
 	return nil
@@ -177,31 +170,10 @@ func (c *nlConn) recvOnce(fd uintptr) bool {
 	return true
 }
 
-// recvNoWait is recvOnce that reports an empty socket instead of asking
-// the poller to wait.
-func (c *nlConn) recvNoWait(fd uintptr) bool {
-	c.empty = !c.recvOnce(fd)
-	return true
-}
-
 // recv reads one datagram into buf. A datagram larger than buf is an error.
 func (c *nlConn) recv(buf []byte) (int, error) {
-	return c.read(buf, c.readFn)
-}
-
-// tryRecv reads one datagram into buf if one is queued.
-func (c *nlConn) tryRecv(buf []byte) (int, bool, error) {
-	c.empty = false
-	n, err := c.read(buf, c.tryFn)
-	if err == nil && c.empty {
-		return 0, false, nil
-	}
-	return n, true, err
-}
-
-func (c *nlConn) read(buf []byte, fn func(fd uintptr) bool) (int, error) {
 	c.buf = buf
-	err := c.rc.Read(fn)
+	err := c.rc.Read(c.readFn)
 	c.buf = nil
 	if err != nil {
 		return 0, err

@@ -15,9 +15,12 @@ type nlConn struct{}
 
 func openNL(string, uint32, int) (*nlConn, error) { return nil, netns.ErrNotSupported }
 func (*nlConn) recv([]byte) (int, error)          { return 0, netns.ErrNotSupported }
-func (*nlConn) tryRecv([]byte) (int, bool, error) { return 0, false, netns.ErrNotSupported }
 func (*nlConn) send([]byte) error                 { return netns.ErrNotSupported }
 func (*nlConn) setDeadline(time.Time) error       { return netns.ErrNotSupported }
 func (*nlConn) close() error                      { return nil }
 
-func openEventNL(p string, g uint32, b int) (*nlConn, error) { return openNL(p, g, b) }
+// nlEventConn stands in for the event socket.
+type nlEventConn struct{ nlConn }
+
+func openEventNL(string, uint32, int) (*nlEventConn, error) { return nil, netns.ErrNotSupported }
+func (*nlEventConn) tryRecv([]byte) (int, bool, error)      { return 0, false, netns.ErrNotSupported }

@@ -96,13 +96,15 @@ func fakeSource(t *testing.T, cfg Config, socks ...*fakeSocket) (*Source, *metri
 	}
 	m := s.m
 	opened := 0
-	s.open = func(uint32, int) (socket, error) {
+	next := func() (*fakeSocket, error) {
 		if opened == len(socks) {
 			return nil, errors.New("no more fake sockets")
 		}
 		opened++
 		return socks[opened-1], nil
 	}
+	s.open = func(uint32, int) (socket, error) { return next() }
+	s.openEvents = func(uint32, int) (eventSocket, error) { return next() }
 	return s, m, &opened
 }
 
