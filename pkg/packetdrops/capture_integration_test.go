@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os/exec"
 	"testing"
-	"time"
 
 	"github.com/flowlens/flowlens/pkg/netns"
 )
@@ -63,15 +62,15 @@ func TestCaptureInterfaceCopiesAreNotDrops(t *testing.T) {
 				t.Errorf("drops %d forward %d reverse, want %d forward", fwd, rev, want)
 			}
 			// The kernel's counters reach the metrics every statsInterval.
+			// Only the flc* case reads the metric: it is machine-wide, and
+			// another test's mirror being torn down adds copies to it at
+			// any time. On pdc* the drops attributed above already show
+			// the packets were not taken for copies (a copy is never also
+			// a drop).
 			if tc.copies {
 				waitFor(t, func() bool {
 					return metric(t, reg, "flowlens_packetdrops_capture_copies_total", "")-before >= sent
 				}, "the copies counted")
-			} else {
-				time.Sleep(2 * statsInterval)
-				if copies := metric(t, reg, "flowlens_packetdrops_capture_copies_total", "") - before; copies != 0 {
-					t.Errorf("capture copies counted %v on an interface not named flc*", copies)
-				}
 			}
 		})
 	}
