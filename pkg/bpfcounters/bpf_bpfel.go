@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfBulkArgs struct {
+	_    structs.HostLayout
+	N    uint32
+	Done uint32
+}
+
+type bpfBulkSlot struct {
+	_   structs.HostLayout
+	Key bpfFlowKey
+	Val bpfFlowVal
+	Err int32
+	Pad uint32
+}
+
 type bpfFlowKey struct {
 	_     structs.HostLayout
 	Saddr [16]uint8
@@ -39,14 +53,17 @@ type bpfFlowVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapChanges      = "changes"
-	bpfMapEpoch        = "epoch"
-	bpfMapFlows        = "flows"
-	bpfMapLostNotified = "lost_notified"
-	bpfMapSenders      = "senders"
-	bpfMapStats        = "stats"
-	bpfProgFlowFromPod = "flow_from_pod"
-	bpfProgFlowToPod   = "flow_to_pod"
+	bpfMapBulkSlots       = "bulk_slots"
+	bpfMapChanges         = "changes"
+	bpfMapEpoch           = "epoch"
+	bpfMapFlows           = "flows"
+	bpfMapLostNotified    = "lost_notified"
+	bpfMapSenders         = "senders"
+	bpfMapStats           = "stats"
+	bpfProgFlowDeleteBulk = "flow_delete_bulk"
+	bpfProgFlowFromPod    = "flow_from_pod"
+	bpfProgFlowLookupBulk = "flow_lookup_bulk"
+	bpfProgFlowToPod      = "flow_to_pod"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -91,14 +108,17 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	FlowFromPod *ebpf.ProgramSpec `ebpf:"flow_from_pod"`
-	FlowToPod   *ebpf.ProgramSpec `ebpf:"flow_to_pod"`
+	FlowDeleteBulk *ebpf.ProgramSpec `ebpf:"flow_delete_bulk"`
+	FlowFromPod    *ebpf.ProgramSpec `ebpf:"flow_from_pod"`
+	FlowLookupBulk *ebpf.ProgramSpec `ebpf:"flow_lookup_bulk"`
+	FlowToPod      *ebpf.ProgramSpec `ebpf:"flow_to_pod"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
+	BulkSlots    *ebpf.MapSpec `ebpf:"bulk_slots"`
 	Changes      *ebpf.MapSpec `ebpf:"changes"`
 	Epoch        *ebpf.MapSpec `ebpf:"epoch"`
 	Flows        *ebpf.MapSpec `ebpf:"flows"`
@@ -133,6 +153,7 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
+	BulkSlots    *ebpf.Map `ebpf:"bulk_slots"`
 	Changes      *ebpf.Map `ebpf:"changes"`
 	Epoch        *ebpf.Map `ebpf:"epoch"`
 	Flows        *ebpf.Map `ebpf:"flows"`
@@ -143,6 +164,7 @@ type bpfMaps struct {
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
+		m.BulkSlots,
 		m.Changes,
 		m.Epoch,
 		m.Flows,
@@ -162,13 +184,17 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	FlowFromPod *ebpf.Program `ebpf:"flow_from_pod"`
-	FlowToPod   *ebpf.Program `ebpf:"flow_to_pod"`
+	FlowDeleteBulk *ebpf.Program `ebpf:"flow_delete_bulk"`
+	FlowFromPod    *ebpf.Program `ebpf:"flow_from_pod"`
+	FlowLookupBulk *ebpf.Program `ebpf:"flow_lookup_bulk"`
+	FlowToPod      *ebpf.Program `ebpf:"flow_to_pod"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.FlowDeleteBulk,
 		p.FlowFromPod,
+		p.FlowLookupBulk,
 		p.FlowToPod,
 	)
 }

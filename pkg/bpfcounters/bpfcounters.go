@@ -159,6 +159,10 @@ type Counters struct {
 	// roundVals are the values the current read round looked up; during
 	// the round's callbacks they are in cache.
 	roundVals []keyVal
+	// lookKeys, lookVals, lookFound: the round's lookups and answers.
+	lookKeys  []bpfFlowKey
+	lookVals  []bpfFlowVal
+	lookFound []bool
 
 	// fillMu guards Fill's and Forget's scratch views and the cache.
 	fillMu    sync.Mutex
@@ -253,6 +257,26 @@ type mapTable struct {
 	// attr, which points at key and val (newMapTable).
 	direct bool
 	attr   lookupAttr
+	// bulk: many keys are looked up or deleted in one program run; nil
+	// where the kernel cannot run the programs.
+	bulk *bulkOps
+}
+
+// lookupKeys looks many keys up, in one program run where it can.
+func (t *mapTable) lookupKeys(ks []bpfFlowKey, vs []bpfFlowVal, found []bool) error {
+	if t.bulk == nil || len(ks) < 2 { // t.bulk is set before any use
+		for i := range ks {
+			ok, err := t.lookup(&ks[i], &vs[i])
+			if err != nil {
+				return fmt.Errorf("look up flow %s: %w", viewOf(&ks[i]), err)
+			}
+			found[i] = ok
+		}
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.bulk.lookupKeys(ks, vs, found)
 }
 
 // batchAttr is the kernel's bpf_attr for the batch operations.
@@ -343,13 +367,16 @@ func (t *mapTable) deleteLocked(k *bpfFlowKey) error {
 	return err
 }
 
-// deleteKeys deletes a connection's views in one system call where it
-// can, instead of one per view. The kernel stops a batch at the first
-// missing key (having deleted those before it): the rest goes in
-// another batch.
+// deleteKeys deletes many views in one program run (bulkOps), else in
+// one system call per batch: the kernel stops a batch at the first
+// missing key (having deleted those before it), and the rest goes in
+// another.
 func (t *mapTable) deleteKeys(ks []bpfFlowKey) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.bulk != nil && len(ks) > 1 {
+		return t.bulk.deleteKeys(ks)
+	}
 	for len(ks) > 0 {
 		if t.noBatch || len(ks) == 1 {
 			for i := range ks {
@@ -413,7 +440,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Counters, error) {
 	c.objs.bpfMaps = maps
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		bpfMapFlows: maps.Flows, bpfMapChanges: maps.Changes, bpfMapEpoch: maps.Epoch, bpfMapStats: maps.Stats,
-		bpfMapLostNotified: maps.LostNotified, bpfMapSenders: maps.Senders,
+		bpfMapLostNotified: maps.LostNotified, bpfMapSenders: maps.Senders, bpfMapBulkSlots: maps.BulkSlots,
 	}}
 	var from struct {
 		P *ebpf.Program `ebpf:"flow_from_pod"`
@@ -429,7 +456,20 @@ func New(cfg Config, reg prometheus.Registerer) (*Counters, error) {
 		return nil, errors.Join(fmt.Errorf("load %s: %w", bpfProgFlowToPod, err), c.objs.Close())
 	}
 	c.objs.FlowToPod = to.P
-	c.table = newMapTable(c.objs.Flows)
+	mt := newMapTable(c.objs.Flows)
+	if mt.direct {
+		// Without the direct layout the slots' layout is not ours either.
+		bulk, err := loadBulk(spec, opts, maps.BulkSlots)
+		if err != nil {
+			klog.InfoS("Looking up and deleting flow keys one system call at a time: the bulk programs are not available", "err", err)
+		} else {
+			mt.bulk = bulk
+		}
+	}
+	if mt.bulk != nil {
+		c.metrics.bulk.Set(1)
+	}
+	c.table = mt
 	c.cache.base = c.table
 	c.ring, err = ringbuf.NewReader(c.objs.Changes)
 	if err != nil {
@@ -462,6 +502,14 @@ func (c *Counters) Close() error {
 			errs = append(errs, fmt.Errorf("close ring: %w", err))
 		}
 		c.ring = nil
+	}
+	if mt, ok := c.table.(*mapTable); ok && mt.bulk != nil {
+		mt.mu.Lock()
+		if err := mt.bulk.close(); err != nil {
+			errs = append(errs, fmt.Errorf("close bulk programs: %w", err))
+		}
+		mt.bulk = nil
+		mt.mu.Unlock()
 	}
 	if err := c.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close bpf objects: %w", err))

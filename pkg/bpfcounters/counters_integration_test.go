@@ -715,6 +715,10 @@ func TestICMPEcho(t *testing.T) {
 // while a view of another connection stays.
 func TestForgetDeletesEveryViewAroundMissingOnes(t *testing.T) {
 	e := newEnv(t, Config{}, false)
+	eachTablePath(t, e, func(t *testing.T) { forgetAroundMissing(t, e) })
+}
+
+func forgetAroundMissing(t *testing.T, e *env) {
 	conn := flow.Conn{Tuple: flow.NewTuple(e.client.IPv4, e.server.IPv4, 40000, 80, flow.ProtoTCP)}
 	conn.OrigDstIP, conn.OrigDstPort = netip.MustParseAddr("10.96.0.10").As16(), 8080
 	v := viewsOf(&conn)
@@ -793,6 +797,10 @@ func (t *countingTable) lookup(k *bpfFlowKey, v *bpfFlowVal) (bool, error) {
 // leaves the others'.
 func TestForgetAllDeletesEveryConnectionsViews(t *testing.T) {
 	e := newEnv(t, Config{}, false)
+	eachTablePath(t, e, func(t *testing.T) { forgetAllViews(t, e) })
+}
+
+func forgetAllViews(t *testing.T, e *env) {
 	var conns []flow.Conn
 	var keys []bpfFlowKey
 	for i := range 5 {
@@ -825,6 +833,74 @@ func TestForgetAllDeletesEveryConnectionsViews(t *testing.T) {
 	}
 	if err := e.c.objs.Flows.Lookup(&keptKey, &val); err != nil {
 		t.Errorf("another connection's view went too: %v", err)
+	}
+}
+
+// eachTablePath runs fn with the flow map's lookups and deletions made by
+// the bulk programs, then by system calls (the path of kernels that cannot
+// run them).
+func eachTablePath(t *testing.T, e *env, fn func(t *testing.T)) {
+	t.Helper()
+	mt, ok := e.c.table.(*mapTable)
+	if !ok || mt.bulk == nil {
+		t.Fatalf("the bulk programs did not load on this kernel (table %T)", e.c.table)
+	}
+	bulk := mt.bulk
+	t.Run("bulk", fn)
+	mt.bulk = nil
+	defer func() { mt.bulk = bulk }()
+	t.Run("syscalls", fn)
+}
+
+// The bulk programs answer what a lookup answers and delete what a
+// delete deletes, over more keys than one run takes and with missing keys
+// among them.
+func TestBulkProgramsAgreeWithTheMap(t *testing.T) {
+	e := newEnv(t, Config{}, false)
+	mt := e.c.table.(*mapTable)
+	if mt.bulk == nil {
+		t.Fatal("the bulk programs did not load on this kernel")
+	}
+	const n = 2*bulkSlots + 300
+	keys := make([]bpfFlowKey, n)
+	want := map[int]bpfFlowVal{}
+	for i := range keys {
+		c := flow.Conn{Tuple: flow.NewTuple(e.client.IPv4, e.server.IPv4, uint16(20000+i), 80, flow.ProtoTCP)}
+		keys[i] = viewsOf(&c).fwd[0]
+		if i%3 == 1 {
+			continue // missing
+		}
+		v := bpfFlowVal{Packets: uint64(i), Bytes: uint64(i) * 100, FirstNs: uint64(i) + 1, LastNs: uint64(i) + 2, Ifindex: uint32(i), TcpFlags: uint32(i % 64), NotifiedEpoch: uint64(i) * 7}
+		if err := e.c.objs.Flows.Put(&keys[i], &v); err != nil {
+			t.Fatal(err)
+		}
+		want[i] = v
+	}
+	vals, found := make([]bpfFlowVal, n), make([]bool, n)
+	if err := mt.lookupKeys(keys, vals, found); err != nil {
+		t.Fatal(err)
+	}
+	for i := range keys {
+		w, ok := want[i]
+		if found[i] != ok || (ok && vals[i] != w) {
+			t.Fatalf("key %d: found %v %+v, want %v %+v", i, found[i], vals[i], ok, w)
+		}
+	}
+	// Delete every other key: those present go, the others stay.
+	var del []bpfFlowKey
+	for i := 0; i < n; i += 2 {
+		del = append(del, keys[i])
+	}
+	if err := mt.deleteKeys(del); err != nil {
+		t.Fatal(err)
+	}
+	var v bpfFlowVal
+	for i := range keys {
+		_, present := want[i]
+		err := e.c.objs.Flows.Lookup(&keys[i], &v)
+		if gone := err != nil; gone != (i%2 == 0 || !present) {
+			t.Errorf("key %d (present before %v): gone %v after deleting the even keys (%v)", i, present, gone, err)
+		}
 	}
 }
 

@@ -27,6 +27,7 @@ type metrics struct {
 	unattributed prometheus.Counter
 	lossyKeys    prometheus.Gauge
 	attached     prometheus.Gauge
+	bulk         prometheus.Gauge
 	attachErrors prometheus.Counter
 	swept        prometheus.Counter
 }
@@ -51,6 +52,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		unattributed: c("unattributed_losses_total", "Read rounds that found lost-key records missing from the ring (connections first counted before then are reported lossy)."),
 		lossyKeys:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowlens_bpf_lossy_keys", Help: "Flow keys currently known to have lost packets."}),
 		attached:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowlens_bpf_attached_interfaces", Help: "Interfaces the flow counters are attached to."}),
+		bulk:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "flowlens_bpf_bulk_programs", Help: "1 when the flow map's lookups and deletions run as one program run per batch of keys (Linux 5.14+), 0 when they take a system call per key or per batch."}),
 		attachErrors: c("attach_errors_total", "Failed attaches and detaches of the flow counter programs."),
 		swept:        c("swept_entries_total", "Flow entries deleted by Sweep (idle, owned by no connection)."),
 	}
@@ -61,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.kernel[statMapFull], m.kernel[statRingFull], m.kernel[statParseFail], m.kernel[statNonIP],
 		m.kernel[statFragment], m.kernel[statLostRecords],
 		m.fullWalks, m.readKeys, m.readErrors, m.lostKeys, m.unattributed,
-		m.lossyKeys, m.attached, m.attachErrors, m.swept,
+		m.lossyKeys, m.attached, m.bulk, m.attachErrors, m.swept,
 	} {
 		if err := reg.Register(col); err != nil {
 			var are prometheus.AlreadyRegisteredError

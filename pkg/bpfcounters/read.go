@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -121,7 +122,9 @@ func (c *Counters) readRound() ([]changed, error) {
 		}
 	}
 
-	var v bpfFlowVal
+	// The receiver-side views of the ring are reported as they are; the
+	// others are looked up, all at once where the table can.
+	c.lookKeys = c.lookKeys[:0]
 	for i := range c.keys {
 		k := &c.keys[i]
 		if k.Hook == hookToPod && c.seen[*k] == fromRing {
@@ -134,15 +137,21 @@ func (c *Counters) readRound() ([]changed, error) {
 			c.report(viewOf(k), fin)
 			continue
 		}
-		ok, err := c.table.lookup(k, &v)
-		if err != nil {
-			c.metrics.readErrors.Inc()
-			return nil, fmt.Errorf("look up flow %s: %w", viewOf(k), err)
-		}
-		if !ok {
+		c.lookKeys = append(c.lookKeys, *k)
+	}
+	n := len(c.lookKeys)
+	c.lookVals = slices.Grow(c.lookVals[:0], n)[:n]
+	c.lookFound = slices.Grow(c.lookFound[:0], n)[:n]
+	if err := lookupKeys(c.table, c.lookKeys, c.lookVals, c.lookFound); err != nil {
+		c.metrics.readErrors.Inc()
+		return nil, err
+	}
+	for i := range c.lookKeys {
+		if !c.lookFound[i] {
 			continue // deleted since (Forget, Sweep)
 		}
-		c.roundVals = append(c.roundVals, keyVal{*k, v})
+		k, v := &c.lookKeys[i], &c.lookVals[i]
+		c.roundVals = append(c.roundVals, keyVal{*k, *v})
 		if v.NotifiedEpoch == c.epoch {
 			// Notified in this epoch already: a packet after this lookup
 			// would not notify again, so look again next round.
@@ -155,6 +164,26 @@ func (c *Counters) readRound() ([]changed, error) {
 	}
 	c.metrics.readKeys.Add(float64(len(c.out)))
 	return c.out, nil
+}
+
+// keysLooker is a table that looks many keys up in one go.
+type keysLooker interface {
+	lookupKeys(ks []bpfFlowKey, vs []bpfFlowVal, found []bool) error
+}
+
+// lookupKeys sets vs[i] and found[i] to ks[i]'s entry in t.
+func lookupKeys(t table, ks []bpfFlowKey, vs []bpfFlowVal, found []bool) error {
+	if kl, ok := t.(keysLooker); ok {
+		return kl.lookupKeys(ks, vs, found)
+	}
+	for i := range ks {
+		ok, err := t.lookup(&ks[i], &vs[i])
+		if err != nil {
+			return fmt.Errorf("look up flow %s: %w", viewOf(&ks[i]), err)
+		}
+		found[i] = ok
+	}
+	return nil
 }
 
 // report adds a changed view to the round's result. The same tuple at

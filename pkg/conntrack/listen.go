@@ -58,7 +58,7 @@ func (s *Source) Listen(ctx context.Context, fn func(Event)) error {
 	buf := make([]byte, recvBufSize)
 	var conn flow.Conn
 	// batching: the last read found a datagram, so the next one does not
-	// wait on the poller; an empty socket then costs one pause of
+	// wait for one; an empty socket then costs one pause of
 	// EventBatchDelay (the batch gathers) before waiting again.
 	batching := false
 	var pause *time.Timer
@@ -82,7 +82,7 @@ func (s *Source) Listen(ctx context.Context, fn func(Event)) error {
 				case <-pause.C:
 				}
 				if n, ok, err = sock.tryRecv(buf); err == nil && !ok {
-					batching = false // quiet: wait on the poller
+					batching = false // quiet: wait for the next event
 					continue
 				}
 			}

@@ -75,32 +75,44 @@ func openNLFD(path string, groups uint32, rcvbuf int, flags int) (int, error) {
 	return fd, nil
 }
 
-// eventWakeEvery bounds how long a blocked event read goes without
-// looking at its deadline: how late Listen notices its context ended.
-const eventWakeEvery = 100 * time.Millisecond
-
-// nlEventConn is the event socket: a blocking file descriptor outside the
-// runtime poller. In the poller, every datagram the kernel queues wakes
-// the poller's thread (epoll reports each arrival), although the listener
-// reads them in batches and is not waiting: one wake-up per conntrack
-// event, which was most of the agent's scheduling cost. A blocked read
-// wakes every eventWakeEvery (SO_RCVTIMEO) to check its deadline.
+// nlEventConn is the event socket: a non-blocking descriptor outside the
+// runtime poller, waited on through an epoll instance of its own. In the
+// poller, every datagram the kernel queues wakes the poller's thread
+// (epoll reports each arrival), although the listener reads them in
+// batches and is not waiting: one wake-up per conntrack event, which was
+// most of the agent's scheduling cost. A read that finds nothing waits in
+// epoll_wait until a datagram arrives or setDeadline writes the eventfd:
+// no periodic wake-up. (A receive timeout that woke it to look at its
+// deadline cost an idle agent a third of its CPU: each wake-up re-entered
+// a blocking system call, and the runtime's monitor thread polls every
+// 20 µs while a P sits in one.)
 type nlEventConn struct {
-	fd       int
-	deadline atomic.Int64 // Unix ns; 0: none
+	fd, epfd, wakefd int
+	deadline         atomic.Int64 // Unix ns; 0: none
+	events           [2]unix.EpollEvent
 }
 
 func openEventNL(path string, groups uint32, rcvbuf int) (*nlEventConn, error) {
-	fd, err := openNLFD(path, groups, rcvbuf, 0)
+	fd, err := openNLFD(path, groups, rcvbuf, unix.SOCK_NONBLOCK)
 	if err != nil {
 		return nil, err
 	}
-	tv := unix.NsecToTimeval(eventWakeEvery.Nanoseconds())
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("set netlink receive timeout: %w", err)
+	c := &nlEventConn{fd: fd, epfd: -1, wakefd: -1}
+	if c.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		c.close()
+		return nil, fmt.Errorf("create epoll for the netlink event socket: %w", err)
 	}
-	return &nlEventConn{fd: fd}, nil
+	if c.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		c.close()
+		return nil, fmt.Errorf("create eventfd for the netlink event socket: %w", err)
+	}
+	for _, f := range []int{c.fd, c.wakefd} {
+		if err := unix.EpollCtl(c.epfd, unix.EPOLL_CTL_ADD, f, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(f)}); err != nil {
+			c.close()
+			return nil, fmt.Errorf("add fd %d to the netlink event socket's epoll: %w", f, err)
+		}
+	}
+	return c, nil
 }
 
 func (c *nlEventConn) recvFlags(buf []byte, flags int) (int, error) {
@@ -120,15 +132,38 @@ func (c *nlEventConn) recvFlags(buf []byte, flags int) (int, error) {
 
 func (c *nlEventConn) recv(buf []byte) (int, error) {
 	for {
-		if d := c.deadline.Load(); d != 0 && time.Now().UnixNano() >= d {
-			return 0, os.ErrDeadlineExceeded
+		n, ok, err := c.tryRecv(buf)
+		if ok || err != nil {
+			return n, err
 		}
-		n, err := c.recvFlags(buf, 0)
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			continue // the receive timeout: look at the deadline
+		if err := c.wait(); err != nil {
+			return 0, err
 		}
-		return n, err
 	}
+}
+
+// wait blocks until the socket is readable, the eventfd was written or
+// the deadline passed.
+func (c *nlEventConn) wait() error {
+	timeout := -1
+	if d := c.deadline.Load(); d != 0 {
+		left := time.Duration(d - time.Now().UnixNano())
+		if left <= 0 {
+			return nil // tryRecv reports it
+		}
+		timeout = int((left + time.Millisecond - 1) / time.Millisecond)
+	}
+	n, err := unix.EpollWait(c.epfd, c.events[:], timeout)
+	if err != nil && !errors.Is(err, unix.EINTR) {
+		return fmt.Errorf("wait for conntrack events: %w", err)
+	}
+	for i := 0; i < n; i++ {
+		if int(c.events[i].Fd) == c.wakefd {
+			var b [8]byte
+			_, _ = unix.Read(c.wakefd, b[:]) // reset; the deadline is re-read
+		}
+	}
+	return nil
 }
 
 func (c *nlEventConn) tryRecv(buf []byte) (int, bool, error) {
@@ -142,12 +177,25 @@ func (c *nlEventConn) tryRecv(buf []byte) (int, bool, error) {
 	return n, true, err
 }
 
+// setDeadline sets when reads fail with os.ErrDeadlineExceeded, and wakes
+// a blocked read so that it sees the new deadline.
 func (c *nlEventConn) setDeadline(t time.Time) error {
 	c.deadline.Store(t.UnixNano())
+	one := [8]byte{1} // an eventfd write adds this native-endian uint64
+	if _, err := unix.Write(c.wakefd, one[:]); err != nil && !errors.Is(err, unix.EAGAIN) {
+		return fmt.Errorf("wake the conntrack event reader: %w", err)
+	}
 	return nil
 }
 
-func (c *nlEventConn) close() error { return unix.Close(c.fd) }
+func (c *nlEventConn) close() error {
+	for _, f := range []int{c.epfd, c.wakefd} {
+		if f >= 0 {
+			unix.Close(f)
+		}
+	}
+	return unix.Close(c.fd)
+}
 
 func (c *nlConn) recvOnce(fd uintptr) bool {
 	var p unsafe.Pointer
