@@ -156,10 +156,20 @@ func New(cfg agentconfig.Config, reg *prometheus.Registry) (*Agent, error) {
 	a.health = NewHealth(SystemClock{}, 3*dumpEvery+10*time.Second)
 
 	loopCfg := LoopConfig{
-		Source:         a.source,
-		Events:         *cfg.Conntrack.Events,
-		EventQueue:     conntrackEventQueue,
-		EventDelay:     eventBatchDelay(cfg),
+		Source:     a.source,
+		Events:     *cfg.Conntrack.Events,
+		EventQueue: conntrackEventQueue,
+		// Events are read at each tick (OpenEvents), up to a tick after
+		// the kernel sent them; a listener, where that fails, batches them
+		// for half a tick (eventBatchDelay).
+		EventDelay: cfg.Connections.TickInterval.D(),
+		OpenEvents: func() (EventStream, error) {
+			es, err := a.source.OpenEvents()
+			if err != nil {
+				return nil, err
+			}
+			return es, nil
+		},
 		PollInterval:   dumpEvery,
 		TickInterval:   cfg.Connections.TickInterval.D(),
 		MaxConnections: cfg.Connections.MaxConnections,

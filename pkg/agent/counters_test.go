@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -483,6 +484,70 @@ func TestCountersEventsTakenAfterTheRoundAreBornWithTheirCounters(t *testing.T) 
 	checkRecords(t, h.sink.all(),
 		want{40010, eof, 300, 5, 900, 4},
 		want{40009, forced, 400, 6, 1200, 5})
+}
+
+// The same, with the events read by the loop itself at its ticks
+// (LoopConfig.OpenEvents): no listener, the NEWs applied right after the
+// round; the events queued when the loop stops are applied before its
+// last records.
+func TestCountersEventsReadAtTheTickAreBornWithTheirCounters(t *testing.T) {
+	src := newFakeSource()
+	fc := newFakeCounters()
+	stream := newFakeStream()
+	h := newHarness(t, src, func(c *LoopConfig) {
+		withCounters(fc, CrossCheck{})(c)
+		withStream(stream)(c)
+		c.EventDelay = tickEvery
+	})
+	idle := tcpConn(40009, 13, 0, 0, 0, 0)
+	src.set(idle)
+	fc.count(idle, idle.Tuple, fakeCounted{fwd: ctr(400, 6), rev: ctr(1200, 5), fwdFlags: tcpSYN, firstNanos: at(1020 * time.Millisecond).UnixNano()})
+	done := tcpConn(40010, 14, 0, 0, 0, 0)
+	fc.count(done, done.Tuple, fakeCounted{fwd: ctr(300, 5), rev: ctr(900, 4), finished: true,
+		fwdFlags: tcpSYN | tcpFIN, firstNanos: at(1030 * time.Millisecond).UnixNano()})
+	late := tcpConn(40011, 15, 0, 0, 0, 0) // its NEW still queued at the stop
+	src.set(late)
+	fc.count(late, late.Tuple, fakeCounted{fwd: ctr(100, 2), rev: ctr(200, 2), fwdFlags: tcpSYN, firstNanos: at(1320 * time.Millisecond).UnixNano()})
+	stream.push(conntrack.Event{Type: conntrack.EventNew, Conn: &idle}, conntrack.Event{Type: conntrack.EventNew, Conn: &done})
+	h.tickStream(stream, at(1100*time.Millisecond)) // the round, then the NEWs
+	h.tickStream(stream, at(1200*time.Millisecond)) // done closes
+	if got := src.listens(); got != 0 {
+		t.Errorf("the loop listened %d times, want its events read from the stream only", got)
+	}
+	h.tickStream(stream, at(1300*time.Millisecond))
+	stream.push(conntrack.Event{Type: conntrack.EventNew, Conn: &late})
+	h.stop(at(1400 * time.Millisecond))
+	checkRecords(t, h.sink.all(),
+		want{40010, eof, 300, 5, 900, 4},
+		want{40009, forced, 400, 6, 1200, 5},
+		want{40011, forced, 100, 2, 200, 2})
+	if !stream.isClosed() {
+		t.Error("the event stream was not closed when the loop stopped")
+	}
+}
+
+// A stream that fails is closed, and the loop goes on (with dumps).
+func TestCountersFailingEventStreamLeavesDumps(t *testing.T) {
+	src := newFakeSource()
+	fc := newFakeCounters()
+	stream := newFakeStream()
+	h := newHarness(t, src, func(c *LoopConfig) {
+		withCounters(fc, CrossCheck{})(c)
+		withStream(stream)(c)
+		c.EventDelay = tickEvery
+	})
+	stream.mu.Lock()
+	stream.err = errors.New("socket gone")
+	stream.mu.Unlock()
+	h.tickStream(stream, at(100*time.Millisecond))
+	select { // taken once the first tick is over
+	case h.ticker.c <- at(200 * time.Millisecond):
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop stopped ticking after its event stream failed")
+	}
+	if !stream.isClosed() {
+		t.Error("a failed event stream was not closed")
+	}
 }
 
 // A GET between the FINs and the last ACK finds the entry not finished

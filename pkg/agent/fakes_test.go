@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +27,8 @@ type fakeSource struct {
 	gets    []flow.Tuple
 	events  chan fakeEvent
 	gate    chan struct{} // when set, a dump waits until it is closed
+	// listenCalls counts Listen calls.
+	listenCalls atomic.Int32
 }
 
 type fakeEvent struct {
@@ -111,6 +114,7 @@ func (f *fakeSource) Get(c *flow.Conn) error {
 }
 
 func (f *fakeSource) Listen(ctx context.Context, fn func(conntrack.Event)) error {
+	f.listenCalls.Add(1)
 	for {
 		select {
 		case <-ctx.Done():
@@ -121,6 +125,8 @@ func (f *fakeSource) Listen(ctx context.Context, fn func(conntrack.Event)) error
 		}
 	}
 }
+
+func (f *fakeSource) listens() int { return int(f.listenCalls.Load()) }
 
 // fakeClock is set by the test; its tickers tick when the test says so.
 type fakeClock struct {
@@ -191,6 +197,63 @@ type harness struct {
 	ticker *fakeTicker
 	cancel context.CancelFunc
 	done   chan struct{}
+}
+
+// fakeStream is an EventStream whose events the test queues with push.
+// Each Drain signals drained when it returns: with no listener, a test
+// syncs with the loop's tick through it.
+type fakeStream struct {
+	mu      sync.Mutex
+	queue   []conntrack.Event
+	err     error
+	closed  bool
+	drained chan struct{}
+}
+
+func newFakeStream() *fakeStream { return &fakeStream{drained: make(chan struct{}, 64)} }
+
+func (f *fakeStream) push(evs ...conntrack.Event) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, ev := range evs {
+		if ev.Conn != nil {
+			c := *ev.Conn
+			ev.Conn = &c
+		}
+		f.queue = append(f.queue, ev)
+	}
+}
+
+func (f *fakeStream) Drain(fn func(conntrack.Event)) error {
+	f.mu.Lock()
+	q, err := f.queue, f.err
+	f.queue = nil
+	f.mu.Unlock()
+	defer func() { f.drained <- struct{}{} }()
+	for _, ev := range q {
+		fn(ev)
+	}
+	return err
+}
+
+func (f *fakeStream) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	return nil
+}
+
+func (f *fakeStream) isClosed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.closed
+}
+
+// withStream makes the loop read its events from s at its ticks.
+func withStream(s *fakeStream) func(*LoopConfig) {
+	return func(c *LoopConfig) {
+		c.OpenEvents = func() (EventStream, error) { return s, nil }
+	}
 }
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -295,6 +358,24 @@ func (h *harness) tick(at time.Time) {
 	h.t.Helper()
 	h.clock.set(at)
 	h.fire(h.ticker, at)
+}
+
+// tickStream is tick for a loop that reads an EventStream: it returns once
+// the tick drained the stream (the rest of the tick may still run; the
+// next step waits for it).
+func (h *harness) tickStream(s *fakeStream, at time.Time) {
+	h.t.Helper()
+	h.clock.set(at)
+	select {
+	case h.ticker.c <- at:
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("the loop does not read its ticker")
+	}
+	select {
+	case <-s.drained:
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("the tick did not drain the event stream")
+	}
 }
 
 func (h *harness) fire(tk *fakeTicker, at time.Time) {

@@ -59,6 +59,14 @@ type L7 interface {
 	Tick(now time.Time)
 }
 
+// EventStream is the source's events as the loop reads them at its ticks
+// (*conntrack.EventStream).
+type EventStream interface {
+	// Drain calls fn for each event queued now, without waiting.
+	Drain(fn func(conntrack.Event)) error
+	Close() error
+}
+
 // LoopConfig configures a Loop.
 type LoopConfig struct {
 	Source Source // required
@@ -79,6 +87,14 @@ type LoopConfig struct {
 	// takes events from the listener a batch at a time (one wake-up per
 	// batch, not per event).
 	EventDelay time.Duration
+	// OpenEvents, used with Counters and a positive EventDelay, opens the
+	// source's events for the loop to read itself at each tick, right
+	// after the read round, instead of through a listener goroutine: the
+	// agent then wakes for its ticks only, not also for each batch of
+	// events. The kernel holds the events in the socket's buffer until
+	// then, so EventDelay must cover a tick. Where it fails, the loop
+	// listens as it would without it.
+	OpenEvents func() (EventStream, error)
 	// PollInterval is how often the source is dumped; TickInterval how
 	// often due records are exported. Both required. With Counters the
 	// dump is only a resync (births and deaths come from events), so
@@ -150,6 +166,8 @@ type Loop struct {
 	// ticks, not for events.
 	eventsAfterRound bool
 	runSince         int64 // Unix ns: when Run began, before it listened
+	// pulled is the reused batch of events read from an EventStream.
+	pulled []ctEvent
 }
 
 type loopMetrics struct {
@@ -289,8 +307,21 @@ func (l *Loop) export(r *flow.Record) {
 func (l *Loop) Run(ctx context.Context) {
 	l.runSince = l.clock.Now().UnixNano()
 	events := newEventBatches(l.cfg.EventQueue)
+	var stream EventStream
+	if l.cfg.Events && l.eventsAfterRound && l.cfg.OpenEvents != nil {
+		var err error
+		if stream, err = l.cfg.OpenEvents(); err != nil {
+			klog.ErrorS(err, "Could not open conntrack events for reading at ticks; listening for them instead")
+			stream = nil
+		}
+	}
+	defer func() {
+		if stream != nil {
+			stream.Close()
+		}
+	}()
 	var listenerDone chan error
-	if l.cfg.Events {
+	if l.cfg.Events && stream == nil {
 		listenerDone = make(chan error, 1)
 		go func() { listenerDone <- l.listen(ctx, events) }()
 	}
@@ -309,6 +340,11 @@ func (l *Loop) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			if stream != nil {
+				if err := l.pullEvents(stream); err != nil {
+					listenerStopped(err)
+				}
+			}
 			l.shutdown(events, listenerDone, l7Events)
 			return
 		case evs := <-eventsNow:
@@ -329,7 +365,16 @@ func (l *Loop) Run(ctx context.Context) {
 			if l.counters != nil {
 				l.readCounters(now, false)
 			}
-			if l.eventsAfterRound {
+			switch {
+			case stream != nil:
+				if err := l.pullEvents(stream); err != nil {
+					// As when a listener fails: closes are found by the
+					// dumps from now on.
+					listenerStopped(err)
+					stream.Close()
+					stream = nil
+				}
+			case l.eventsAfterRound:
 				l.takeEvents(events)
 			}
 			l.tick(now)
@@ -348,6 +393,28 @@ func (l *Loop) takeEvents(events eventBatches) {
 			return
 		}
 	}
+}
+
+// pullEvents applies every event s holds now, in batches of
+// maxEventBatch.
+func (l *Loop) pullEvents(s EventStream) error {
+	batch := l.pulled[:0]
+	err := s.Drain(func(ev conntrack.Event) {
+		msg := ctEvent{typ: ev.Type}
+		if ev.Conn != nil {
+			msg.conn = *ev.Conn
+		}
+		batch = append(batch, msg)
+		if len(batch) >= maxEventBatch {
+			l.applyAll(batch)
+			batch = batch[:0]
+		}
+	})
+	if len(batch) > 0 {
+		l.applyAll(batch)
+	}
+	l.pulled = batch[:0]
+	return err
 }
 
 // listenerStopped logs why the event listener stopped before ctx ended.

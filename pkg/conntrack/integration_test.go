@@ -562,6 +562,66 @@ func TestListenReportsOverrunAndKeepsListening(t *testing.T) {
 	})
 }
 
+// An EventStream that nobody drains lets the kernel queue events; a
+// buffer that overflows meanwhile is reported by the next Drain, which
+// also returns what the buffer kept, and the stream goes on.
+func TestEventStreamQueuesUntilDrainedAndReportsOverrun(t *testing.T) {
+	need(t, "ip")
+	_, path := conntracktest.NetNS(t, "evs")
+	src := newSource(t, Config{NetNSPath: path, EventBufferBytes: 4096})
+	if err := src.EnableAccounting(); err != nil {
+		t.Fatal(err)
+	}
+	es, err := src.OpenEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es.Close()
+	first := conntracktest.SyntheticEntry(6000) // outside Populate's range
+	if err := conntracktest.Insert(path, first); err != nil {
+		t.Fatal(err)
+	}
+	isNew := func(e conntracktest.Entry) func(Event) bool {
+		return func(ev Event) bool {
+			return ev.Type == EventNew && ev.Conn.Tuple.SrcPort == e.OrigSrcPort && ev.Conn.Tuple.Src() == e.OrigSrc
+		}
+	}
+	drainUntil := func(what string, want func(Event) bool) (types map[EventType]int) {
+		t.Helper()
+		types = map[EventType]int{}
+		deadline := time.Now().Add(5 * time.Second)
+		for found := false; !found; {
+			if err := es.Drain(func(ev Event) {
+				types[ev.Type]++
+				found = found || want(ev)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if !found && time.Now().After(deadline) {
+				t.Fatalf("%s not drained within 5s (drained %v)", what, types)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return types
+	}
+	drainUntil("the first entry's NEW", isNew(first))
+	if err := conntracktest.Populate(path, 2000); err != nil {
+		t.Fatal(err)
+	}
+	types := drainUntil("an overrun", func(ev Event) bool { return ev.Type == EventOverrun })
+	if types[EventNew] == 0 || types[EventNew] >= 2000 {
+		t.Errorf("drained %d NEW of 2000 inserted with a 4 KiB buffer, want some and not all", types[EventNew])
+	}
+	if v := counterValue(t, src.m.eventOverruns); v < 1 {
+		t.Errorf("overruns counted %v, want >= 1", v)
+	}
+	late := conntracktest.SyntheticEntry(5000)
+	if err := conntracktest.Insert(path, late); err != nil {
+		t.Fatal(err)
+	}
+	drainUntil("a NEW after the overrun", isNew(late))
+}
+
 func TestEnableAccountingSetsSysctlsInItsNamespaceOnly(t *testing.T) {
 	need(t, "ip")
 	_, path := conntracktest.NetNS(t, "acct")

@@ -109,6 +109,66 @@ func (s *Source) Listen(ctx context.Context, fn func(Event)) error {
 	}
 }
 
+// EventStream is a subscription to the namespace's conntrack events that
+// its owner reads when it chooses (Drain), with no goroutine of its own:
+// for a caller that takes events at its own ticks anyway, which then wakes
+// for ticks only. The kernel queues the events in between, in the socket's
+// receive buffer (Config.EventBufferBytes); one that overflows is reported
+// as EventOverrun by the next Drain.
+type EventStream struct {
+	s    *Source
+	sock eventSocket
+	buf  []byte
+	conn flow.Conn
+}
+
+// maxDrainDatagrams bounds one Drain, so that a flood cannot hold its
+// caller forever; the rest is read by the next one.
+const maxDrainDatagrams = 1 << 16
+
+// OpenEvents subscribes to NEW and DESTROY events (and UPDATE with
+// Config.UpdateEvents), as Listen does.
+func (s *Source) OpenEvents() (*EventStream, error) {
+	groups := uint32(groupNew | groupDestroy)
+	if s.cfg.UpdateEvents {
+		groups |= groupUpdate
+	}
+	sock, err := s.openEvents(groups, s.cfg.EventBufferBytes)
+	if err != nil {
+		return nil, fmt.Errorf("listen to conntrack events of netns %q: %w", s.cfg.NetNSPath, err)
+	}
+	return &EventStream{s: s, sock: sock, buf: make([]byte, recvBufSize)}, nil
+}
+
+// Drain calls fn for each event queued now that passes the zone/mark
+// filter, in order, without waiting for more. The event's Conn is valid
+// during the call only. A socket error other than an overrun ends it.
+func (e *EventStream) Drain(fn func(Event)) error {
+	for i := 0; i < maxDrainDatagrams; i++ {
+		n, ok, err := e.sock.tryRecv(e.buf)
+		if err == nil && !ok {
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, syscall.ENOBUFS) {
+				e.s.m.eventOverruns.Inc()
+				klog.InfoS("Conntrack event socket overran, events lost", "netns", e.s.cfg.NetNSPath)
+				fn(Event{Type: EventOverrun})
+				continue
+			}
+			e.s.m.eventErrors.Inc()
+			return fmt.Errorf("receive conntrack events of netns %q: %w", e.s.cfg.NetNSPath, err)
+		}
+		var st decodeStats
+		e.s.handleEvents(e.buf[:n], &e.conn, &st, fn)
+		st.flush(e.s.m, "events")
+	}
+	return nil
+}
+
+// Close ends the subscription.
+func (e *EventStream) Close() error { return e.sock.close() }
+
 // handleEvents decodes the event messages of one datagram.
 func (s *Source) handleEvents(b []byte, conn *flow.Conn, st *decodeStats, fn func(Event)) {
 	for {

@@ -364,3 +364,51 @@ func TestListenOverFakeSocket(t *testing.T) {
 		}
 	}
 }
+
+// An EventStream reads what is queued and returns: an overrun is reported
+// in its place and reading goes on; another socket error ends the Drain.
+func TestEventStreamDrainsWhatIsQueued(t *testing.T) {
+	newMsg := conntracktest.AppendMessage(nil, ipctnlMsgCTNew, nlmFCreate|nlmFExcl, 0, entryWithZone(1, 0))
+	destroy := conntracktest.AppendMessage(nil, ipctnlMsgCTDelete, 0, 0, entryWithZone(2, 0))
+	sock := newFakeSocket(syscall.ENOBUFS, cat(newMsg, destroy), newMsg)
+	s, m, _ := fakeSource(t, Config{}, sock)
+	es, err := s.OpenEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []EventType
+	collect := func(ev Event) {
+		if (ev.Conn == nil) != (ev.Type == EventOverrun) {
+			t.Errorf("event %v with Conn %v", ev.Type, ev.Conn)
+		}
+		got = append(got, ev.Type)
+	}
+	if err := es.Drain(collect); err != nil {
+		t.Fatal(err)
+	}
+	if want := []EventType{EventOverrun, EventNew, EventDestroy, EventNew}; !slices.Equal(got, want) {
+		t.Errorf("first Drain: %v, want %v", got, want)
+	}
+	if v := value(t, m.eventOverruns); v != 1 {
+		t.Errorf("overruns counted %v, want 1", v)
+	}
+	got = nil
+	if err := es.Drain(collect); err != nil || len(got) != 0 {
+		t.Errorf("Drain of an empty socket: %v, %v", got, err)
+	}
+	sock.mu.Lock()
+	sock.queue = append(sock.queue, newMsg, syscall.EBADF, newMsg)
+	sock.mu.Unlock()
+	if err := es.Drain(collect); !errors.Is(err, syscall.EBADF) {
+		t.Errorf("Drain over a failing socket: %v, want EBADF", err)
+	}
+	if want := []EventType{EventNew}; !slices.Equal(got, want) {
+		t.Errorf("Drain over a failing socket reported %v, want %v before the error", got, want)
+	}
+	if v := value(t, m.eventErrors); v != 1 {
+		t.Errorf("event errors counted %v, want 1", v)
+	}
+	if err := es.Close(); err != nil || !sock.closed {
+		t.Errorf("Close: %v, socket closed %v", err, sock.closed)
+	}
+}
