@@ -526,6 +526,44 @@ func TestCountersEventsReadAtTheTickAreBornWithTheirCounters(t *testing.T) {
 	}
 }
 
+// A dump of a large table takes seconds: the loop reads the stream during
+// it (up to EventQueue events; the rest stays in the socket), and applies
+// those events at the next tick, after the dump, as a listener's queued
+// events were.
+func TestCountersEventsHeldDuringADump(t *testing.T) {
+	src := newFakeSource()
+	fc := newFakeCounters()
+	stream := newFakeStream()
+	h := newHarness(t, src, func(c *LoopConfig) {
+		withCounters(fc, CrossCheck{})(c)
+		withStream(stream)(c)
+		c.EventDelay = tickEvery
+		c.EventQueue = 2
+	})
+	for i := range holdEvery + 10 {
+		src.set(tcpConn(uint16(20000+i), uint32(100+i), 1000, 10, 2000, 20))
+	}
+	short := tcpConn(40020, 20, 0, 0, 0, 0) // born and gone during the dump
+	gone := finished(short, 500, 6, 700, 5)
+	third := tcpConn(40021, 21, 100, 2, 200, 2) // still open at the stop
+	src.set(third)
+	stream.push(conntrack.Event{Type: conntrack.EventNew, Conn: &short}, conntrack.Event{Type: conntrack.EventDestroy, Conn: &gone},
+		conntrack.Event{Type: conntrack.EventNew, Conn: &third})
+	h.pollStream(stream, at(time.Second))
+	if n := stream.queued(); n != 1 {
+		t.Errorf("%d events left in the stream after the dump read it, want 1 (EventQueue is 2)", n)
+	}
+	h.tickStream(stream, at(1100*time.Millisecond))
+	h.stop(at(1200 * time.Millisecond))
+	var got []flow.Record
+	for _, r := range h.sink.all() {
+		if r.Tuple.SrcPort >= 40020 {
+			got = append(got, r)
+		}
+	}
+	checkRecords(t, got, want{40020, eof, 500, 6, 700, 5}, want{40021, forced, 100, 2, 200, 2})
+}
+
 // A stream that fails is closed, and the loop goes on (with dumps).
 func TestCountersFailingEventStreamLeavesDumps(t *testing.T) {
 	src := newFakeSource()

@@ -224,10 +224,14 @@ func (f *fakeStream) push(evs ...conntrack.Event) {
 	}
 }
 
-func (f *fakeStream) Drain(fn func(conntrack.Event)) error {
+func (f *fakeStream) Drain(max int, fn func(conntrack.Event)) error {
 	f.mu.Lock()
 	q, err := f.queue, f.err
-	f.queue = nil
+	if max > 0 && len(q) > max {
+		q, f.queue = q[:max], q[max:]
+	} else {
+		f.queue = nil
+	}
 	f.mu.Unlock()
 	defer func() { f.drained <- struct{}{} }()
 	for _, ev := range q {
@@ -358,6 +362,29 @@ func (h *harness) tick(at time.Time) {
 	h.t.Helper()
 	h.clock.set(at)
 	h.fire(h.ticker, at)
+}
+
+// pollStream is poll for a loop that reads an EventStream and holds its
+// events during a dump: it returns once the dump read the stream.
+func (h *harness) pollStream(s *fakeStream, at time.Time) {
+	h.t.Helper()
+	h.clock.set(at)
+	select {
+	case h.poller.c <- at:
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("the loop does not read its poll ticker")
+	}
+	select {
+	case <-s.drained:
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("the dump did not read the event stream")
+	}
+}
+
+func (f *fakeStream) queued() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.queue)
 }
 
 // tickStream is tick for a loop that reads an EventStream: it returns once

@@ -62,8 +62,9 @@ type L7 interface {
 // EventStream is the source's events as the loop reads them at its ticks
 // (*conntrack.EventStream).
 type EventStream interface {
-	// Drain calls fn for each event queued now, without waiting.
-	Drain(fn func(conntrack.Event)) error
+	// Drain calls fn for each event queued now, without waiting; it reads
+	// at most max datagrams when max > 0.
+	Drain(max int, fn func(conntrack.Event)) error
 	Close() error
 }
 
@@ -166,9 +167,19 @@ type Loop struct {
 	// ticks, not for events.
 	eventsAfterRound bool
 	runSince         int64 // Unix ns: when Run began, before it listened
-	// pulled is the reused batch of events read from an EventStream.
-	pulled []ctEvent
+	// stream: the events are read from it at the ticks (OpenEvents).
+	stream EventStream
+	// pulled is the reused batch of events read from stream; held are
+	// those read during a dump (up to EventQueue), applied at the next
+	// tick; dumped counts a dump's entries.
+	pulled, held []ctEvent
+	dumped       int
 }
+
+// holdEvery is how many entries of a dump go between two reads of the
+// event stream: a dump of a large table takes seconds, and the events of
+// a busy node would overflow the socket's buffer meanwhile.
+const holdEvery = 4096
 
 type loopMetrics struct {
 	getErrors       prometheus.Counter
@@ -284,6 +295,9 @@ func NewLoop(cfg LoopConfig, reg prometheus.Registerer) (*Loop, error) {
 	}
 	l.emit = l.export
 	l.fromDump = func(c *flow.Conn) {
+		if l.dumped++; l.dumped%holdEvery == 0 {
+			l.holdEvents()
+		}
 		if l.counters != nil {
 			l.counterDumped(c)
 		}
@@ -307,21 +321,16 @@ func (l *Loop) export(r *flow.Record) {
 func (l *Loop) Run(ctx context.Context) {
 	l.runSince = l.clock.Now().UnixNano()
 	events := newEventBatches(l.cfg.EventQueue)
-	var stream EventStream
 	if l.cfg.Events && l.eventsAfterRound && l.cfg.OpenEvents != nil {
 		var err error
-		if stream, err = l.cfg.OpenEvents(); err != nil {
+		if l.stream, err = l.cfg.OpenEvents(); err != nil {
 			klog.ErrorS(err, "Could not open conntrack events for reading at ticks; listening for them instead")
-			stream = nil
+			l.stream = nil
 		}
 	}
-	defer func() {
-		if stream != nil {
-			stream.Close()
-		}
-	}()
+	defer l.closeStream()
 	var listenerDone chan error
-	if l.cfg.Events && stream == nil {
+	if l.cfg.Events && l.stream == nil {
 		listenerDone = make(chan error, 1)
 		go func() { listenerDone <- l.listen(ctx, events) }()
 	}
@@ -340,11 +349,7 @@ func (l *Loop) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			if stream != nil {
-				if err := l.pullEvents(stream); err != nil {
-					listenerStopped(err)
-				}
-			}
+			l.pullEvents()
 			l.shutdown(events, listenerDone, l7Events)
 			return
 		case evs := <-eventsNow:
@@ -366,14 +371,8 @@ func (l *Loop) Run(ctx context.Context) {
 				l.readCounters(now, false)
 			}
 			switch {
-			case stream != nil:
-				if err := l.pullEvents(stream); err != nil {
-					// As when a listener fails: closes are found by the
-					// dumps from now on.
-					listenerStopped(err)
-					stream.Close()
-					stream = nil
-				}
+			case l.stream != nil:
+				l.pullEvents()
 			case l.eventsAfterRound:
 				l.takeEvents(events)
 			}
@@ -395,16 +394,20 @@ func (l *Loop) takeEvents(events eventBatches) {
 	}
 }
 
-// pullEvents applies every event s holds now, in batches of
-// maxEventBatch.
-func (l *Loop) pullEvents(s EventStream) error {
+// pullEvents applies the events held during a dump, then every event the
+// stream holds now, in batches of maxEventBatch. A stream that fails is
+// closed: as when a listener fails, closes are found by the dumps.
+func (l *Loop) pullEvents() {
+	if len(l.held) > 0 {
+		l.applyAll(l.held)
+		l.held = l.held[:0]
+	}
+	if l.stream == nil {
+		return
+	}
 	batch := l.pulled[:0]
-	err := s.Drain(func(ev conntrack.Event) {
-		msg := ctEvent{typ: ev.Type}
-		if ev.Conn != nil {
-			msg.conn = *ev.Conn
-		}
-		batch = append(batch, msg)
+	err := l.stream.Drain(0, func(ev conntrack.Event) {
+		batch = appendEvent(batch, ev)
 		if len(batch) >= maxEventBatch {
 			l.applyAll(batch)
 			batch = batch[:0]
@@ -414,7 +417,41 @@ func (l *Loop) pullEvents(s EventStream) error {
 		l.applyAll(batch)
 	}
 	l.pulled = batch[:0]
-	return err
+	if err != nil {
+		listenerStopped(err)
+		l.closeStream()
+	}
+}
+
+// holdEvents reads the stream's events during a dump, up to about
+// EventQueue of them; the rest waits in the socket's buffer.
+func (l *Loop) holdEvents() {
+	room := l.cfg.EventQueue - len(l.held)
+	if l.stream == nil || room <= 0 {
+		return
+	}
+	err := l.stream.Drain(room, func(ev conntrack.Event) {
+		l.held = appendEvent(l.held, ev)
+	})
+	if err != nil {
+		listenerStopped(err)
+		l.closeStream()
+	}
+}
+
+func appendEvent(evs []ctEvent, ev conntrack.Event) []ctEvent {
+	msg := ctEvent{typ: ev.Type}
+	if ev.Conn != nil {
+		msg.conn = *ev.Conn
+	}
+	return append(evs, msg)
+}
+
+func (l *Loop) closeStream() {
+	if l.stream != nil {
+		l.stream.Close()
+		l.stream = nil
+	}
 }
 
 // listenerStopped logs why the event listener stopped before ctx ended.

@@ -591,7 +591,7 @@ func TestEventStreamQueuesUntilDrainedAndReportsOverrun(t *testing.T) {
 		types = map[EventType]int{}
 		deadline := time.Now().Add(5 * time.Second)
 		for found := false; !found; {
-			if err := es.Drain(func(ev Event) {
+			if err := es.Drain(0, func(ev Event) {
 				types[ev.Type]++
 				found = found || want(ev)
 			}); err != nil {

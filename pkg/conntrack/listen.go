@@ -141,10 +141,15 @@ func (s *Source) OpenEvents() (*EventStream, error) {
 }
 
 // Drain calls fn for each event queued now that passes the zone/mark
-// filter, in order, without waiting for more. The event's Conn is valid
-// during the call only. A socket error other than an overrun ends it.
-func (e *EventStream) Drain(fn func(Event)) error {
-	for i := 0; i < maxDrainDatagrams; i++ {
+// filter, in order, without waiting for more; when max > 0 it reads at
+// most max datagrams (a datagram holds one event, or a few). The event's
+// Conn is valid during the call only. A socket error other than an
+// overrun ends it.
+func (e *EventStream) Drain(max int, fn func(Event)) error {
+	if max <= 0 || max > maxDrainDatagrams {
+		max = maxDrainDatagrams
+	}
+	for i := 0; i < max; i++ {
 		n, ok, err := e.sock.tryRecv(e.buf)
 		if err == nil && !ok {
 			return nil

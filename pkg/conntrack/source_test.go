@@ -383,7 +383,7 @@ func TestEventStreamDrainsWhatIsQueued(t *testing.T) {
 		}
 		got = append(got, ev.Type)
 	}
-	if err := es.Drain(collect); err != nil {
+	if err := es.Drain(0, collect); err != nil {
 		t.Fatal(err)
 	}
 	if want := []EventType{EventOverrun, EventNew, EventDestroy, EventNew}; !slices.Equal(got, want) {
@@ -393,13 +393,28 @@ func TestEventStreamDrainsWhatIsQueued(t *testing.T) {
 		t.Errorf("overruns counted %v, want 1", v)
 	}
 	got = nil
-	if err := es.Drain(collect); err != nil || len(got) != 0 {
+	if err := es.Drain(0, collect); err != nil || len(got) != 0 {
 		t.Errorf("Drain of an empty socket: %v, %v", got, err)
 	}
+	// max bounds the datagrams one Drain reads; the rest waits.
+	sock.mu.Lock()
+	sock.queue = append(sock.queue, newMsg, destroy, newMsg)
+	sock.mu.Unlock()
+	if err := es.Drain(2, collect); err != nil {
+		t.Fatal(err)
+	}
+	if want := []EventType{EventNew, EventDestroy}; !slices.Equal(got, want) {
+		t.Errorf("Drain of at most 2 datagrams: %v, want %v", got, want)
+	}
+	got = nil
+	if err := es.Drain(0, collect); err != nil || !slices.Equal(got, []EventType{EventNew}) {
+		t.Errorf("Drain after it: %v, %v; want the third datagram's NEW", got, err)
+	}
+	got = nil
 	sock.mu.Lock()
 	sock.queue = append(sock.queue, newMsg, syscall.EBADF, newMsg)
 	sock.mu.Unlock()
-	if err := es.Drain(collect); !errors.Is(err, syscall.EBADF) {
+	if err := es.Drain(0, collect); !errors.Is(err, syscall.EBADF) {
 		t.Errorf("Drain over a failing socket: %v, want EBADF", err)
 	}
 	if want := []EventType{EventNew}; !slices.Equal(got, want) {
