@@ -349,7 +349,10 @@ func (l *Loop) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			// What the kernel sent until now, as a listener would have
+			// read it before it stopped.
 			l.pullEvents()
+			l.closeStream()
 			l.shutdown(events, listenerDone, l7Events)
 			return
 		case evs := <-eventsNow:

@@ -314,7 +314,7 @@ func Default() Config {
 			Transport:               "tcp",
 			PathMTU:                 1500,
 			BufferRecords:           100000,
-			FlushInterval:           Duration(time.Second),
+			FlushInterval:           Duration(500 * time.Millisecond),
 			TemplateRefresh:         Duration(30 * time.Second),
 			TemplateRefreshMessages: 20,
 			CollectorKind:           CollectorFlowlens,

@@ -84,7 +84,7 @@ type Config struct {
 	// WriteTimeout, as the defaults are, for that to hold.
 	BackpressureTimeout time.Duration
 	// FlushInterval is the longest a record waits for its message to fill
-	// (default 1s).
+	// (default 500ms).
 	FlushInterval time.Duration
 	// TemplateRefreshInterval and TemplateRefreshMessages resend the
 	// templates over UDP, whichever comes first: after TemplateRefreshInterval
@@ -131,7 +131,7 @@ func (c *Config) withDefaults() Config {
 	if out.BufferRecords == 0 {
 		out.BufferRecords = 20000
 	}
-	def(&out.FlushInterval, time.Second)
+	def(&out.FlushInterval, 500*time.Millisecond)
 	def(&out.BackpressureTimeout, 30*time.Second)
 	def(&out.TemplateRefreshInterval, 30*time.Second)
 	if out.TemplateRefreshMessages == 0 {
