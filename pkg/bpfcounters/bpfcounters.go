@@ -149,6 +149,9 @@ type Counters struct {
 	outIdx map[flow.Tuple]int // view -> its index in out
 	percpu []uint64
 	lastSt [statMax]uint64
+	// fullRoundAt is when the last read round that was not skipped
+	// (quiet) began.
+	fullRoundAt time.Time
 	// lostDrained is the cumulative count of lost-key records drained;
 	// lastSt[statLostRecords] the program's count of records tried.
 	lostDrained uint64

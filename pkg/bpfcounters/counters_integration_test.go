@@ -959,3 +959,54 @@ func TestSendersOnlyWithinOneNamespace(t *testing.T) {
 		t.Errorf("Fill: %+v %v, fwd %+v rev %+v", res, err, ct.Fwd, ct.Rev)
 	}
 }
+
+// A round that would find nothing (empty ring, nothing to read again) is
+// skipped: no epoch bump, no statistics read; a packet after it is read by
+// the next round, and a full round runs at least every fullRoundEvery.
+func TestQuietRoundsAreSkipped(t *testing.T) {
+	e := newEnv(t, Config{}, false)
+	if _, err := e.server.ListenUDP(5300); err != nil {
+		t.Fatal(err)
+	}
+	round := func() map[flow.Tuple]bool {
+		t.Helper()
+		got := map[flow.Tuple]bool{}
+		if err := e.c.ReadChanged(func(v flow.Tuple, fin bool) { got[v] = fin }); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	// The pods may send a packet of their own now and then (neighbour
+	// discovery): wait for a round that is skipped.
+	skipped := false
+	for i := 0; i < 50 && !skipped; i++ {
+		epoch, quiet := e.c.epoch, counterValue(e.c.metrics.quietRounds)
+		round()
+		skipped = e.c.epoch == epoch && counterValue(e.c.metrics.quietRounds) == quiet+1
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !skipped {
+		t.Fatal("no round was skipped in 50 rounds without traffic")
+	}
+	tr, err := netnstest.SendUDP(e.client, e.server.Addr(5300), 3, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	epoch := e.c.epoch
+	got := round()
+	want := flow.NewTuple(tr.Local.Addr(), e.server.IPv4, tr.Local.Port(), 5300, flow.ProtoUDP)
+	if _, ok := got[want]; !ok || e.c.epoch == epoch {
+		t.Errorf("the round after traffic: epoch %d -> %d, views %v; want a full round reporting %s", epoch, e.c.epoch, got, want)
+	}
+	// Quiet again, but a full round is due.
+	for len(e.c.reread) > 0 {
+		round()
+	}
+	e.c.fullRoundAt = time.Now().Add(-fullRoundEvery)
+	epoch = e.c.epoch
+	round()
+	if e.c.epoch == epoch {
+		t.Errorf("no full round after %s of quiet ones", fullRoundEvery)
+	}
+}

@@ -28,6 +28,7 @@ type metrics struct {
 	lossyKeys    prometheus.Gauge
 	attached     prometheus.Gauge
 	bulk         prometheus.Gauge
+	quietRounds  prometheus.Counter
 	attachErrors prometheus.Counter
 	swept        prometheus.Counter
 }
@@ -47,6 +48,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		},
 		fullWalks:    c("full_walks_total", "Read rounds that walked the whole flow map because the ring had overflowed."),
 		readKeys:     c("read_keys_total", "Changed flow entries read."),
+		quietRounds:  c("quiet_rounds_total", "Read rounds skipped because nothing was notified since the last one (one round a second runs anyway)."),
 		readErrors:   c("read_errors_total", "Failed flow map or ring reads."),
 		lostKeys:     c("lost_keys_total", "Flow keys reported lost to a full map."),
 		unattributed: c("unattributed_losses_total", "Read rounds that found lost-key records missing from the ring (connections first counted before then are reported lossy)."),
@@ -62,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, col := range []prometheus.Collector{
 		m.kernel[statMapFull], m.kernel[statRingFull], m.kernel[statParseFail], m.kernel[statNonIP],
 		m.kernel[statFragment], m.kernel[statLostRecords],
-		m.fullWalks, m.readKeys, m.readErrors, m.lostKeys, m.unattributed,
+		m.fullWalks, m.readKeys, m.quietRounds, m.readErrors, m.lostKeys, m.unattributed,
 		m.lossyKeys, m.attached, m.bulk, m.attachErrors, m.swept,
 	} {
 		if err := reg.Register(col); err != nil {

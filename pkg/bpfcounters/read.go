@@ -49,6 +49,10 @@ var _ [unsafe.Sizeof(bpfFlowKey{}) - keySize]struct{}
 // further lookup.
 func (c *Counters) ReadChanged(fn func(view flow.Tuple, fin bool)) error {
 	c.readMu.Lock()
+	if c.quiet() {
+		c.readMu.Unlock()
+		return nil
+	}
 	out, err := c.readRound()
 	c.fillMu.Lock()
 	c.cache.prev, c.cache.vals = c.cache.vals, c.cache.prev
@@ -64,10 +68,38 @@ func (c *Counters) ReadChanged(fn func(view flow.Tuple, fin bool)) error {
 	return err
 }
 
+// fullRoundEvery bounds how long quiet rounds are skipped: the program's
+// statistics (parse failures, map full...) reach the metrics at least this
+// often.
+const fullRoundEvery = time.Second
+
+// quiet reports a round that would find nothing: the ring is empty and no
+// view waits to be read again. The program notifies the ring the first
+// time a view moves in an epoch, and a view read in this epoch's notified
+// state is on the re-read list, so nothing moved since the last round;
+// lost-key records the statistics counted and the ring did not deliver
+// yet are looked for by a full round.
+// The round is skipped (no epoch bump, no statistics read, the cache of
+// values stays valid), except once per fullRoundEvery. A full ring is
+// never empty: the overflow that it counts is seen by the next full round.
+func (c *Counters) quiet() bool {
+	if c.ring == nil || c.ring.AvailableBytes() != 0 || len(c.reread) != 0 ||
+		c.lostDrained < c.lastSt[statLostRecords] { // the next round checks they came
+		return false
+	}
+	now := time.Now()
+	if now.Sub(c.fullRoundAt) >= fullRoundEvery {
+		return false
+	}
+	c.metrics.quietRounds.Inc()
+	return true
+}
+
 func (c *Counters) readRound() ([]changed, error) {
 	if c.ring == nil {
 		return nil, errors.New("read flow counters: closed")
 	}
+	c.fullRoundAt = time.Now()
 	c.epoch++
 	if err := c.objs.Epoch.Put(uint32(0), c.epoch); err != nil {
 		c.metrics.readErrors.Inc()
