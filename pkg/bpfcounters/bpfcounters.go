@@ -267,19 +267,22 @@ type mapTable struct {
 
 // lookupKeys looks many keys up, in one program run where it can.
 func (t *mapTable) lookupKeys(ks []bpfFlowKey, vs []bpfFlowVal, found []bool) error {
-	if t.bulk == nil || len(ks) < 2 { // t.bulk is set before any use
-		for i := range ks {
-			ok, err := t.lookup(&ks[i], &vs[i])
-			if err != nil {
-				return fmt.Errorf("look up flow %s: %w", viewOf(&ks[i]), err)
-			}
-			found[i] = ok
+	if len(ks) > 1 {
+		t.mu.Lock()
+		if t.bulk != nil {
+			defer t.mu.Unlock()
+			return t.bulk.lookupKeys(ks, vs, found)
 		}
-		return nil
+		t.mu.Unlock()
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.bulk.lookupKeys(ks, vs, found)
+	for i := range ks {
+		ok, err := t.lookup(&ks[i], &vs[i])
+		if err != nil {
+			return fmt.Errorf("look up flow %s: %w", viewOf(&ks[i]), err)
+		}
+		found[i] = ok
+	}
+	return nil
 }
 
 // batchAttr is the kernel's bpf_attr for the batch operations.
@@ -476,7 +479,11 @@ func New(cfg Config, reg prometheus.Registerer) (*Counters, error) {
 	c.cache.base = c.table
 	c.ring, err = ringbuf.NewReader(c.objs.Changes)
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("open ring %s: %w", bpfMapChanges, err), c.objs.Close())
+		errs := []error{fmt.Errorf("open ring %s: %w", bpfMapChanges, err), c.objs.Close()}
+		if mt.bulk != nil {
+			errs = append(errs, mt.bulk.close())
+		}
+		return nil, errors.Join(errs...)
 	}
 	// A deadline in the past makes a read return what the ring holds
 	// without waiting: rounds are driven by the agent's clock.
