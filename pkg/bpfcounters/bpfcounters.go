@@ -275,14 +275,7 @@ func (t *mapTable) lookupKeys(ks []bpfFlowKey, vs []bpfFlowVal, found []bool) er
 		}
 		t.mu.Unlock()
 	}
-	for i := range ks {
-		ok, err := t.lookup(&ks[i], &vs[i])
-		if err != nil {
-			return fmt.Errorf("look up flow %s: %w", viewOf(&ks[i]), err)
-		}
-		found[i] = ok
-	}
-	return nil
+	return lookupEach(t, ks, vs, found)
 }
 
 // batchAttr is the kernel's bpf_attr for the batch operations.

@@ -92,14 +92,21 @@ func (b *bulkOps) run(p *ebpf.Program, n int) (int, error) {
 	return n, nil
 }
 
+// runOn runs p over the first keys of ks, as many as the slots hold; it
+// returns how many that was.
+func (b *bulkOps) runOn(p *ebpf.Program, ks []bpfFlowKey) (int, error) {
+	n := min(len(ks), bulkSlots)
+	for i := 0; i < n; i++ {
+		b.slots[i].Key = ks[i]
+	}
+	return b.run(p, n)
+}
+
 // lookupKeys looks every key of ks up: found[i] and vs[i] are its answer.
 func (b *bulkOps) lookupKeys(ks []bpfFlowKey, vs []bpfFlowVal, found []bool) error {
 	for len(ks) > 0 {
-		n := min(len(ks), bulkSlots)
-		for i := 0; i < n; i++ {
-			b.slots[i].Key = ks[i]
-		}
-		if _, err := b.run(b.lookup, n); err != nil {
+		n, err := b.runOn(b.lookup, ks)
+		if err != nil {
 			return err
 		}
 		for i := 0; i < n; i++ {
@@ -122,11 +129,8 @@ func (b *bulkOps) lookupKeys(ks []bpfFlowKey, vs []bpfFlowVal, found []bool) err
 func (b *bulkOps) deleteKeys(ks []bpfFlowKey) error {
 	var errs []error
 	for len(ks) > 0 {
-		n := min(len(ks), bulkSlots)
-		for i := 0; i < n; i++ {
-			b.slots[i].Key = ks[i]
-		}
-		if _, err := b.run(b.del, n); err != nil {
+		n, err := b.runOn(b.del, ks)
+		if err != nil {
 			return err
 		}
 		for i := 0; i < n; i++ {

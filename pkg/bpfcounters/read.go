@@ -208,6 +208,11 @@ func lookupKeys(t table, ks []bpfFlowKey, vs []bpfFlowVal, found []bool) error {
 	if kl, ok := t.(keysLooker); ok {
 		return kl.lookupKeys(ks, vs, found)
 	}
+	return lookupEach(t, ks, vs, found)
+}
+
+// lookupEach is lookupKeys one lookup at a time.
+func lookupEach(t table, ks []bpfFlowKey, vs []bpfFlowVal, found []bool) error {
 	for i := range ks {
 		ok, err := t.lookup(&ks[i], &vs[i])
 		if err != nil {
